@@ -1,0 +1,31 @@
+# Waylume node. Targets need root for the network tests (namespaces, tc,
+# iptables) and install nothing themselves except `demo` and `deps`.
+GO      ?= go
+PKGS    ?= ./...
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build test bench demo deps fuzz vet clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/waylume-node ./cmd/waylume-node
+
+# Packages run one at a time: the shaping tests measure throughput and must
+# not share two cores with another package's traffic.
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -p 1 -count=1 -timeout 60m $(PKGS)
+
+bench:
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m $(PKGS)
+
+deps:
+	./scripts/deps.sh
+
+demo:
+	@echo "make demo: not yet (issue 6)"
+
+clean:
+	rm -rf bin
