@@ -14,7 +14,7 @@ build:
 
 # Packages run one at a time: the shaping tests measure throughput and must
 # not share two cores with another package's traffic.
-test:
+test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -p 1 -count=1 -timeout 60m $(PKGS)
 
@@ -24,7 +24,7 @@ bench:
 deps:
 	./scripts/deps.sh
 
-demo:
+demo: deps
 	@echo "make demo: not yet (issue 6)"
 
 clean:
