@@ -1,0 +1,387 @@
+package main
+
+// Settings: every one is a flag and a WAYLUME_* environment variable; a flag
+// wins over the environment, the environment over the default. The table
+// below is the single source for parsing, validation messages and --help, so
+// a setting cannot exist in one place and be missing from another.
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Config is every setting of the node. run.go reads it; Validate has
+// checked it before anything starts.
+type Config struct {
+	DatabaseURL     string
+	NodeID          string
+	RealtimeURL     string // empty: LISTEN/NOTIFY on the database connection
+	SupabaseKey     string // Realtime apikey; a secret
+	AccessToken     string // Realtime JWT; defaults to SupabaseKey; a secret
+	Interface       string
+	WGMode          string // "auto", "kernel" or "userspace"
+	PrivateKeyFile  string
+	EgressInterface string // empty: from the default route
+	ResyncInterval  time.Duration
+	UsageInterval   time.Duration
+	MetricsAddr     string // empty: no metrics server
+	LogLevel        string
+	LogFormat       string
+	Isolation       bool // client-to-client traffic blocked
+	TeardownOnExit  bool // remove interface, tc and chains on exit instead of leaving peers up
+
+	// Health is how runNode reports readiness to /readyz. It is not a
+	// setting: the run command creates it; nil (tests) makes its methods
+	// no-ops. See health.go.
+	Health *Health
+
+	// need lists the settings the running subcommand requires.
+	need map[string]bool
+}
+
+// Subcommands a setting applies to, for --help and flag registration.
+const (
+	forRun = 1 << iota
+	forMigrate
+	forCheck
+	forStatus
+	forNode
+)
+
+type setting struct {
+	flag  string
+	env   string
+	def   string
+	help  string
+	scope int
+	bool  bool // a boolean flag (--flag means true)
+	// set parses v into c; the error is a short reason without the value
+	// (values may be secrets).
+	set func(c *Config, v string) error
+}
+
+const (
+	defaultInterface      = "wg0"
+	defaultPrivateKeyFile = "/var/lib/waylume/private.key"
+	defaultMetricsAddr    = "127.0.0.1:9586"
+)
+
+func settings() []setting {
+	all := forRun | forMigrate | forCheck | forStatus | forNode
+	return []setting{
+		{flag: "database-url", env: "WAYLUME_DATABASE_URL", def: "", scope: all,
+			help: "Postgres URL (Supabase direct connection or session pooler)",
+			set:  func(c *Config, v string) error { c.DatabaseURL = v; return nil }},
+		{flag: "node-id", env: "WAYLUME_NODE_ID", def: "", scope: forRun | forCheck | forStatus,
+			help: "waylume.nodes.id of this node (required for run)",
+			set:  func(c *Config, v string) error { c.NodeID = strings.ToLower(v); return nil }},
+		{flag: "realtime-url", env: "WAYLUME_REALTIME_URL", def: "", scope: forRun | forCheck,
+			help: "Supabase Realtime websocket URL, e.g. wss://<ref>.supabase.co/realtime/v1/websocket; empty = LISTEN/NOTIFY on the database connection",
+			set:  func(c *Config, v string) error { c.RealtimeURL = v; return nil }},
+		{flag: "supabase-key", env: "WAYLUME_SUPABASE_KEY", def: "", scope: forRun | forCheck,
+			help: "apikey for Realtime (the project's anon key)",
+			set:  func(c *Config, v string) error { c.SupabaseKey = v; return nil }},
+		{flag: "access-token", env: "WAYLUME_ACCESS_TOKEN", def: "", scope: forRun | forCheck,
+			help: "JWT for Realtime RLS, from `waylume-node token` (default: the Supabase key)",
+			set:  func(c *Config, v string) error { c.AccessToken = v; return nil }},
+		{flag: "interface", env: "WAYLUME_INTERFACE", def: defaultInterface, scope: forRun | forCheck | forStatus,
+			help: "WireGuard interface name",
+			set:  func(c *Config, v string) error { c.Interface = v; return nil }},
+		{flag: "wg-mode", env: "WAYLUME_WG_MODE", def: "auto", scope: forRun | forCheck,
+			help: "kernel, userspace (embedded wireguard-go) or auto",
+			set:  func(c *Config, v string) error { c.WGMode = v; return nil }},
+		{flag: "private-key-file", env: "WAYLUME_PRIVATE_KEY_FILE", def: defaultPrivateKeyFile, scope: forRun,
+			help: "node private key; created 0600 if absent; never leaves the host",
+			set:  func(c *Config, v string) error { c.PrivateKeyFile = v; return nil }},
+		{flag: "egress-interface", env: "WAYLUME_EGRESS_INTERFACE", def: "", scope: forRun | forCheck,
+			help: "NAT uplink interface (default: the default route's)",
+			set:  func(c *Config, v string) error { c.EgressInterface = v; return nil }},
+		{flag: "resync-interval", env: "WAYLUME_RESYNC_INTERVAL", def: "60s", scope: forRun,
+			help: "full reconcile period",
+			set:  func(c *Config, v string) (err error) { c.ResyncInterval, err = parseInterval(v); return err }},
+		{flag: "usage-interval", env: "WAYLUME_USAGE_INTERVAL", def: "60s", scope: forRun,
+			help: "usage flush period",
+			set:  func(c *Config, v string) (err error) { c.UsageInterval, err = parseInterval(v); return err }},
+		{flag: "metrics-addr", env: "WAYLUME_METRICS_ADDR", def: defaultMetricsAddr, scope: forRun,
+			help: "listen address for /metrics, /healthz, /readyz; empty disables",
+			set:  func(c *Config, v string) error { c.MetricsAddr = v; return nil }},
+		{flag: "log-level", env: "WAYLUME_LOG_LEVEL", def: "info", scope: all,
+			help: "debug, info, warn or error",
+			set:  func(c *Config, v string) error { c.LogLevel = strings.ToLower(v); return nil }},
+		{flag: "log-format", env: "WAYLUME_LOG_FORMAT", def: "json", scope: all,
+			help: "json or text",
+			set:  func(c *Config, v string) error { c.LogFormat = strings.ToLower(v); return nil }},
+		{flag: "client-isolation", env: "WAYLUME_CLIENT_ISOLATION", def: "true", scope: forRun, bool: true,
+			help: "block client-to-client traffic",
+			set:  func(c *Config, v string) (err error) { c.Isolation, err = parseBool(v); return err }},
+		{flag: "teardown-on-exit", env: "WAYLUME_TEARDOWN_ON_EXIT", def: "false", scope: forRun, bool: true,
+			help: "on exit remove the interface, tc and firewall chains (default: leave peers up so sessions survive a restart)",
+			set:  func(c *Config, v string) (err error) { c.TeardownOnExit, err = parseBool(v); return err }},
+	}
+}
+
+// configError is a bad setting: one line naming it. Exit code 2.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return e.msg }
+
+func settingErr(s setting, format string, args ...any) error {
+	return &configError{fmt.Sprintf("invalid --%s (%s): %s", s.flag, s.env, fmt.Sprintf(format, args...))}
+}
+
+func missingErr(s setting) error {
+	return &configError{fmt.Sprintf("missing --%s (%s): required", s.flag, s.env)}
+}
+
+// strFlag records whether a flag was given so the environment is used
+// only when it was not.
+type strFlag struct {
+	val    string
+	given  bool
+	isBool bool
+}
+
+func (f *strFlag) String() string     { return f.val }
+func (f *strFlag) Set(v string) error { f.val, f.given = v, true; return nil }
+func (f *strFlag) IsBoolFlag() bool   { return f.isBool }
+
+// configFlags holds a subcommand's registered settings until Load.
+type configFlags struct {
+	scope int
+	vals  map[string]*strFlag
+}
+
+// bindConfig registers the settings of one subcommand on fs.
+func bindConfig(fs *flag.FlagSet, scope int) *configFlags {
+	cf := &configFlags{scope: scope, vals: map[string]*strFlag{}}
+	for _, s := range settings() {
+		if s.scope&scope == 0 {
+			continue
+		}
+		v := &strFlag{isBool: s.bool}
+		cf.vals[s.flag] = v
+		fs.Var(v, s.flag, fmt.Sprintf("%s (env %s, default %q)", s.help, s.env, s.def))
+	}
+	return cf
+}
+
+// load builds the Config from flags, then the environment, then defaults,
+// and checks each value's format. Settings outside the subcommand's scope
+// keep their defaults.
+func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) {
+	var c Config
+	for _, s := range settings() {
+		v := s.def
+		if f, ok := cf.vals[s.flag]; ok {
+			if env, ok := getenv(s.env); ok {
+				v = env
+			}
+			if f.given {
+				v = f.val
+			}
+		}
+		if err := s.set(&c, v); err != nil {
+			return Config{}, settingErr(s, "%v", err)
+		}
+	}
+	if c.AccessToken == "" {
+		c.AccessToken = c.SupabaseKey
+	}
+	return c, nil
+}
+
+// requireFor marks the settings a subcommand cannot do without.
+func (c *Config) requireFor(flags ...string) {
+	c.need = map[string]bool{}
+	for _, f := range flags {
+		c.need[f] = true
+	}
+}
+
+// Validate checks every setting and the rules between them; the first bad
+// one is returned as one line naming the flag and the environment variable.
+// Nothing starts on a config that fails here.
+func (c Config) Validate() error {
+	byFlag := map[string]setting{}
+	for _, s := range settings() {
+		byFlag[s.flag] = s
+	}
+	need := c.need
+	if need == nil { // the run command's requirements
+		need = map[string]bool{"database-url": true, "node-id": true}
+	}
+	for _, name := range []string{"database-url", "node-id", "private-key-file", "interface"} {
+		if need[name] && fieldOf(&c, name) == "" {
+			return missingErr(byFlag[name])
+		}
+	}
+	if c.DatabaseURL != "" {
+		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
+			return settingErr(byFlag["database-url"], "%v", err)
+		}
+	}
+	if c.NodeID != "" && !uuidRE.MatchString(c.NodeID) {
+		return settingErr(byFlag["node-id"], "not a UUID (waylume.nodes.id)")
+	}
+	if c.RealtimeURL != "" {
+		if err := checkRealtimeURL(c.RealtimeURL); err != nil {
+			return settingErr(byFlag["realtime-url"], "%v", err)
+		}
+		if c.SupabaseKey == "" {
+			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required when --realtime-url is set"}
+		}
+	}
+	if err := checkIfname(c.Interface); err != nil {
+		return settingErr(byFlag["interface"], "%v", err)
+	}
+	if c.EgressInterface != "" {
+		if err := checkIfname(c.EgressInterface); err != nil {
+			return settingErr(byFlag["egress-interface"], "%v", err)
+		}
+	}
+	switch c.WGMode {
+	case "auto", "kernel", "userspace":
+	default:
+		return settingErr(byFlag["wg-mode"], "unknown mode %q: want auto, kernel or userspace", c.WGMode)
+	}
+	if c.MetricsAddr != "" {
+		if err := checkListenAddr(c.MetricsAddr); err != nil {
+			return settingErr(byFlag["metrics-addr"], "%v", err)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return settingErr(byFlag["log-level"], "unknown level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return settingErr(byFlag["log-format"], "unknown format %q: want json or text", c.LogFormat)
+	}
+	return nil
+}
+
+func fieldOf(c *Config, flag string) string {
+	switch flag {
+	case "database-url":
+		return c.DatabaseURL
+	case "node-id":
+		return c.NodeID
+	case "private-key-file":
+		return c.PrivateKeyFile
+	case "interface":
+		return c.Interface
+	}
+	return ""
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// minInterval keeps a typo ("60ms") from hammering the database.
+const minInterval = time.Second
+
+func parseInterval(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("bad duration %q: want e.g. 30s, 5m", v)
+	}
+	if d < minInterval {
+		return 0, fmt.Errorf("duration %s is below the minimum %s", d, minInterval)
+	}
+	return d, nil
+}
+
+func parseBool(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("bad boolean %q: want true or false", v)
+	}
+	return b, nil
+}
+
+// checkDatabaseURL never echoes the URL: it may carry a password.
+func checkDatabaseURL(v string) error {
+	if strings.HasPrefix(v, "postgres://") || strings.HasPrefix(v, "postgresql://") {
+		u, err := url.Parse(v)
+		if err != nil {
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return fmt.Errorf("bad URL: %v", err)
+		}
+		if u.Host == "" && u.Query().Get("host") == "" {
+			return errors.New("bad URL: no host (want postgres://user:pass@host:5432/db)")
+		}
+	} else if !strings.Contains(v, "=") {
+		return errors.New("bad URL: want postgres://user:pass@host:5432/db or key=value pairs")
+	}
+	if _, err := pgconn.ParseConfig(v); err != nil {
+		return errors.New("bad URL: not a valid Postgres connection string")
+	}
+	return nil
+}
+
+func checkRealtimeURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return errors.New("bad URL")
+	}
+	switch u.Scheme {
+	case "ws", "wss", "http", "https":
+	default:
+		return fmt.Errorf("bad URL scheme %q: want wss:// (or ws://)", u.Scheme)
+	}
+	if u.Host == "" {
+		return errors.New("bad URL: no host")
+	}
+	return nil
+}
+
+var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+func checkIfname(v string) error {
+	if !ifnameRE.MatchString(v) || v == "." || v == ".." {
+		return fmt.Errorf("bad interface name %q: 1-15 letters, digits, '-', '_' or '.'", v)
+	}
+	return nil
+}
+
+func checkListenAddr(v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("bad address %q: want host:port, e.g. 127.0.0.1:9586", v)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("bad port %q in %q", port, v)
+	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		return fmt.Errorf("bad host %q in %q: want an IP address", host, v)
+	}
+	return nil
+}
+
+// printSettings writes the settings table of a scope for --help.
+func printSettings(w io.Writer, scope int) {
+	for _, s := range settings() {
+		if s.scope&scope == 0 {
+			continue
+		}
+		def := s.def
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(w, "  --%-18s %-26s default %s\n      %s\n", s.flag, s.env, def, s.help)
+	}
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os/signal"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// runCmd is the run subcommand around runNode (run.go): config, logger,
+// registry, metrics endpoint and signals; runNode does the node's work and
+// returns when ctx ends.
+func (c *cli) runCmd(args []string) int {
+	fs := c.flagSet("run", "", "Run the node until SIGTERM or SIGINT.", forRun)
+	cf := bindConfig(fs, forRun)
+	cfg, code, ok := c.parse(fs, cf, args)
+	if !ok {
+		return code
+	}
+	cfg.requireFor("database-url", "node-id", "private-key-file", "interface")
+	if err := cfg.Validate(); err != nil {
+		c.configFail(err)
+		return exitConfig
+	}
+	log := newLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)
+	cfg.Health = &Health{}
+
+	reg := newRegistry()
+	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	watchAccessToken(ctx, cfg.AccessToken, reg, log)
+
+	if cfg.MetricsAddr != "" {
+		ms, err := startMetrics(cfg.MetricsAddr, reg, cfg.Health, log)
+		if err != nil {
+			log.Error("cannot start", "err", err)
+			return exitFail
+		}
+		log.Info("metrics listening", "addr", ms.Addr())
+		defer func() {
+			if err := ms.Shutdown(); err != nil {
+				log.Warn("metrics shutdown", "err", err)
+			}
+		}()
+	}
+
+	log.Info("starting", "version", version, "node_id", cfg.NodeID, "interface", cfg.Interface, "wg_mode", cfg.WGMode)
+	err := runNode(ctx, cfg, log, reg)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("stopped", "err", err)
+		return exitFail
+	}
+	log.Info("stopped")
+	return exitOK
+}
+
+// newRegistry is the node's own registry (never the global one) with the
+// process, Go and build-info series.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	bi := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "waylume_build_info",
+		Help: "Always 1; the version label says which build runs.",
+	}, []string{"version"})
+	bi.WithLabelValues(version).Set(1)
+	reg.MustRegister(bi)
+	return reg
+}
