@@ -56,6 +56,7 @@ const (
 	forCheck
 	forStatus
 	forNode
+	forHealth
 )
 
 type setting struct {
@@ -77,9 +78,9 @@ const (
 )
 
 func settings() []setting {
-	all := forRun | forMigrate | forCheck | forStatus | forNode
+	all := forRun | forMigrate | forCheck | forStatus | forNode | forHealth
 	return []setting{
-		{flag: "database-url", env: "WAYLUME_DATABASE_URL", def: "", scope: all,
+		{flag: "database-url", env: "WAYLUME_DATABASE_URL", def: "", scope: all &^ forHealth,
 			help: "Postgres URL (Supabase direct connection or session pooler)",
 			set:  func(c *Config, v string) error { c.DatabaseURL = v; return nil }},
 		{flag: "node-id", env: "WAYLUME_NODE_ID", def: "", scope: forRun | forCheck | forStatus,
@@ -112,7 +113,7 @@ func settings() []setting {
 		{flag: "usage-interval", env: "WAYLUME_USAGE_INTERVAL", def: "60s", scope: forRun,
 			help: "usage flush period",
 			set:  func(c *Config, v string) (err error) { c.UsageInterval, err = parseInterval(v); return err }},
-		{flag: "metrics-addr", env: "WAYLUME_METRICS_ADDR", def: defaultMetricsAddr, scope: forRun,
+		{flag: "metrics-addr", env: "WAYLUME_METRICS_ADDR", def: defaultMetricsAddr, scope: forRun | forHealth,
 			help: "listen address for /metrics, /healthz, /readyz; empty disables",
 			set:  func(c *Config, v string) error { c.MetricsAddr = v; return nil }},
 		{flag: "log-level", env: "WAYLUME_LOG_LEVEL", def: "info", scope: all,

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// keygenCmd writes a new private key to --out (0600, never overwritten
+// without --force) and prints the public key; without --out the private key
+// goes to stdout and the public key to stderr, like `wg genkey | wg pubkey`
+// in one step. The private key is never logged.
+func (c *cli) keygenCmd(args []string) int {
+	fs := c.flagSet("keygen", "", "Generate a WireGuard private key. With --out, stdout is the public key only.", 0)
+	out := fs.String("out", "", "write the private key to this file (mode 0600) instead of stdout")
+	force := fs.Bool("force", false, "overwrite --out if it exists")
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(c.stderr, "waylume-node keygen: unexpected argument %q\n", fs.Arg(0))
+		return exitConfig
+	}
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		fmt.Fprintf(c.stderr, "waylume-node keygen: %v\n", err)
+		return exitFail
+	}
+	if *out == "" {
+		fmt.Fprintln(c.stdout, key.String())
+		fmt.Fprintf(c.stderr, "public key: %s\n", key.PublicKey())
+		return exitOK
+	}
+	if err := writeKeyFile(*out, key, *force); err != nil {
+		fmt.Fprintf(c.stderr, "waylume-node keygen: %v\n", err)
+		return exitFail
+	}
+	fmt.Fprintln(c.stdout, key.PublicKey().String())
+	return exitOK
+}
+
+// writeKeyFile creates path with mode 0600 (and its directory 0700).
+func writeKeyFile(path string, key wgtypes.Key, force bool) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("key directory: %w", err)
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists; use --force to replace it (the node's public key changes)", path)
+	}
+	if err != nil {
+		return fmt.Errorf("write key: %w", err)
+	}
+	if err := f.Chmod(0o600); err != nil { // O_TRUNC keeps an old file's mode
+		f.Close()
+		return fmt.Errorf("write key: %w", err)
+	}
+	if _, err := f.WriteString(key.String() + "\n"); err != nil {
+		f.Close()
+		return fmt.Errorf("write key: %w", err)
+	}
+	return f.Close()
+}
+
+// readKeyFile reads a base64 private key file. Errors name the file, never
+// its content.
+func readKeyFile(path string) (wgtypes.Key, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("read private key: %w", err)
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("private key %s: not a base64 WireGuard key", path)
+	}
+	return k, nil
+}
+
+// loadOrCreateKey returns the node's private key from path, creating the
+// file (0600) with a new key when it does not exist. run.go may use it for
+// WAYLUME_PRIVATE_KEY_FILE.
+func loadOrCreateKey(path string) (key wgtypes.Key, created bool, err error) {
+	k, err := readKeyFile(path)
+	if err == nil {
+		return k, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, false, err
+	}
+	k, err = wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, false, fmt.Errorf("generate private key: %w", err)
+	}
+	if err := writeKeyFile(path, k, false); err != nil {
+		return wgtypes.Key{}, false, err
+	}
+	return k, true, nil
+}
+
+// parseExit maps a flag parse error to an exit code: --help is success.
+func parseExit(err error) int {
+	if errors.Is(err, flagErrHelp) {
+		return exitOK
+	}
+	return exitConfig
+}
