@@ -1,0 +1,10 @@
+package migrations_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/waylume/waylume-node/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
