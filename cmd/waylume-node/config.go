@@ -316,11 +316,8 @@ func checkDatabaseURL(v string) error {
 	if strings.HasPrefix(v, "postgres://") || strings.HasPrefix(v, "postgresql://") {
 		u, err := url.Parse(v)
 		if err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				err = ue.Err
-			}
-			return fmt.Errorf("bad URL: %v", err)
+			// url's message quotes the bad part, which may be the password.
+			return errors.New("bad URL: cannot parse it (percent-encode special characters in the password)")
 		}
 		if u.Host == "" && u.Query().Get("host") == "" {
 			return errors.New("bad URL: no host (want postgres://user:pass@host:5432/db)")
