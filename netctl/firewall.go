@@ -1,0 +1,242 @@
+package netctl
+
+// Firewall and NAT: two chains of our own, each hooked in once, holding a
+// handful of rules that do not grow with the number of peers. Blocking a
+// peer (quota, expiry) is removing it from WireGuard: without a peer entry
+// its packets are dropped by the device before they reach netfilter.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+)
+
+const (
+	chainForward = "WAYLUME-FORWARD"
+	chainPost    = "WAYLUME-POSTROUTING"
+)
+
+type fwChain struct {
+	table, hook, chain string
+}
+
+var fwChains = []fwChain{
+	{"filter", "FORWARD", chainForward},
+	{"nat", "POSTROUTING", chainPost},
+}
+
+type firewall struct {
+	ns  *namespace
+	log *slog.Logger
+}
+
+func newFirewall(ns *namespace, log *slog.Logger) *firewall {
+	return &firewall{ns: ns, log: log}
+}
+
+// rules are the desired contents of our chains for cfg.
+func fwRules(cfg Config, egress string) map[string][][]string {
+	wg := cfg.Interface
+	fwd := [][]string{}
+	if cfg.Isolation {
+		fwd = append(fwd, []string{"-i", wg, "-o", wg, "-j", "DROP"})
+	}
+	fwd = append(fwd,
+		[]string{"-i", wg, "-j", "ACCEPT"},
+		[]string{"-o", wg, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+	)
+	masq := []string{"-s", cfg.Pool().String()}
+	if egress != "" {
+		masq = append(masq, "-o", egress)
+	} else {
+		masq = append(masq, "!", "-o", wg)
+	}
+	masq = append(masq, "-j", "MASQUERADE")
+	return map[string][][]string{chainForward: fwd, chainPost: {masq}}
+}
+
+// egressInterface is cfg.EgressInterface or the IPv4 default route's.
+func egressInterface(cfg Config, h *netlink.Handle) string {
+	if cfg.EgressInterface != "" {
+		return cfg.EgressInterface
+	}
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return ""
+	}
+	for _, r := range routes {
+		if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.LinkIndex != 0 {
+			if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+				return l.Attrs().Name
+			}
+		}
+	}
+	return ""
+}
+
+// setup makes our chains hold exactly the rules for cfg, hooks each in
+// once and enables forwarding. When everything is already in place it
+// only reads.
+func (f *firewall) setup(ctx context.Context, cfg Config, h *netlink.Handle) error {
+	egress := egressInterface(cfg, h)
+	if egress == "" {
+		f.log.Warn("no egress interface and no default route: masquerading everything leaving the pool except to the tunnel")
+	}
+	want := fwRules(cfg, egress)
+	return f.ns.do(func() error {
+		if err := enableForwarding(cfg.Address6.IsValid()); err != nil {
+			return err
+		}
+		ipt, err := iptables.New(iptables.Timeout(5))
+		if err != nil {
+			return fmt.Errorf("iptables: %w", err)
+		}
+		same, err := chainsMatch(ipt, want)
+		if err != nil {
+			return err
+		}
+		if !same {
+			if err := restore(ctx, want); err != nil {
+				return err
+			}
+		}
+		for _, c := range fwChains {
+			if err := hookOnce(ipt, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// chainsMatch reports whether each of our chains exists and holds exactly
+// the wanted rules (checked with iptables -C, which compares semantically,
+// plus a rule count).
+func chainsMatch(ipt *iptables.IPTables, want map[string][][]string) (bool, error) {
+	for _, c := range fwChains {
+		ok, err := ipt.ChainExists(c.table, c.chain)
+		if err != nil {
+			return false, fmt.Errorf("check chain %s: %w", c.chain, err)
+		}
+		if !ok {
+			return false, nil
+		}
+		rules, err := ipt.List(c.table, c.chain)
+		if err != nil {
+			return false, fmt.Errorf("list chain %s: %w", c.chain, err)
+		}
+		if len(rules)-1 != len(want[c.chain]) { // the first line is -N
+			return false, nil
+		}
+		for _, r := range want[c.chain] {
+			ok, err := ipt.Exists(c.table, c.chain, r...)
+			if err != nil {
+				return false, fmt.Errorf("check rule in %s: %w", c.chain, err)
+			}
+			if !ok {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// restore rewrites our chains in one iptables-restore --noflush: a chain
+// declared in the input is flushed and refilled atomically, and nothing
+// else is touched.
+func restore(ctx context.Context, want map[string][][]string) error {
+	var b bytes.Buffer
+	for _, c := range fwChains {
+		fmt.Fprintf(&b, "*%s\n:%s - [0:0]\n", c.table, c.chain)
+		for _, r := range want[c.chain] {
+			fmt.Fprintf(&b, "-A %s %s\n", c.chain, strings.Join(r, " "))
+		}
+		b.WriteString("COMMIT\n")
+	}
+	cmd := exec.CommandContext(ctx, "iptables-restore", "-w", "5", "--noflush")
+	cmd.Stdin = &b
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// hookOnce makes the built-in chain jump to ours exactly once, first.
+func hookOnce(ipt *iptables.IPTables, c fwChain) error {
+	jump := []string{"-j", c.chain}
+	rules, err := ipt.List(c.table, c.hook)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", c.hook, err)
+	}
+	n := 0
+	for _, r := range rules {
+		if r == "-A "+c.hook+" -j "+c.chain {
+			n++
+		}
+	}
+	for ; n > 1; n-- {
+		if err := ipt.Delete(c.table, c.hook, jump...); err != nil {
+			return fmt.Errorf("remove duplicate jump to %s: %w", c.chain, err)
+		}
+	}
+	if n == 0 {
+		if err := ipt.Insert(c.table, c.hook, 1, jump...); err != nil {
+			return fmt.Errorf("hook %s into %s: %w", c.chain, c.hook, err)
+		}
+	}
+	return nil
+}
+
+func enableForwarding(v6 bool) error {
+	files := []string{"/proc/sys/net/ipv4/ip_forward"}
+	if v6 {
+		files = append(files, "/proc/sys/net/ipv6/conf/all/forwarding")
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.TrimSpace(string(b)) == "1" {
+			continue
+		}
+		if err := os.WriteFile(f, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
+	}
+	return nil
+}
+
+// teardown unhooks and deletes our chains; other rules stay.
+func (f *firewall) teardown(ctx context.Context) error {
+	return f.ns.do(func() error {
+		ipt, err := iptables.New(iptables.Timeout(5))
+		if err != nil {
+			return fmt.Errorf("iptables: %w", err)
+		}
+		var errs []error
+		for _, c := range fwChains {
+			for {
+				ok, err := ipt.Exists(c.table, c.hook, "-j", c.chain)
+				if err != nil || !ok {
+					break
+				}
+				if err := ipt.Delete(c.table, c.hook, "-j", c.chain); err != nil {
+					errs = append(errs, fmt.Errorf("unhook %s: %w", c.chain, err))
+					break
+				}
+			}
+			if ok, _ := ipt.ChainExists(c.table, c.chain); ok {
+				if err := ipt.ClearAndDeleteChain(c.table, c.chain); err != nil {
+					errs = append(errs, fmt.Errorf("delete chain %s: %w", c.chain, err))
+				}
+			}
+		}
+		return errors.Join(errs...)
+	})
+}

@@ -1,0 +1,341 @@
+package netctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Mode chooses how the WireGuard interface is provided.
+type Mode string
+
+const (
+	// ModeAuto adopts an existing device or creates a kernel one, and
+	// falls back to the embedded userspace device when the kernel has no
+	// WireGuard.
+	ModeAuto Mode = "auto"
+	// ModeKernel uses a device the node does not own the process of: the
+	// kernel module, or an existing interface reachable over a UAPI socket
+	// (e.g. an external wireguard-go). It creates one only through the
+	// kernel and fails clearly when the kernel cannot.
+	ModeKernel Mode = "kernel"
+	// ModeUserspace runs wireguard-go inside this process, with its UAPI
+	// socket open so `wg show` and wgctrl work on it.
+	ModeUserspace Mode = "userspace"
+)
+
+// ParseMode parses "auto", "kernel" or "userspace"; "" is auto.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(strings.ToLower(strings.TrimSpace(s))); m {
+	case "":
+		return ModeAuto, nil
+	case ModeAuto, ModeKernel, ModeUserspace:
+		return m, nil
+	}
+	return "", fmt.Errorf("wireguard mode %q: want auto, kernel or userspace", s)
+}
+
+// Config is the node-level state of the interface.
+type Config struct {
+	Interface  string
+	Mode       Mode // "" = ModeAuto
+	PrivateKey wgtypes.Key
+	ListenPort int
+	// Address is the node's tunnel address with the pool prefix
+	// (10.8.0.1/16: the pool is 10.8.0.0/16). Address6 is optional.
+	Address, Address6 netip.Prefix
+	MTU               int    // 0 = 1420
+	EgressInterface   string // NAT uplink; "" = the default route's interface
+	Isolation         bool   // block client-to-client traffic
+	// Netns is the path of a network namespace to manage instead of the
+	// process's own (e.g. /var/run/netns/x). Tests use it; see doc.go.
+	Netns string
+}
+
+const defaultMTU = 1420
+
+func (c Config) withDefaults() Config {
+	if c.Mode == "" {
+		c.Mode = ModeAuto
+	}
+	if c.MTU == 0 {
+		c.MTU = defaultMTU
+	}
+	return c
+}
+
+// Validate checks the fields Open and Reconfigure depend on.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Interface == "" || len(c.Interface) > 15 || strings.ContainsAny(c.Interface, "/ \t\n") {
+		errs = append(errs, fmt.Errorf("interface name %q: want 1-15 characters without '/' or spaces", c.Interface))
+	}
+	if _, err := ParseMode(string(c.Mode)); err != nil {
+		errs = append(errs, err)
+	}
+	if c.PrivateKey == (wgtypes.Key{}) {
+		errs = append(errs, errors.New("private key is missing"))
+	}
+	if c.ListenPort < 0 || c.ListenPort > 65535 {
+		errs = append(errs, fmt.Errorf("listen port %d out of range", c.ListenPort))
+	}
+	if !c.Address.IsValid() || !c.Address.Addr().Is4() {
+		errs = append(errs, fmt.Errorf("address %v: want an IPv4 address with the pool prefix", c.Address))
+	} else if c.Address.Bits() < 8 || c.Address.Bits() > 30 {
+		errs = append(errs, fmt.Errorf("address %v: pool prefix must be /8 to /30", c.Address))
+	}
+	if c.Address6.IsValid() && !c.Address6.Addr().Is6() {
+		errs = append(errs, fmt.Errorf("address6 %v is not IPv6", c.Address6))
+	}
+	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 9000) {
+		errs = append(errs, fmt.Errorf("mtu %d: want 1280-9000", c.MTU))
+	}
+	return errors.Join(errs...)
+}
+
+// Pool is the client address pool: the network of Address.
+func (c Config) Pool() netip.Prefix { return c.Address.Masked() }
+
+// Peer is the desired state of one WireGuard peer. Shaping is keyed by the
+// peer's first IPv4 /32 allowed IP; a limit of 0 means unlimited.
+type Peer struct {
+	PublicKey    wgtypes.Key
+	PresharedKey wgtypes.Key // zero = none
+	AllowedIPs   []netip.Prefix
+	Keepalive    time.Duration
+	DownloadKbps int64 // node -> client
+	UploadKbps   int64 // client -> node
+}
+
+// ShapingAddr is the address the peer's limits are keyed by: its first
+// IPv4 /32 allowed IP, or false if it has none.
+func (p Peer) ShapingAddr() (netip.Addr, bool) {
+	for _, a := range p.AllowedIPs {
+		if a.Addr().Is4() && a.Bits() == 32 {
+			return a.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// PeerStats is the actual state of one peer as the device reports it.
+// RxBytes is what the node received from the client (upload), TxBytes what
+// it sent (download). Limits are the installed tc classes, 0 = none.
+type PeerStats struct {
+	PublicKey     wgtypes.Key
+	Endpoint      netip.AddrPort
+	LastHandshake time.Time
+	RxBytes       int64
+	TxBytes       int64
+	AllowedIPs    []netip.Prefix
+	DownloadKbps  int64
+	UploadKbps    int64
+}
+
+// Link is one managed WireGuard interface with its shaping and firewall.
+// Its methods are safe for concurrent use; they serialise on one mutex
+// because every one of them is a read-modify-write of kernel state.
+type Link struct {
+	log *slog.Logger
+	ns  *namespace
+	nl  *netlink.Handle
+	wg  wgClient
+
+	mu      sync.Mutex
+	cfg     Config
+	dev     *userspaceDevice // nil when the device is the kernel's or another process's
+	ifindex int
+	epoch   string
+	// peers mirrors what the device holds, by public key: refreshed from
+	// the device by SyncPeers, updated with what each apply changed.
+	peers map[wgtypes.Key]Peer
+	// removedShaping holds the shaping address of peers removed from the
+	// device in this apply, until their classes are removed too.
+	removedShaping map[wgtypes.Key]netip.Addr
+	tc             *shaper
+	fw             *firewall
+}
+
+// PublicKey is the node's public key.
+func (l *Link) PublicKey() wgtypes.Key {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cfg.PrivateKey.PublicKey()
+}
+
+// Epoch identifies the lifetime of the device's counters: boot id, ifindex
+// and, for the embedded device, its instance. When it changes, counters
+// restarted from zero.
+func (l *Link) Epoch() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.epoch
+}
+
+// Userspace reports whether the device is the embedded one.
+func (l *Link) Userspace() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dev != nil
+}
+
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "noboot"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Open creates or adopts the interface described by cfg, then its shaping
+// and firewall. An existing working interface is adopted with its peers,
+// never deleted and recreated.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Link, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("netctl config: %w", err)
+	}
+	ns, err := openNamespace(cfg.Netns)
+	if err != nil {
+		return nil, err
+	}
+	l := &Link{log: log.With("interface", cfg.Interface), ns: ns, cfg: cfg}
+	if err := l.open(ctx); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Link) open(ctx context.Context) error {
+	var err error
+	if l.ns != nil {
+		l.nl, err = netlink.NewHandleAt(l.ns.handle)
+	} else {
+		l.nl, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	if err := l.openDevice(ctx); err != nil {
+		return err
+	}
+	if err := l.configureLink(ctx, Config{}); err != nil {
+		return err
+	}
+	if err := l.loadPeers(); err != nil {
+		return err
+	}
+	l.tc = newShaper(l.nl, l.cfg, l.log)
+	if err := l.tc.setup(l.ifindex); err != nil {
+		return fmt.Errorf("shaping setup: %w", err)
+	}
+	l.fw = newFirewall(l.ns, l.log)
+	if err := l.fw.setup(ctx, l.cfg, l.nl); err != nil {
+		return fmt.Errorf("firewall setup: %w", err)
+	}
+	return nil
+}
+
+// Reconfigure applies a changed node configuration (key, port, addresses,
+// MTU, egress, isolation) without touching peers. The interface name,
+// mode and namespace cannot change on a live Link.
+func (l *Link) Reconfigure(ctx context.Context, cfg Config) error {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("netctl config: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cfg.Interface != l.cfg.Interface || cfg.Netns != l.cfg.Netns {
+		return fmt.Errorf("reconfigure %s: interface and namespace cannot change on a live link", l.cfg.Interface)
+	}
+	old := l.cfg
+	l.cfg = cfg
+	var errs []error
+	if err := l.configureLink(ctx, old); err != nil {
+		errs = append(errs, err)
+	}
+	if old.Pool() != cfg.Pool() {
+		// Handles are derived from the pool: a new pool is a new tree.
+		// Peers' classes are re-added by the next SyncPeers.
+		if err := l.tc.teardown(); err != nil {
+			errs = append(errs, err)
+		}
+		l.tc = newShaper(l.nl, cfg, l.log)
+		if err := l.tc.setup(l.ifindex); err != nil {
+			errs = append(errs, fmt.Errorf("shaping setup: %w", err))
+		}
+	}
+	if err := l.fw.setup(ctx, cfg, l.nl); err != nil {
+		errs = append(errs, fmt.Errorf("firewall setup: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Close releases the Link. A kernel-mode or adopted interface stays up with
+// its peers, shaping and firewall; the embedded userspace device stops,
+// and its interface goes with it.
+func (l *Link) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	if l.dev != nil {
+		l.dev.close()
+		l.dev = nil
+	}
+	if l.wg != nil {
+		if err := l.wg.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		l.wg = nil
+	}
+	if l.nl != nil {
+		l.nl.Close()
+		l.nl = nil
+	}
+	l.ns.close()
+	l.ns = nil
+	return errors.Join(errs...)
+}
+
+// Teardown removes what the Link made: firewall chains, tc qdiscs and the
+// IFB device, and the interface itself. It does not Close the Link.
+func (l *Link) Teardown(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	if l.fw != nil {
+		if err := l.fw.teardown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("firewall teardown: %w", err))
+		}
+	}
+	if l.tc != nil {
+		if err := l.tc.teardown(); err != nil {
+			errs = append(errs, fmt.Errorf("shaping teardown: %w", err))
+		}
+	}
+	if l.dev != nil {
+		l.dev.close()
+		l.dev = nil
+	}
+	if link, err := l.nl.LinkByName(l.cfg.Interface); err == nil {
+		if err := l.nl.LinkDel(link); err != nil {
+			errs = append(errs, fmt.Errorf("delete interface %s: %w", l.cfg.Interface, err))
+		}
+	}
+	l.peers = map[wgtypes.Key]Peer{}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,312 @@
+package netctl
+
+// Peers are applied as a diff against the mirror of the device: missing
+// peers are added, changed ones patched with UpdateOnly (allowed IPs
+// replaced only for that peer), extra ones removed, unchanged ones not
+// sent at all. ReplacePeers is never used: it drops every session.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// wgctrl sends one netlink message per peer once a call carries more than
+// this; the kernel also caps a message's size (DESIGN.md section 5).
+const (
+	maxPeersPerCall = 32
+	maxIPsPerCall   = 256
+)
+
+// SyncPeers makes the device hold exactly all: it rereads the device and
+// the installed classes (repairing drift), then applies the difference.
+// Calling it twice with the same set sends nothing the second time. A peer
+// that fails is reported in failed and does not stop the others; err is
+// for failures that are not any one peer's.
+func (l *Link) SyncPeers(ctx context.Context, all []Peer) (failed map[wgtypes.Key]error, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.loadPeers(); err != nil {
+		return nil, err
+	}
+	if err := l.tc.load(); err != nil {
+		return nil, fmt.Errorf("read shaping state: %w", err)
+	}
+	want := make(map[wgtypes.Key]Peer, len(all))
+	failed = map[wgtypes.Key]error{}
+	for _, p := range all {
+		if _, dup := want[p.PublicKey]; dup {
+			failed[p.PublicKey] = errors.New("peer listed twice")
+			continue
+		}
+		want[p.PublicKey] = p
+	}
+	var remove []wgtypes.Key
+	for k := range l.peers {
+		if _, ok := want[k]; !ok {
+			remove = append(remove, k)
+		}
+	}
+	l.apply(ctx, all, remove, failed)
+
+	// Classes of addresses no wanted peer owns are leftovers: remove them.
+	owned := map[netip.Addr]bool{}
+	for _, p := range want {
+		if a, ok := p.ShapingAddr(); ok {
+			owned[a] = true
+		}
+	}
+	var errs []error
+	for a := range l.tc.classes {
+		if !owned[a] {
+			if err := l.tc.apply(a, limits{}); err != nil {
+				errs = append(errs, fmt.Errorf("remove leftover shaping for %v: %w", a, err))
+			}
+		}
+	}
+	return failed, errors.Join(errs...)
+}
+
+// UpdatePeers adds or patches the peers in set and removes those in
+// remove, leaving every other peer alone. It diffs against what the Link
+// last read or applied, so it does not reread the device.
+func (l *Link) UpdatePeers(ctx context.Context, set []Peer, remove []wgtypes.Key) (failed map[wgtypes.Key]error, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	failed = map[wgtypes.Key]error{}
+	l.apply(ctx, set, remove, failed)
+	return failed, nil
+}
+
+// apply sends the difference between set/remove and the mirror: shaping
+// for new and changed peers first (traffic is limited from its first
+// packet), then WireGuard in chunks, then shaping of removed peers.
+func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, failed map[wgtypes.Key]error) {
+	var changes []peerChange
+	for _, p := range set {
+		if failed[p.PublicKey] != nil {
+			continue
+		}
+		have, exists := l.peers[p.PublicKey]
+		if err := l.shape(have, exists, p); err != nil {
+			failed[p.PublicKey] = fmt.Errorf("apply peer %s shaping: %w", p.PublicKey, err)
+		}
+		if pc, changed := diffPeer(have, exists, p); changed {
+			changes = append(changes, peerChange{key: p.PublicKey, want: p, cfgs: splitIPs(pc)})
+		}
+	}
+	for _, k := range remove {
+		if _, exists := l.peers[k]; exists {
+			changes = append(changes, peerChange{key: k, remove: true, cfgs: []wgtypes.PeerConfig{{PublicKey: k, Remove: true}}})
+		}
+	}
+	for k, err := range l.configure(ctx, changes) {
+		if failed[k] == nil {
+			failed[k] = err
+		}
+	}
+	for _, k := range remove {
+		if have, ok := l.removedShaping[k]; ok {
+			if err := l.tc.apply(have, limits{}); err != nil && failed[k] == nil {
+				failed[k] = fmt.Errorf("remove peer %s shaping: %w", k, err)
+			}
+			delete(l.removedShaping, k)
+		}
+	}
+}
+
+// shape applies one peer's limits, moving them when its address changed.
+func (l *Link) shape(have Peer, exists bool, want Peer) error {
+	wantAddr, ok := want.ShapingAddr()
+	if exists {
+		if old, had := have.ShapingAddr(); had && (!ok || old != wantAddr) {
+			if err := l.tc.apply(old, limits{}); err != nil {
+				return err
+			}
+		}
+	}
+	if !ok {
+		if want.DownloadKbps != 0 || want.UploadKbps != 0 {
+			return errors.New("limits need an IPv4 /32 allowed IP to key them")
+		}
+		return nil
+	}
+	if want.DownloadKbps < 0 || want.UploadKbps < 0 {
+		return errors.New("negative limit")
+	}
+	return l.tc.apply(wantAddr, limits{down: want.DownloadKbps, up: want.UploadKbps})
+}
+
+type peerChange struct {
+	key    wgtypes.Key
+	want   Peer
+	remove bool
+	cfgs   []wgtypes.PeerConfig // more than one only for > maxIPsPerCall allowed IPs
+}
+
+// configure sends the changes in chunks; when a chunk fails its peers are
+// retried one by one so the error lands on the peer that caused it. The
+// mirror records only what succeeded.
+func (l *Link) configure(ctx context.Context, changes []peerChange) map[wgtypes.Key]error {
+	failed := map[wgtypes.Key]error{}
+	for _, chunk := range chunkChanges(changes) {
+		if err := ctx.Err(); err != nil {
+			for _, c := range chunk {
+				failed[c.key] = err
+			}
+			continue
+		}
+		var cfgs []wgtypes.PeerConfig
+		for _, c := range chunk {
+			cfgs = append(cfgs, c.cfgs...)
+		}
+		if err := l.wg.ConfigureDevice(l.cfg.Interface, wgtypes.Config{Peers: cfgs}); err == nil {
+			for _, c := range chunk {
+				l.record(c)
+			}
+			continue
+		}
+		for _, c := range chunk {
+			var err error
+			for _, pc := range c.cfgs {
+				if err = l.wg.ConfigureDevice(l.cfg.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}}); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				failed[c.key] = fmt.Errorf("apply peer %s: %w", c.key, err)
+				continue
+			}
+			l.record(c)
+		}
+	}
+	return failed
+}
+
+func (l *Link) record(c peerChange) {
+	if c.remove {
+		if have, ok := l.peers[c.key].ShapingAddr(); ok {
+			if l.removedShaping == nil {
+				l.removedShaping = map[wgtypes.Key]netip.Addr{}
+			}
+			l.removedShaping[c.key] = have
+		}
+		delete(l.peers, c.key)
+		return
+	}
+	p := c.want
+	p.DownloadKbps, p.UploadKbps = 0, 0 // the mirror holds WireGuard state only
+	p.AllowedIPs = normalize(p.AllowedIPs)
+	l.peers[c.key] = p
+}
+
+// chunkChanges groups changes so no call carries more than maxPeersPerCall
+// peer configs or maxIPsPerCall allowed IPs; a change split in parts stays
+// whole inside one chunk when it fits, else its parts fill chunks alone.
+func chunkChanges(changes []peerChange) [][]peerChange {
+	var out [][]peerChange
+	var cur []peerChange
+	peers, ips := 0, 0
+	for _, c := range changes {
+		cp, ci := len(c.cfgs), 0
+		for _, pc := range c.cfgs {
+			ci += len(pc.AllowedIPs)
+		}
+		if len(cur) > 0 && (peers+cp > maxPeersPerCall || ips+ci > maxIPsPerCall) {
+			out = append(out, cur)
+			cur, peers, ips = nil, 0, 0
+		}
+		cur = append(cur, c)
+		peers += cp
+		ips += ci
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
+
+// diffPeer returns the patch that turns have into want, and whether there
+// is anything to send.
+func diffPeer(have Peer, exists bool, want Peer) (wgtypes.PeerConfig, bool) {
+	pc := wgtypes.PeerConfig{PublicKey: want.PublicKey}
+	if !exists {
+		if want.PresharedKey != (wgtypes.Key{}) {
+			k := want.PresharedKey
+			pc.PresharedKey = &k
+		}
+		if want.Keepalive != 0 {
+			d := want.Keepalive
+			pc.PersistentKeepaliveInterval = &d
+		}
+		pc.ReplaceAllowedIPs = true
+		pc.AllowedIPs = ipNets(want.AllowedIPs)
+		return pc, true
+	}
+	pc.UpdateOnly = true
+	changed := false
+	if have.PresharedKey != want.PresharedKey {
+		k := want.PresharedKey // the zero key removes it
+		pc.PresharedKey = &k
+		changed = true
+	}
+	if have.Keepalive != want.Keepalive {
+		d := want.Keepalive
+		pc.PersistentKeepaliveInterval = &d
+		changed = true
+	}
+	if !slices.Equal(normalize(have.AllowedIPs), normalize(want.AllowedIPs)) {
+		pc.ReplaceAllowedIPs = true
+		pc.AllowedIPs = ipNets(want.AllowedIPs)
+		changed = true
+	}
+	return pc, changed
+}
+
+// splitIPs cuts a config with more allowed IPs than one call may carry
+// into parts: the first replaces, the rest append to the same peer.
+func splitIPs(pc wgtypes.PeerConfig) []wgtypes.PeerConfig {
+	if len(pc.AllowedIPs) <= maxIPsPerCall {
+		return []wgtypes.PeerConfig{pc}
+	}
+	out := []wgtypes.PeerConfig{}
+	ips := pc.AllowedIPs
+	first := pc
+	first.AllowedIPs = ips[:maxIPsPerCall]
+	out = append(out, first)
+	for rest := ips[maxIPsPerCall:]; len(rest) > 0; {
+		n := min(len(rest), maxIPsPerCall)
+		out = append(out, wgtypes.PeerConfig{PublicKey: pc.PublicKey, UpdateOnly: true, AllowedIPs: rest[:n]})
+		rest = rest[n:]
+	}
+	return out
+}
+
+// normalize returns masked, sorted, deduplicated prefixes: the device
+// stores allowed IPs that way, so comparing normalized sets is exact.
+func normalize(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
+}
+
+func ipNets(ps []netip.Prefix) []net.IPNet {
+	out := make([]net.IPNet, 0, len(ps))
+	for _, p := range normalize(ps) {
+		out = append(out, *prefixIPNet(p))
+	}
+	return out
+}

@@ -1,0 +1,42 @@
+package netctl
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+)
+
+// Stats reads every peer's endpoint, last handshake and byte counters from
+// the device in one call (one netlink dump or one UAPI get), and the
+// installed limits from the shaping mirror, so it stays cheap at 10,000
+// peers.
+func (l *Link) Stats(ctx context.Context) ([]PeerStats, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	dev, err := l.wg.Device(l.cfg.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("read device %s: %w", l.cfg.Interface, err)
+	}
+	out := make([]PeerStats, 0, len(dev.Peers))
+	for _, p := range dev.Peers {
+		s := PeerStats{
+			PublicKey:     p.PublicKey,
+			LastHandshake: p.LastHandshakeTime,
+			RxBytes:       p.ReceiveBytes,
+			TxBytes:       p.TransmitBytes,
+		}
+		if p.Endpoint != nil {
+			s.Endpoint = p.Endpoint.AddrPort()
+			s.Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().Unmap(), s.Endpoint.Port())
+		}
+		for _, n := range p.AllowedIPs {
+			s.AllowedIPs = append(s.AllowedIPs, ipNetPrefix(&n))
+		}
+		if a, ok := fromWG(p).ShapingAddr(); ok {
+			lim := l.tc.classes[a]
+			s.DownloadKbps, s.UploadKbps = lim.down, lim.up
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}

@@ -1,0 +1,176 @@
+package netctl
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/waylume/waylume-node/internal/netns"
+)
+
+func TestHandshakeAndNoChangeReapply(t *testing.T) {
+	b := newBed(t, nil)
+	c, peer := b.client("10.8.0.2")
+	b.sync(peer)
+	ping(t, c.NS, "10.8.0.1")
+
+	before := statsOf(t, b.link, peer.PublicKey)
+	if before.LastHandshake.IsZero() || before.RxBytes == 0 || !before.Endpoint.IsValid() {
+		t.Fatalf("after ping the node sees no session: %+v", before)
+	}
+	cpeers, err := c.Peers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	calls, ops := b.wg.configures.Load(), b.link.tc.ops
+	b.sync(peer)
+	if _, err := b.link.UpdatePeers(context.Background(), []Peer{peer}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.wg.configures.Load() - calls; got != 0 {
+		t.Errorf("re-apply of the same state sent %d ConfigureDevice calls, want 0", got)
+	}
+	if got := b.link.tc.ops - ops; got != 0 {
+		t.Errorf("re-apply of the same state made %d tc changes, want 0", got)
+	}
+
+	ping(t, c.NS, "10.8.0.1")
+	after := statsOf(t, b.link, peer.PublicKey)
+	// A removed and re-added peer starts from zero counters and a new
+	// handshake; the same session keeps both.
+	if after.RxBytes <= before.RxBytes || !after.LastHandshake.Equal(before.LastHandshake) {
+		t.Errorf("session was reset: before %+v after %+v", before, after)
+	}
+	cafter, err := c.Peers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cafter[0].LatestHandshake.Equal(cpeers[0].LatestHandshake) {
+		t.Errorf("client handshake changed: %v -> %v", cpeers[0].LatestHandshake, cafter[0].LatestHandshake)
+	}
+	if b.link.Epoch() == "" || !strings.Contains(b.link.Epoch(), ":") {
+		t.Errorf("Epoch() = %q", b.link.Epoch())
+	}
+}
+
+func TestPeerChangesAreDiffs(t *testing.T) {
+	b := newBed(t, nil)
+	var peers []Peer
+	for i := range 70 {
+		k := mustKey(t)
+		peers = append(peers, Peer{PublicKey: k.PublicKey(), AllowedIPs: mustPrefixes("10.8.1." + itoa(i+2) + "/32")})
+	}
+	calls := b.wg.configures.Load()
+	b.sync(peers...)
+	// 70 new peers: three calls of at most 32.
+	if got := b.wg.configures.Load() - calls; got != 3 {
+		t.Errorf("cold apply of 70 peers took %d ConfigureDevice calls, want 3", got)
+	}
+	// Change one, remove one: one call carrying both.
+	peers[5].Keepalive = 25 * time.Second
+	removed := peers[69]
+	calls = b.wg.configures.Load()
+	b.sync(peers[:69]...)
+	if got := b.wg.configures.Load() - calls; got != 1 {
+		t.Errorf("one change + one removal took %d calls, want 1", got)
+	}
+	st, err := b.link.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 69 {
+		t.Errorf("device has %d peers, want 69", len(st))
+	}
+	for _, s := range st {
+		if s.PublicKey == removed.PublicKey {
+			t.Error("removed peer still on the device")
+		}
+	}
+	dev, err := b.link.wg.Device(b.cfg.Interface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range dev.Peers {
+		if p.PublicKey == peers[5].PublicKey && p.PersistentKeepaliveInterval != 25*time.Second {
+			t.Errorf("keepalive = %v, want 25s", p.PersistentKeepaliveInterval)
+		}
+	}
+}
+
+func TestAdoptExternalDevice(t *testing.T) {
+	node := newNodeNS(t)
+	name := netns.Name("wlx")
+	wgproc := node.Start(t, "wireguard-go", "-f", name)
+	netns.WaitFor(t, 10*time.Second, func() error {
+		_, err := node.Run(context.Background(), "wg", "show", name)
+		if exited, perr := wgproc.Exited(); exited {
+			t.Fatalf("wireguard-go exited: %v: %s", perr, wgproc.Output())
+		}
+		return err
+	})
+	b := &bed{t: t, node: node}
+	b.cfg = Config{Interface: name, Mode: ModeKernel, PrivateKey: mustKey(t), ListenPort: 51900,
+		Address: mustPrefixes("10.9.0.1/24")[0], Isolation: true, Netns: node.Path()}
+	b.link = b.open(b.cfg)
+	if b.link.Userspace() {
+		t.Fatal("kernel mode started an embedded device instead of adopting")
+	}
+	var peers []Peer
+	for i := range 3 {
+		peers = append(peers, Peer{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.9.0." + itoa(10+i) + "/32"), DownloadKbps: int64(1000 * (i + 1))})
+	}
+	b.sync(peers...)
+	epoch := b.link.Epoch()
+	if err := b.link.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if exited, _ := wgproc.Exited(); exited {
+		t.Fatal("Close stopped the external device")
+	}
+
+	cfg := b.cfg
+	cfg.Mode = ModeAuto
+	l2 := b.open(cfg)
+	cw := l2.wg.(*countingWG)
+	st, err := l2.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != len(peers) {
+		t.Fatalf("adopted link reports %d peers, want %d", len(st), len(peers))
+	}
+	for i, p := range peers {
+		s := statsOf(t, l2, p.PublicKey)
+		if s.DownloadKbps != int64(1000*(i+1)) {
+			t.Errorf("peer %d: adopted download limit %d, want %d", i, s.DownloadKbps, 1000*(i+1))
+		}
+	}
+	ops := l2.tc.ops
+	if _, err := l2.SyncPeers(context.Background(), peers); err != nil {
+		t.Fatal(err)
+	}
+	if n := cw.configures.Load(); n != 0 {
+		t.Errorf("adopting and re-applying the same peers sent %d ConfigureDevice calls", n)
+	}
+	if l2.tc.ops != ops {
+		t.Errorf("adopting and re-applying made %d tc changes", l2.tc.ops-ops)
+	}
+	if l2.Epoch() != epoch {
+		t.Errorf("epoch changed across adoption: %q -> %q", epoch, l2.Epoch())
+	}
+}
+
+func TestKernelModeCreatesOnlyThroughKernel(t *testing.T) {
+	node := newNodeNS(t)
+	_, err := Open(context.Background(), Config{Interface: netns.Name("wlk"), Mode: ModeKernel, PrivateKey: mustKey(t),
+		Address: mustPrefixes("10.9.0.1/24")[0], Netns: node.Path()}, testLogger(t))
+	if err == nil {
+		// A kernel with the module: then creation is legitimate.
+		t.Skip("this kernel has WireGuard; the failure path cannot be shown")
+	}
+	if !strings.Contains(err.Error(), "mode kernel") {
+		t.Errorf("error does not say why: %v", err)
+	}
+}
