@@ -1,0 +1,662 @@
+package reconcile
+
+// Locking: one mutex (Reconciler.mu) guards all state below it. Event
+// batches, resyncs, the expiry timer and usage flushes each take it for
+// their whole run, data plane and store calls included, so a peer's removal
+// and its final usage flush can never interleave. Store calls have their
+// own timeout so a hung database cannot hold it forever.
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/waylume/waylume-node/events"
+)
+
+// Config wires a Reconciler.
+type Config struct {
+	NodeID    string
+	Store     Store
+	DataPlane DataPlane
+	Log       *slog.Logger
+	// Registerer receives the metrics; nil: not registered.
+	Registerer prometheus.Registerer
+	// IsNotFound tells Store.Peer's "gone" error from a read failure.
+	IsNotFound func(error) bool
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+
+	ResyncInterval    time.Duration // full resync; default 60s
+	UsageInterval     time.Duration // usage flush; default 60s
+	HeartbeatInterval time.Duration // default 30s
+	StoreTimeout      time.Duration // per store call; default 10s
+
+	PublicKey string // written in the heartbeat
+	Version   string
+}
+
+// Reconciler keeps the data plane equal to the node's rows.
+type Reconciler struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	queue *events.Queue
+	m     *metrics
+	kick  chan struct{} // capacity 1: flush soon (a peer is leaving, a status changed)
+
+	mu         sync.Mutex
+	loaded     bool // status rows (baselines) loaded
+	synced     bool // one snapshot applied
+	adopted    bool // the data plane's peers were matched to rows
+	node       events.Node
+	nodeCfg    NodeConfig
+	nodeSet    bool
+	rows       map[string]events.Peer // desired rows, from snapshots and events
+	peers      map[string]*peerState  // every peer the node knows: rows, statuses, data plane
+	nextExpiry time.Time
+	inflight   *batch // a usage batch whose commit is not known to have happened
+	lastFlush  time.Time
+	epoch      string
+}
+
+// peerState is everything the node tracks for one peer id.
+type peerState struct {
+	id string
+	// Data plane.
+	inPlane bool // WireGuard holds key for this peer
+	key     Key
+	applied PeerConfig // last config programmed
+	leaving bool       // cut; removed after its final usage is committed
+	// Evaluation, written to peer_status.
+	state, reason string
+	appliedAt     time.Time
+	gen           uint64 // bumps when state/reason/appliedAt change
+	comGen        uint64 // gen of the committed status row
+	// Accounting. com is the status row as committed in the database (its
+	// baselines are the counters already accounted for); rx/tx the last read.
+	com          events.PeerStatus
+	rx, tx       int64
+	read         bool // rx/tx were read from the current key's counters
+	handshake    time.Time
+	endpoint     string
+	quotaBase    int64 // bytes since quota reset as of com
+	quotaResetAt time.Time
+	quotaKnown   bool // quotaBase is meaningful
+	quotaRowSeen bool // quotaResetAt came from the row
+}
+
+// New returns a Reconciler; Run starts it.
+func New(cfg Config) (*Reconciler, error) {
+	if cfg.NodeID == "" || cfg.Store == nil || cfg.DataPlane == nil {
+		return nil, errors.New("reconcile: NodeID, Store and DataPlane are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.IsNotFound == nil {
+		cfg.IsNotFound = func(error) bool { return false }
+	}
+	cfg.ResyncInterval = orDefault(cfg.ResyncInterval, 60*time.Second)
+	cfg.UsageInterval = orDefault(cfg.UsageInterval, 60*time.Second)
+	cfg.HeartbeatInterval = orDefault(cfg.HeartbeatInterval, 30*time.Second)
+	cfg.StoreTimeout = orDefault(cfg.StoreTimeout, 10*time.Second)
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reconciler{
+		cfg: cfg, log: cfg.Log, now: cfg.Now, m: m,
+		kick:  make(chan struct{}, 1),
+		rows:  map[string]events.Peer{},
+		peers: map[string]*peerState{},
+	}
+	r.queue = events.NewQueue(events.QueueOptions{MaxBatch: 4096, OnCoalesce: func(n int) { m.coalesced.Add(float64(n)) }})
+	return r, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Sink is where event sources deliver: it counts and queues.
+func (r *Reconciler) Sink() events.Sink {
+	return events.SinkFunc(func(e events.Event) {
+		r.m.received.WithLabelValues(cmp.Or(e.Source, "unknown")).Inc()
+		r.queue.Add(e)
+	})
+}
+
+func (r *Reconciler) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.cfg.StoreTimeout)
+}
+
+// Load reads the status rows (counter baselines, totals) once, before the
+// first resync; until it succeeds nothing is applied.
+func (r *Reconciler) Load(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.loadLocked(ctx)
+}
+
+func (r *Reconciler) loadLocked(ctx context.Context) error {
+	if r.loaded {
+		return nil
+	}
+	sctx, cancel := r.storeCtx(ctx)
+	defer cancel()
+	st, err := r.cfg.Store.PeerStatuses(sctx, r.cfg.NodeID)
+	if err != nil {
+		return fmt.Errorf("load peer status: %w", err)
+	}
+	var quota map[string]int64
+	if qs, ok := r.cfg.Store.(QuotaStore); ok {
+		if quota, err = qs.QuotaUsage(sctx, r.cfg.NodeID); err != nil {
+			return fmt.Errorf("load quota usage: %w", err)
+		}
+	}
+	for _, s := range st {
+		ps := r.peer(s.PeerID)
+		ps.com = s
+		ps.state, ps.reason, ps.appliedAt = s.State, s.Reason, s.AppliedAt
+		ps.handshake, ps.endpoint = s.LastHandshakeAt, s.Endpoint
+		if quota != nil {
+			ps.quotaBase, ps.quotaKnown = quota[s.PeerID], true
+		}
+	}
+	r.epoch = r.cfg.DataPlane.Epoch()
+	r.loaded = true
+	return nil
+}
+
+func (r *Reconciler) peer(id string) *peerState {
+	ps := r.peers[id]
+	if ps == nil {
+		ps = &peerState{id: id}
+		r.peers[id] = ps
+	}
+	return ps
+}
+
+// Resync rereads the node and all its peers and converges fully. A read
+// failure changes nothing.
+func (r *Reconciler) Resync(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.resyncLocked(ctx)
+}
+
+func (r *Reconciler) resyncLocked(ctx context.Context) error {
+	if err := r.loadLocked(ctx); err != nil {
+		return err
+	}
+	sctx, cancel := r.storeCtx(ctx)
+	node, peers, err := r.cfg.Store.Snapshot(sctx, r.cfg.NodeID)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	r.node = node
+	rows := make(map[string]events.Peer, len(peers))
+	for _, p := range peers {
+		if p.NodeID == r.cfg.NodeID {
+			rows[p.ID] = p
+		}
+	}
+	r.rows = rows
+	if !r.adopted {
+		if err := r.adoptLocked(ctx); err != nil {
+			return err
+		}
+	}
+	r.synced = true
+	return r.convergeLocked(ctx, true)
+}
+
+// adoptLocked matches the peers the data plane already holds (after a
+// restart) to rows by public key, so that unchanged peers are kept as they
+// are and leaving ones get their final usage flushed. Keys no row claims
+// are left to the full sync to remove: with the row gone, their last bytes
+// cannot be attributed (DESIGN: rows deleted while the node was down).
+func (r *Reconciler) adoptLocked(ctx context.Context) error {
+	st, err := r.cfg.DataPlane.Stats(ctx)
+	if err != nil {
+		return fmt.Errorf("adopt: read data plane: %w", err)
+	}
+	r.epoch = r.cfg.DataPlane.Epoch()
+	inKernel := make(map[Key]PeerStats, len(st))
+	for _, s := range st {
+		inKernel[s.PublicKey] = s
+	}
+	dec := decide(r.node, r.rows, r.now(), r.quotaUsed)
+	ids := make([]string, 0, len(dec))
+	for id := range dec {
+		ids = append(ids, id)
+	}
+	// Owners first, then by age: the row that owns a key adopts it.
+	slices.SortFunc(ids, func(a, b string) int {
+		da, db := dec[a], dec[b]
+		if da.owner != db.owner {
+			if da.owner {
+				return -1
+			}
+			return 1
+		}
+		if c := r.rows[a].CreatedAt.Compare(r.rows[b].CreatedAt); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
+	taken := map[Key]bool{}
+	for _, id := range ids {
+		d := dec[id]
+		s, ok := inKernel[d.key]
+		if !d.keyOK || !ok || taken[d.key] {
+			continue
+		}
+		taken[d.key] = true
+		ps := r.peer(id)
+		ps.inPlane, ps.key = true, d.key
+		ps.observe(s)
+	}
+	r.adopted = true
+	return nil
+}
+
+func (ps *peerState) observe(s PeerStats) {
+	ps.rx, ps.tx, ps.read = s.RxBytes, s.TxBytes, true
+	if !s.LastHandshake.IsZero() {
+		ps.handshake = s.LastHandshake.Truncate(time.Microsecond) // as the database keeps it
+	}
+	if s.Endpoint.IsValid() {
+		ps.endpoint = s.Endpoint.String()
+	}
+}
+
+// Handle applies one batch of events; Resync events reread everything.
+func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	start := r.now()
+	resync := !r.synced
+	var errs []error
+	for _, e := range batch {
+		switch e.Kind {
+		case events.Resync:
+			resync = true
+		case events.PeerDeleted:
+			delete(r.rows, e.ID)
+		case events.PeerChanged:
+			if e.Peer != nil {
+				r.setRow(*e.Peer, true)
+				continue
+			}
+			sctx, cancel := r.storeCtx(ctx)
+			p, err := r.cfg.Store.Peer(sctx, r.cfg.NodeID, e.ID)
+			cancel()
+			switch {
+			case err == nil:
+				r.setRow(p, false)
+			case r.cfg.IsNotFound(err):
+				delete(r.rows, e.ID)
+			default:
+				// Keep what is applied; the resync rereads it.
+				errs = append(errs, fmt.Errorf("fetch peer %s: %w", e.ID, err))
+				resync = true
+			}
+		case events.NodeChanged:
+			if e.Node != nil {
+				r.node = *e.Node
+				continue
+			}
+			sctx, cancel := r.storeCtx(ctx)
+			n, err := r.cfg.Store.Node(sctx, r.cfg.NodeID)
+			cancel()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("fetch node: %w", err))
+				resync = true
+				continue
+			}
+			r.node = n
+		}
+	}
+	var err error
+	if resync {
+		err = r.resyncLocked(ctx)
+	} else {
+		err = r.convergeLocked(ctx, false)
+	}
+	if err == nil {
+		r.m.applied.Add(float64(len(batch)))
+		for _, e := range batch {
+			if !e.Commit.IsZero() {
+				r.m.latency.Observe(r.now().Sub(e.Commit).Seconds())
+			}
+		}
+	}
+	r.log.Debug("events applied", "events", len(batch), "resync", resync, "took", r.now().Sub(start))
+	return errors.Join(append(errs, err)...)
+}
+
+// setRow takes a row unless it is no longer this node's or, for a row
+// an event carried (hint), older than the one known: a late event after a
+// newer snapshot. A row read from the store is the truth.
+func (r *Reconciler) setRow(p events.Peer, hint bool) {
+	if p.NodeID != r.cfg.NodeID {
+		delete(r.rows, p.ID)
+		return
+	}
+	if old, ok := r.rows[p.ID]; ok && hint && p.UpdatedAt.Before(old.UpdatedAt) {
+		return
+	}
+	r.rows[p.ID] = p
+}
+
+// Converge applies the known rows to the data plane without rereading the
+// store (the expiry timer and tests use it).
+func (r *Reconciler) Converge(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.convergeLocked(ctx, false)
+}
+
+// convergeLocked is the one path from (desired rows, data plane) to
+// actions. full sends every peer the node should hold (the data plane
+// removes the rest and repairs drift); otherwise only what changed.
+func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
+	if !r.synced {
+		return nil
+	}
+	start := time.Now()
+	defer func() {
+		kind := "partial"
+		if full {
+			kind = "full"
+		}
+		r.m.duration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	}()
+	now := r.now()
+	var errs []error
+
+	nc := NodeConfig{Address: r.node.Address, Address6: r.node.Address6, ListenPort: r.node.ListenPort, MTU: r.node.MTU, DNS: r.node.DNS}
+	if r.node.Address.IsValid() && (!r.nodeSet || !nc.Equal(r.nodeCfg)) {
+		if err := r.cfg.DataPlane.Configure(ctx, nc); err != nil {
+			errs = append(errs, fmt.Errorf("configure node: %w", err))
+		} else {
+			r.nodeCfg, r.nodeSet = nc, true
+		}
+	}
+
+	for id, row := range r.rows {
+		r.trackQuotaReset(r.peer(id), row)
+	}
+	dec := decide(r.node, r.rows, now, r.quotaUsed)
+	epoch := r.cfg.DataPlane.Epoch()
+	if epoch != r.epoch {
+		// The device restarted under us: every counter is new.
+		r.epoch = epoch
+	}
+	inUse := map[Key]*peerState{}
+	for _, ps := range r.peers {
+		if ps.inPlane {
+			inUse[ps.key] = ps
+		}
+	}
+	var set []PeerConfig
+	var setFor []*peerState
+	send := func(ps *peerState, c PeerConfig) { set, setFor = append(set, c), append(setFor, ps) }
+	kick := false
+	ids := make([]string, 0, len(r.peers)+len(dec))
+	for id := range r.peers {
+		ids = append(ids, id)
+	}
+	for id := range dec {
+		if _, ok := r.peers[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		d, desired := dec[id]
+		ps := r.peer(id)
+		if !desired {
+			// Row gone (deleted, moved to another node).
+			if ps.inPlane {
+				if !ps.leaving {
+					ps.leaving, kick = true, true
+					send(ps, cut(ps.key))
+				} else if full {
+					send(ps, cut(ps.key))
+				}
+			} else {
+				delete(r.peers, id)
+			}
+			continue
+		}
+		if ps.state != d.state || ps.reason != d.reason {
+			if d.state != events.StateActive || ps.state != "" {
+				r.log.Info("peer state", "peer_id", id, "state", d.state, "reason", d.reason)
+			}
+			ps.state, ps.reason = d.state, d.reason
+			ps.gen++
+			kick = true
+		}
+		if d.state != events.StateActive {
+			if ps.inPlane {
+				if !ps.leaving {
+					ps.leaving, kick = true, true
+					send(ps, cut(ps.key))
+				} else if full {
+					send(ps, cut(ps.key))
+				}
+			}
+			continue
+		}
+		if ps.inPlane && ps.key != d.cfg.PublicKey {
+			// The row's key changed: the old key leaves first (its last
+			// bytes are flushed), the new one comes after.
+			if !ps.leaving {
+				ps.leaving, kick = true, true
+				send(ps, cut(ps.key))
+			} else if full {
+				send(ps, cut(ps.key))
+			}
+			continue
+		}
+		if !ps.inPlane {
+			if o := inUse[d.cfg.PublicKey]; o != nil && o != ps {
+				continue // the key's previous holder is still leaving
+			}
+			if r.needsZero(ps) {
+				kick = true // persist a zero baseline first (usage.go)
+				continue
+			}
+		}
+		if full || !ps.inPlane || ps.leaving || !ps.applied.Equal(d.cfg) {
+			send(ps, d.cfg)
+		}
+	}
+
+	if len(set) > 0 || full {
+		failed, err := r.cfg.DataPlane.ApplyPeers(ctx, set, nil, full)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("apply %d peers: %w", len(set), err))
+		} else {
+			for i, c := range set {
+				ps := setFor[i]
+				if ferr, bad := failed[c.PublicKey]; bad {
+					errs = append(errs, fmt.Errorf("apply peer %s: %w", ps.id, ferr))
+					continue
+				}
+				if !ps.inPlane || ps.key != c.PublicKey {
+					ps.read = false // a new WireGuard peer: its counters start at zero
+				}
+				ps.inPlane, ps.key = true, c.PublicKey
+				if len(c.AllowedIPs) > 0 {
+					ps.leaving = false
+					if !ps.applied.Equal(c) {
+						ps.appliedAt = now
+						ps.gen++
+						kick = true
+					}
+				}
+				ps.applied = c
+			}
+		}
+	}
+	r.scheduleExpiry(dec, now)
+	r.updatePeerGauges()
+	if kick {
+		r.kickFlush()
+	}
+	if err := errors.Join(errs...); err != nil {
+		r.m.errors.Inc()
+		return err
+	}
+	return nil
+}
+
+// scheduleExpiry remembers the next instant an active peer expires; Run's
+// timer converges then, from memory, so expiry works with the database down.
+func (r *Reconciler) scheduleExpiry(dec map[string]decision, now time.Time) {
+	var next time.Time
+	for id, d := range dec {
+		exp := r.rows[id].ExpiresAt
+		if d.state == events.StateActive && !exp.IsZero() && exp.After(now) && (next.IsZero() || exp.Before(next)) {
+			next = exp
+		}
+	}
+	r.nextExpiry = next
+}
+
+func (r *Reconciler) kickFlush() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run applies events from Sink, resyncs every ResyncInterval, enforces
+// expiry, flushes usage and sends heartbeats until ctx ends. Then it stops
+// taking events, flushes usage once more and marks the node offline; the
+// data plane is left as it is.
+func (r *Reconciler) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.eventLoop(ctx)
+	}()
+	r.timerLoop(ctx)
+	wg.Wait()
+	r.queue.Close()
+
+	// Shutdown: a fresh context, the caller's has ended.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*r.cfg.StoreTimeout)
+	defer cancel()
+	var errs []error
+	if err := r.Flush(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("final usage flush: %w", err))
+	}
+	if err := r.heartbeat(sctx, "offline"); err != nil {
+		errs = append(errs, fmt.Errorf("mark offline: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) eventLoop(ctx context.Context) {
+	for {
+		batch, ok := r.queue.Get(ctx)
+		if !ok {
+			return
+		}
+		if err := r.Handle(ctx, batch); err != nil && ctx.Err() == nil {
+			r.log.Warn("apply events", "events", len(batch), "err", err)
+		}
+		r.queue.Done(batch)
+	}
+}
+
+func (r *Reconciler) timerLoop(ctx context.Context) {
+	resync := time.NewTicker(r.cfg.ResyncInterval)
+	defer resync.Stop()
+	usage := time.NewTicker(r.cfg.UsageInterval)
+	defer usage.Stop()
+	hb := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer hb.Stop()
+	expiry := time.NewTimer(time.Hour)
+	defer expiry.Stop()
+	retry := time.NewTimer(0) // the first resync runs at once
+	defer retry.Stop()
+	var lastKick time.Time
+	kickDelay := time.NewTimer(time.Hour)
+	defer kickDelay.Stop()
+
+	armExpiry := func() {
+		r.mu.Lock()
+		next := r.nextExpiry
+		r.mu.Unlock()
+		d := time.Hour
+		if !next.IsZero() {
+			d = max(next.Sub(r.now()), 0)
+		}
+		expiry.Reset(d)
+	}
+	doResync := func() {
+		if err := r.Resync(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("resync failed; keeping the applied state", "err", err)
+			retry.Reset(2 * time.Second)
+		}
+	}
+	doFlush := func() {
+		lastKick = time.Now()
+		if err := r.Flush(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("usage flush failed; counters keep the bytes", "err", err)
+		}
+	}
+	for {
+		armExpiry()
+		select {
+		case <-ctx.Done():
+			return
+		case <-retry.C:
+			doResync()
+			if err := r.heartbeat(ctx, "online"); err != nil && ctx.Err() == nil {
+				r.log.Warn("heartbeat", "err", err)
+			}
+		case <-resync.C:
+			doResync()
+		case <-expiry.C:
+			if err := r.Converge(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("expiry", "err", err)
+			}
+		case <-usage.C:
+			doFlush()
+		case <-r.kick:
+			// Leaving peers and status changes flush soon, at most 5 times a second.
+			if wait := 200*time.Millisecond - time.Since(lastKick); wait > 0 {
+				kickDelay.Reset(wait)
+				continue
+			}
+			doFlush()
+		case <-kickDelay.C:
+			doFlush()
+		case <-hb.C:
+			if err := r.heartbeat(ctx, "online"); err != nil && ctx.Err() == nil {
+				r.log.Warn("heartbeat", "err", err)
+			}
+		}
+	}
+}

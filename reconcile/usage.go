@@ -1,0 +1,323 @@
+package reconcile
+
+// Usage accounting, exactly once.
+//
+// The kernel's per-peer counters (rx, tx: monotonic since the WireGuard
+// peer was added to this device) are the buffer; the database holds, per
+// peer, in one peer_status row: the lifetime totals and the raw counter
+// values already accounted for (baselines) with the device epoch they were
+// read on. A flush:
+//
+//  1. reads all counters (Stats) and the epoch;
+//  2. per peer: delta = counter - baseline, or the whole counter when the
+//     epoch differs or a counter is below its baseline (it restarted from
+//     zero: peer re-added, interface recreated, host rebooted);
+//  3. writes in ONE transaction the usage delta rows (key: node_id,
+//     peer_id, period_end) and the status rows with totals+delta and
+//     baselines=counters (absolute values);
+//  4. only after the commit moves the in-memory baselines (ps.com).
+//
+// Crash or error at each point:
+//   - before 3 commits: the database keeps the old baselines, the kernel
+//     keeps counting; the next flush (this process or, after a restart, one
+//     that reloads baselines with PeerStatuses) sends the larger delta.
+//     Nothing lost, nothing counted twice.
+//   - after 3 commits, before 4: the database has the new baselines; a
+//     restart reloads them. In a running process an error on 3 may hide a
+//     commit that happened (connection lost during COMMIT): the batch is
+//     kept as r.inflight and retried unchanged before anything else is
+//     computed. Its usage rows then conflict on their key and are skipped,
+//     its status rows rewrite the same absolute values: a no-op. No newer
+//     batch is built from stale baselines in between, so no row is written
+//     twice under two period_end keys.
+//   - database down for any time: every flush retries the same inflight
+//     batch; the kernel counters keep the bytes since; the first flush after
+//     the outage commits the old batch and then one delta for the rest.
+//
+// Removing a peer (deleted, disabled, expired, over quota, moved, invalid,
+// key changed) must not lose its last bytes, and a later re-add starts its
+// counters at zero. So:
+//
+//  a. the peer is cut first (no allowed IPs: the kernel routes nothing to
+//     it and accepts no data from it; only handshakes and keepalives still
+//     move its counters) and marked leaving; a flush is requested;
+//  b. that flush reads its counters and commits them with everyone else's;
+//  c. only then is it removed from WireGuard (removeLeaving).
+//  d. Its baselines in the database now describe counters that no longer
+//     exist. A peer is never added back to the device while its committed
+//     baselines are non-zero in the current epoch (needsZero): the next
+//     flush writes them as zero first.
+//
+// Crashes: between a and b the peer is still in the device, cut; after a
+// restart adoption finds it, it is cut again and b proceeds. Between b and
+// c: the final bytes are committed with baselines equal to the counters;
+// after a restart the peer is still in the device, delta zero, removal
+// proceeds. Between c and d: the peer is gone from the device with non-zero
+// committed baselines; needsZero holds it back until zero is written, so
+// its fresh counters are never measured against the old baseline.
+//
+// What cannot be counted: the handshake/keepalive bytes between the last
+// read (b) and removal (c); bytes of a peer whose row was deleted while the
+// node was down (no row maps its key to a peer id when the node adopts the
+// device); bytes after the last flush when the device itself is destroyed
+// (counters gone with it; a clean shutdown flushes first).
+//
+// Quota is checked against the bytes since quota_reset_at as of the last
+// commit plus the unflushed delta of the last read (quotaUsed).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/waylume/waylume-node/events"
+)
+
+type batch struct {
+	end     time.Time
+	usage   []events.Usage
+	status  []events.PeerStatus
+	entries []entry      // one per peer whose committed state moves
+	leaving []*peerState // read after they were cut: removed after commit
+}
+
+type entry struct {
+	ps     *peerState
+	com    events.PeerStatus // the peer's committed state after this batch
+	gen    uint64
+	delta  int64
+	hasRow bool
+}
+
+// delta is what the counters add to the committed baselines.
+func delta(com events.PeerStatus, epoch string, rx, tx int64) (drx, dtx int64) {
+	if com.CounterEpoch != epoch || rx < com.RxBaseline || tx < com.TxBaseline {
+		return rx, tx // restarted from zero
+	}
+	return rx - com.RxBaseline, tx - com.TxBaseline
+}
+
+// unflushed is what the last read adds to the committed totals.
+func (r *Reconciler) unflushed(ps *peerState) (drx, dtx int64) {
+	if !ps.inPlane || !ps.read {
+		return 0, 0
+	}
+	return delta(ps.com, r.epoch, ps.rx, ps.tx)
+}
+
+// needsZero: the database holds baselines of counters this device no
+// longer has for this peer; adding it back must wait until zero is written.
+func (r *Reconciler) needsZero(ps *peerState) bool {
+	return !ps.inPlane && ps.com.CounterEpoch == r.epoch && (ps.com.RxBaseline != 0 || ps.com.TxBaseline != 0)
+}
+
+func (r *Reconciler) quotaUsed(id string) int64 {
+	ps := r.peers[id]
+	if ps == nil {
+		return 0
+	}
+	drx, dtx := r.unflushed(ps)
+	return ps.quotaBase + drx + dtx
+}
+
+// trackQuotaReset notices a changed quota_reset_at: bytes from then on
+// count, including the unflushed ones read after it.
+func (r *Reconciler) trackQuotaReset(ps *peerState, row events.Peer) {
+	if !ps.quotaKnown {
+		// No QuotaStore: the lifetime totals are the usage since a reset
+		// that never happened; otherwise count from now.
+		if row.QuotaResetAt.IsZero() {
+			ps.quotaBase = ps.com.UploadBytes + ps.com.DownloadBytes
+		}
+		ps.quotaKnown = true
+		ps.quotaResetAt = row.QuotaResetAt
+		ps.quotaRowSeen = true
+		return
+	}
+	if !ps.quotaRowSeen {
+		ps.quotaResetAt, ps.quotaRowSeen = row.QuotaResetAt, true
+		return
+	}
+	if !row.QuotaResetAt.Equal(ps.quotaResetAt) {
+		drx, dtx := r.unflushed(ps)
+		ps.quotaBase = -(drx + dtx)
+		ps.quotaResetAt = row.QuotaResetAt
+	}
+}
+
+// Flush accounts for the counters since the last flush (see the top of
+// this file), removes peers whose last bytes are now committed, and
+// converges again (quota).
+func (r *Reconciler) Flush(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.loaded {
+		return nil // baselines unknown: nothing can be accounted yet
+	}
+	start := time.Now()
+	err := r.flushLocked(ctx)
+	r.m.flushDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		r.m.flushErrors.Inc()
+	}
+	r.updatePeerMetrics()
+	if cerr := r.convergeLocked(ctx, false); cerr != nil && err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (r *Reconciler) flushLocked(ctx context.Context) error {
+	if r.inflight != nil {
+		if err := r.write(ctx, r.inflight); err != nil {
+			return fmt.Errorf("retry usage batch of %s: %w", r.inflight.end.Format(time.RFC3339Nano), err)
+		}
+		r.commit(r.inflight)
+	}
+	stats, err := r.cfg.DataPlane.Stats(ctx)
+	if err != nil {
+		return fmt.Errorf("read counters: %w", err)
+	}
+	r.epoch = r.cfg.DataPlane.Epoch()
+	b := r.build(stats)
+	if len(b.entries) > 0 {
+		r.inflight = b
+		if err := r.write(ctx, b); err != nil {
+			return fmt.Errorf("write usage: %w", err)
+		}
+		r.commit(b)
+	}
+	return r.removeLeaving(ctx, b.leaving)
+}
+
+func (r *Reconciler) write(ctx context.Context, b *batch) error {
+	sctx, cancel := r.storeCtx(ctx)
+	defer cancel()
+	return r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
+}
+
+func (r *Reconciler) commit(b *batch) {
+	for _, e := range b.entries {
+		e.ps.com = e.com
+		e.ps.comGen = e.gen
+		// A reset after these bytes were read set quotaBase to minus
+		// them (trackQuotaReset), so adding them always is right.
+		e.ps.quotaBase += e.delta
+	}
+	r.lastFlush = b.end
+	r.inflight = nil
+}
+
+// build computes the next batch from the counters; the caller holds r.mu
+// and no batch is in flight.
+func (r *Reconciler) build(stats []PeerStats) *batch {
+	now := r.now().Truncate(time.Microsecond) // the database keeps microseconds
+	if !now.After(r.lastFlush) {
+		now = r.lastFlush.Add(time.Microsecond) // period_end is a key: never reuse one
+	}
+	start := r.lastFlush
+	if start.IsZero() {
+		start = now
+	}
+	b := &batch{end: now}
+	byKey := make(map[Key]PeerStats, len(stats))
+	for _, s := range stats {
+		byKey[s.PublicKey] = s
+	}
+	ids := make([]string, 0, len(r.peers))
+	for id := range r.peers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		ps := r.peers[id]
+		com := ps.com
+		changed := ps.gen != ps.comGen
+		var drx, dtx int64
+		if ps.inPlane {
+			s, ok := byKey[ps.key]
+			if !ok {
+				// Gone from the device behind our back (recreated, removed
+				// by hand): its bytes since the last flush went with it.
+				r.log.Warn("peer vanished from the data plane", "peer_id", id)
+				ps.inPlane, ps.leaving, ps.read = false, false, false
+				ps.applied = PeerConfig{}
+			} else {
+				ps.observe(s)
+				drx, dtx = delta(com, r.epoch, s.RxBytes, s.TxBytes)
+				if drx != 0 || dtx != 0 || com.CounterEpoch != r.epoch || com.RxBaseline != s.RxBytes || com.TxBaseline != s.TxBytes {
+					changed = true
+				}
+				com.RxBaseline, com.TxBaseline, com.CounterEpoch = s.RxBytes, s.TxBytes, r.epoch
+				if ps.leaving {
+					b.leaving = append(b.leaving, ps)
+				}
+			}
+		}
+		if r.needsZero(ps) {
+			com.RxBaseline, com.TxBaseline = 0, 0
+			changed = true
+		}
+		if !ps.handshake.Equal(com.LastHandshakeAt) || ps.endpoint != com.Endpoint {
+			changed = true
+		}
+		if !changed {
+			continue
+		}
+		com.PeerID, com.NodeID = id, r.cfg.NodeID
+		com.State, com.Reason, com.AppliedAt = ps.state, ps.reason, ps.appliedAt
+		com.LastHandshakeAt, com.Endpoint = ps.handshake, ps.endpoint
+		com.UploadBytes += drx
+		com.DownloadBytes += dtx
+		_, hasRow := r.rows[id]
+		if drx > 0 || dtx > 0 {
+			// Usage rows are kept even when the row is gone: billing.
+			b.usage = append(b.usage, events.Usage{PeerID: id, PeriodStart: start, PeriodEnd: now, UploadBytes: drx, DownloadBytes: dtx})
+		}
+		if hasRow && com.State != "" {
+			b.status = append(b.status, com)
+		}
+		b.entries = append(b.entries, entry{ps: ps, com: com, gen: ps.gen, delta: drx + dtx, hasRow: hasRow})
+	}
+	return b
+}
+
+// removeLeaving removes the peers whose final counters were just committed.
+func (r *Reconciler) removeLeaving(ctx context.Context, leaving []*peerState) error {
+	var keys []Key
+	var who []*peerState
+	for _, ps := range leaving {
+		if ps.inPlane && ps.leaving {
+			keys, who = append(keys, ps.key), append(who, ps)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	failed, err := r.cfg.DataPlane.ApplyPeers(ctx, nil, keys, false)
+	if err != nil {
+		return fmt.Errorf("remove %d leaving peers: %w", len(keys), err)
+	}
+	var errs []error
+	for _, ps := range who {
+		if ferr, bad := failed[ps.key]; bad {
+			errs = append(errs, fmt.Errorf("remove peer %s: %w", ps.id, ferr))
+			continue
+		}
+		ps.inPlane, ps.leaving, ps.read = false, false, false
+		ps.applied = PeerConfig{}
+		r.log.Info("peer removed", "peer_id", ps.id, "state", ps.state, "reason", ps.reason)
+		if _, ok := r.rows[ps.id]; !ok {
+			delete(r.peers, ps.id)
+			r.m.forget(ps.id)
+		} else if r.needsZero(ps) {
+			r.kickFlush()
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove leaving peers: %w", errors.Join(errs...))
+	}
+	return nil
+}
