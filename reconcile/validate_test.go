@@ -23,7 +23,7 @@ func TestValidateRules(t *testing.T) {
 			p.PresharedKey = key(99).String()
 			p.Address6 = netip.MustParsePrefix("fd00:8::5/128")
 			p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24")}
-			p.PersistentKeepalive, p.DownloadKbps, p.UploadKbps, p.QuotaBytes = 25, 20000, 5000, 1 << 30
+			p.PersistentKeepalive, p.DownloadKbps, p.UploadKbps, p.QuotaBytes = 25, 20000, 5000, 1<<30
 		}, ""},
 		{"key not base64", func(p *events.Peer) { p.PublicKey = "not a key!" }, "invalid: public_key not base64 of 32 bytes"},
 		{"key 31 bytes", func(p *events.Peer) { p.PublicKey = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" }, "invalid: public_key not base64"},
