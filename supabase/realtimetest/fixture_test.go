@@ -1,0 +1,310 @@
+package realtimetest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/dbfix"
+	"github.com/waylume/waylume-node/internal/pgtest"
+	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/realtimetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+const secret = "super-secret-jwt-token-with-at-least-32-characters-long"
+
+// fixture is a migrated database (the real schema, RLS and publication), two
+// nodes and a test server reading it.
+type fixture struct {
+	db           *pgtest.DB
+	srv          *realtimetest.Server
+	admin        *pgx.Conn
+	nodeA, nodeB string
+}
+
+var serviceRoleOnce sync.Once
+
+func newFixture(t *testing.T, mod func(*realtimetest.Config)) *fixture {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Supabase's service_role (BYPASSRLS) exists before the migrations run,
+	// so they grant it the admin path as they would on a project.
+	serviceRoleOnce.Do(func() {
+		c, err := pgx.Connect(ctx, pgtest.Current(t).URL("postgres", "postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, `DO $$ BEGIN
+			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+				CREATE ROLE service_role NOLOGIN BYPASSRLS; END IF;
+			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_admin') THEN
+				CREATE ROLE realtime_admin LOGIN REPLICATION; END IF; END $$`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	db := dbfix.Migrated(t)
+	// The server connects as a non-superuser that may switch to the tokens'
+	// roles, like Supabase's supabase_realtime_admin. (As a superuser,
+	// waylume.current_node_id() sees every session as a node login: see
+	// TestSuperuserServer.)
+	dbfix.Exec(t, db, `GRANT waylume_node, service_role TO realtime_admin`)
+	f := &fixture{db: db}
+	f.nodeA = dbfix.CreateNode(t, db, fmt.Sprintf("a%d", time.Now().UnixNano()%1e9), "10.8.0.1/16")
+	f.nodeB = dbfix.CreateNode(t, db, fmt.Sprintf("b%d", time.Now().UnixNano()%1e9), "10.9.0.1/16")
+	cfg := realtimetest.Config{DatabaseURL: db.URLAs("realtime_admin"), JWTSecret: secret, PollInterval: 5 * time.Millisecond,
+		Logger: testLogger(t)}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := realtimetest.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	f.srv = srv
+	admin, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	f.admin = admin
+	return f
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("REALTIME_TEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (f *fixture) exec(t *testing.T, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := f.admin.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// addPeer inserts a peer (address allocated) and returns its id.
+func (f *fixture) addPeer(t *testing.T, node string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var id string
+	if err := f.admin.QueryRow(ctx, `INSERT INTO waylume.peers (node_id, public_key) VALUES ($1, `+dbfix.RandomKeySQL+`) RETURNING id::text`, node).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// peerIDs reads a node's peers as the consumer's resync would.
+func (f *fixture) peerIDs(t *testing.T, node string) map[string]bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rows, err := f.admin.Query(ctx, `SELECT id::text FROM waylume.peers WHERE node_id = $1`, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out
+}
+
+// waitPolled waits until the server has read n more changes from the slot.
+func (f *fixture) waitPolled(t *testing.T, from int64, n int64) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "changes read from the slot", func() bool { return f.srv.Polled() >= from+n })
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// recorder is the test's sink and state observer.
+type recorder struct {
+	mu     sync.Mutex
+	evs    []events.Event
+	states []supabase.RealtimeState
+	notify chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 1)} }
+
+func (r *recorder) Add(e events.Event) {
+	r.mu.Lock()
+	r.evs = append(r.evs, e)
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) state(s supabase.RealtimeState) {
+	r.mu.Lock()
+	r.states = append(r.states, s)
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) mark() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.evs)
+}
+
+func (r *recorder) markStates() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.states)
+}
+
+func (r *recorder) statesSince(i int) []supabase.RealtimeState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]supabase.RealtimeState(nil), r.states[i:]...)
+}
+
+func (r *recorder) since(i int) []events.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]events.Event(nil), r.evs[i:]...)
+}
+
+// next waits for the first event at or after index *from matching pred and
+// moves *from past it.
+func (r *recorder) next(t *testing.T, from *int, d time.Duration, what string, pred func(events.Event) bool) events.Event {
+	t.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		for i := *from; i < len(r.evs); i++ {
+			if pred(r.evs[i]) {
+				e := r.evs[i]
+				*from = i + 1
+				r.mu.Unlock()
+				return e
+			}
+		}
+		r.mu.Unlock()
+		select {
+		case <-r.notify:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %s; events: %v", d, what, r.since(*from))
+		}
+	}
+}
+
+// nextState waits for a state at or after index *from matching pred.
+func (r *recorder) nextState(t *testing.T, from *int, d time.Duration, what string, pred func(supabase.RealtimeState) bool) supabase.RealtimeState {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		r.mu.Lock()
+		for i := *from; i < len(r.states); i++ {
+			if pred(r.states[i]) {
+				s := r.states[i]
+				*from = i + 1
+				r.mu.Unlock()
+				return s
+			}
+		}
+		n := len(r.states)
+		var last supabase.RealtimeState
+		if n > 0 {
+			last = r.states[n-1]
+		}
+		r.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; last state %v err %v", d, what, last.Phase, last.Err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func isResync(e events.Event) bool { return e.Kind == events.Resync }
+
+func kindID(k events.Kind, id string) func(events.Event) bool {
+	return func(e events.Event) bool { return e.Kind == k && e.ID == id }
+}
+
+// client runs a Realtime client until the test ends.
+type client struct {
+	rt   *supabase.Realtime
+	rec  *recorder
+	stop func()
+}
+
+func (f *fixture) startClient(t *testing.T, mod func(*supabase.RealtimeConfig)) *client {
+	t.Helper()
+	rec := newRecorder()
+	cfg := supabase.RealtimeConfig{
+		URL:         f.srv.URL(),
+		APIKey:      realtimetest.AnonKey(secret),
+		AccessToken: realtimetest.NodeToken(secret, f.nodeA, time.Hour),
+		NodeID:      f.nodeA,
+		MinBackoff:  10 * time.Millisecond,
+		MaxBackoff:  50 * time.Millisecond,
+		Logger:      testLogger(t),
+		OnState:     rec.state,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	rt, err := supabase.NewRealtime(cfg, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("Run returned %v, want context.Canceled", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("Run did not return after cancel")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &client{rt: rt, rec: rec, stop: stop}
+}
