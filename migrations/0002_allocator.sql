@@ -36,9 +36,21 @@ CREATE OR REPLACE FUNCTION waylume.host_only(a inet) RETURNS inet
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT set_masklen(a, CASE family(a) WHEN 4 THEN 32 ELSE 128 END) $$;
 
+-- Allocation state is cached for the rest of the transaction in a local
+-- setting "waylume.alloc_<node hex>_<family>" = "<pool>|<next>": updating
+-- the state row once per allocation would leave a chain of row versions
+-- that every later lookup in the same transaction walks (quadratic in bulk
+-- inserts). A statement-level trigger writes dirty state back
+-- (waylume.flush_address_pools); the row lock taken first stays held until
+-- the transaction ends, so the cache cannot go stale.
+CREATE OR REPLACE FUNCTION waylume.address_pool_key(p_node uuid, p_family int) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT 'waylume.alloc_' || replace(p_node::text, '-', '') || '_' || p_family $$;
+
 -- Locks (creating it when absent) the allocation state of node p_node for
--- the family of p_pool, the node's address with its pool prefix. A changed
--- pool restarts the state: the free list is dropped and `next` starts over.
+-- the family of p_pool, the node's address with its pool prefix, and
+-- returns it. A changed pool restarts the state: the free list is dropped
+-- and `next` starts over.
 CREATE OR REPLACE FUNCTION waylume.lock_address_pool(p_node uuid, p_pool inet)
 RETURNS waylume.address_pools
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -48,7 +60,12 @@ DECLARE
 	v_fam  smallint := family(p_pool);
 	v_net  cidr := network(p_pool);
 	v_lo   inet := waylume.host_only(network(p_pool)) + 1;
+	v_key  text := waylume.address_pool_key(p_node, family(p_pool));
+	cached text := nullif(current_setting(v_key, true), '');
 BEGIN
+	IF cached IS NOT NULL AND split_part(cached, '|', 1)::cidr = v_net THEN
+		RETURN ROW(p_node, v_fam, v_net, split_part(cached, '|', 2)::inet)::waylume.address_pools;
+	END IF;
 	SELECT * INTO st FROM waylume.address_pools WHERE node_id = p_node AND family = v_fam FOR UPDATE;
 	IF NOT FOUND THEN
 		INSERT INTO waylume.address_pools (node_id, family, pool, next)
@@ -60,7 +77,40 @@ BEGIN
 		UPDATE waylume.address_pools SET pool = v_net, next = v_lo
 			WHERE node_id = p_node AND family = v_fam RETURNING * INTO st;
 	END IF;
+	PERFORM set_config(v_key, st.pool::text || '|' || st.next::text, true);
 	RETURN st;
+END $$;
+
+-- Moves the high-water mark of a locked state (cached; written back by
+-- flush_address_pools at the end of the statement).
+CREATE OR REPLACE FUNCTION waylume.set_address_pool_next(st waylume.address_pools, p_next inet) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_key text := waylume.address_pool_key(st.node_id, st.family);
+	dirty text := coalesce(current_setting('waylume.alloc_dirty', true), '');
+BEGIN
+	PERFORM set_config(v_key, st.pool::text || '|' || p_next::text, true);
+	IF NOT v_key = ANY (string_to_array(dirty, ',')) THEN
+		PERFORM set_config('waylume.alloc_dirty', concat_ws(',', nullif(dirty, ''), v_key), true);
+	END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION waylume.flush_address_pools() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+	v text;
+BEGIN
+	FOREACH k IN ARRAY coalesce(string_to_array(nullif(current_setting('waylume.alloc_dirty', true), ''), ','), '{}') LOOP
+		v := current_setting(k, true);
+		UPDATE waylume.address_pools SET next = split_part(v, '|', 2)::inet
+		WHERE node_id = substr(k, 15, 32)::uuid AND family = split_part(k, '_', 3)::smallint
+		  AND pool = split_part(v, '|', 1)::cidr;
+	END LOOP;
+	PERFORM set_config('waylume.alloc_dirty', '', true);
+	RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION waylume.address_taken(p_node uuid, a inet) RETURNS boolean
@@ -107,7 +157,7 @@ BEGIN
 		EXIT WHEN a <> v_own AND NOT waylume.address_taken(p_node, a);
 		a := a + 1;
 	END LOOP;
-	UPDATE waylume.address_pools SET next = a + 1 WHERE node_id = p_node AND family = st.family;
+	PERFORM waylume.set_address_pool_next(st, a + 1);
 	RETURN a;
 END $$;
 
@@ -122,7 +172,7 @@ BEGIN
 	IF a < st.next THEN
 		DELETE FROM waylume.address_free WHERE node_id = p_node AND address = a;
 	ELSIF a = st.next THEN
-		UPDATE waylume.address_pools SET next = a + 1 WHERE node_id = p_node AND family = st.family;
+		PERFORM waylume.set_address_pool_next(st, a + 1);
 	END IF;
 END $$;
 
@@ -257,6 +307,9 @@ CREATE OR REPLACE TRIGGER peers_assign_address
 CREATE OR REPLACE TRIGGER peers_release_address
 	AFTER DELETE OR UPDATE OF node_id, address, address6 ON waylume.peers
 	FOR EACH ROW EXECUTE FUNCTION waylume.peers_release_address();
+CREATE OR REPLACE TRIGGER peers_flush_address_pools
+	AFTER INSERT OR UPDATE OR DELETE ON waylume.peers
+	FOR EACH STATEMENT EXECUTE FUNCTION waylume.flush_address_pools();
 
 -- A node's pool may change only when its peers stay valid in the new one.
 CREATE OR REPLACE FUNCTION waylume.nodes_check_pool() RETURNS trigger
