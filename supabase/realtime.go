@@ -140,6 +140,9 @@ type Realtime struct {
 	log   *slog.Logger
 	topic string
 	binds []rtBinding
+	// usedGen is the generation of the last token sent to the server (join
+	// or push); only Run's goroutine touches it.
+	usedGen uint64
 
 	mu struct {
 		sync.Mutex
@@ -281,7 +284,6 @@ func (r *Realtime) Run(ctx context.Context) error {
 			return err
 		}
 		sessions++
-		_, gen := r.token()
 		live, err := r.session(ctx, sessions)
 		if ctx.Err() != nil {
 			r.state(RealtimeState{Phase: RealtimeDisconnected, Err: ctx.Err(), Sessions: sessions})
@@ -302,7 +304,7 @@ func (r *Realtime) Run(ctx context.Context) error {
 			r.log.Warn("realtime session ended; reconnecting", "err", err, "retry_in", wait)
 		}
 		r.state(RealtimeState{Phase: RealtimeDisconnected, Err: err, Retry: wait, Sessions: sessions})
-		if !r.sleep(ctx, wait, permanent, gen) {
+		if !r.sleep(ctx, wait, permanent, r.usedGen) {
 			r.state(RealtimeState{Phase: RealtimeDisconnected, Err: ctx.Err(), Sessions: sessions})
 			return ctx.Err()
 		}
@@ -310,7 +312,7 @@ func (r *Realtime) Run(ctx context.Context) error {
 }
 
 // sleep waits d; a permanent error's wait ends early when a token newer
-// than gen arrives. It returns false when ctx ended.
+// than gen (the last one the server saw) arrives. It returns false when ctx ended.
 func (r *Realtime) sleep(ctx context.Context, d time.Duration, permanent bool, gen uint64) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -163,8 +163,8 @@ func (s *rtSession) send(ctx context.Context, f rtFrame) error {
 }
 
 func (s *rtSession) join(ctx context.Context) error {
-	tok, _ := s.r.token()
-	s.token = tok
+	tok, gen := s.r.token()
+	s.token, s.r.usedGen = tok, gen
 	s.joinRef = s.refs.next()
 	payload := map[string]any{
 		"config": map[string]any{
@@ -186,7 +186,7 @@ func (s *rtSession) join(ctx context.Context) error {
 // the join reply it waits: the next join uses the new token anyway, and a
 // push now could race the join.
 func (s *rtSession) pushToken(ctx context.Context) error {
-	tok, _ := s.r.token()
+	tok, gen := s.r.token()
 	if !s.joined || tok == s.token {
 		return nil
 	}
@@ -197,7 +197,7 @@ func (s *rtSession) pushToken(ctx context.Context) error {
 	if err := s.send(ctx, rtFrame{Topic: s.r.topic, Event: rtEventAccessToken, Ref: s.refs.next(), JoinRef: s.joinRef, Payload: b}); err != nil {
 		return err
 	}
-	s.token = tok
+	s.token, s.r.usedGen = tok, gen
 	s.r.log.Info("realtime: access token refreshed on the channel")
 	return nil
 }
