@@ -64,6 +64,7 @@ type Reconciler struct {
 	inflight   *batch // a usage batch whose commit is not known to have happened
 	lastFlush  time.Time
 	epoch      string
+	contact    time.Time // last successful store call
 }
 
 // peerState is everything the node tracks for one peer id.
@@ -208,6 +209,7 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}
+	r.contact = r.now()
 	r.node = node
 	rows := make(map[string]events.Peer, len(peers))
 	for _, p := range peers {
@@ -395,6 +397,8 @@ func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
 		if err := r.cfg.DataPlane.Configure(ctx, nc); err != nil {
 			errs = append(errs, fmt.Errorf("configure node: %w", err))
 		} else {
+			// A new pool may have rebuilt the shaping tree: resend all.
+			full = full || (r.nodeSet && r.nodeCfg.Address.Masked() != nc.Address.Masked())
 			r.nodeCfg, r.nodeSet = nc, true
 		}
 	}
@@ -574,6 +578,20 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("mark offline: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// Ready reports nil once the first snapshot is applied and while the
+// control plane answered within grace.
+func (r *Reconciler) Ready(grace time.Duration) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.synced {
+		return errors.New("waiting for the first snapshot of the node's rows")
+	}
+	if since := r.now().Sub(r.contact); since > grace {
+		return fmt.Errorf("control plane unreachable for %s", since.Round(time.Second))
+	}
+	return nil
 }
 
 func (r *Reconciler) eventLoop(ctx context.Context) {

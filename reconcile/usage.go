@@ -195,7 +195,11 @@ func (r *Reconciler) flushLocked(ctx context.Context) error {
 func (r *Reconciler) write(ctx context.Context, b *batch) error {
 	sctx, cancel := r.storeCtx(ctx)
 	defer cancel()
-	return r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
+	if err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status); err != nil {
+		return err
+	}
+	r.contact = r.now()
+	return nil
 }
 
 func (r *Reconciler) commit(b *batch) {
