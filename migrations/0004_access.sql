@@ -52,7 +52,10 @@ DECLARE
 	raw    text;
 	claims jsonb;
 BEGIN
-	IF pg_has_role(session_user, 'waylume_node_login', 'MEMBER') THEN
+	-- Direct membership: pg_has_role would count superusers (as Realtime
+	-- connects) as members of everything.
+	IF EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
+	           WHERE r.rolname = session_user AND m.roleid = 'waylume_node_login'::regrole) THEN
 		RETURN (SELECT node_id FROM waylume.node_credentials WHERE role_name = session_user);
 	END IF;
 	raw := nullif(current_setting('request.jwt.claims', true), '');
