@@ -154,11 +154,15 @@ type fakeStore struct {
 	failReads  bool
 	failWrites bool
 	ambiguous  bool
+	refuse     map[string]bool // usage for these peers is refused for good (RLS)
 	writes     int
 	heartbeats []events.Heartbeat
 }
 
-var errNotFound = errors.New("fake: not found")
+var (
+	errNotFound = errors.New("fake: not found")
+	errRefused  = errors.New("fake: new row violates row-level security policy")
+)
 
 func newFakeStore(node events.Node) *fakeStore {
 	return &fakeStore{node: node, peers: map[string]events.Peer{}, status: map[string]events.PeerStatus{}, usage: map[string]events.Usage{}}
@@ -219,6 +223,11 @@ func (s *fakeStore) WriteStatus(ctx context.Context, nodeID string, usage []even
 	defer s.mu.Unlock()
 	if s.failWrites {
 		return errFake
+	}
+	for _, u := range usage {
+		if s.refuse[u.PeerID] {
+			return errRefused
+		}
 	}
 	s.writes++
 	for _, u := range usage {
@@ -360,7 +369,8 @@ func newHarness(t *testing.T, rows ...events.Peer) *harness {
 func (h *harness) restart() {
 	h.t.Helper()
 	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now,
-		IsNotFound: func(err error) bool { return errors.Is(err, errNotFound) }})
+		IsNotFound: func(err error) bool { return errors.Is(err, errNotFound) },
+		IsRejected: func(err error) bool { return errors.Is(err, errRefused) }})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -30,6 +30,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// IsNotFound tells Store.Peer's "gone" error from a read failure.
 	IsNotFound func(error) bool
+	// IsRejected tells a write the database refuses for good (permission,
+	// constraint) from one that may succeed later; nil: never.
+	IsRejected func(error) bool
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
 
@@ -106,6 +109,9 @@ func New(cfg Config) (*Reconciler, error) {
 	}
 	if cfg.IsNotFound == nil {
 		cfg.IsNotFound = func(error) bool { return false }
+	}
+	if cfg.IsRejected == nil {
+		cfg.IsRejected = func(error) bool { return false }
 	}
 	cfg.ResyncInterval = orDefault(cfg.ResyncInterval, 60*time.Second)
 	cfg.UsageInterval = orDefault(cfg.UsageInterval, 60*time.Second)

@@ -195,11 +195,34 @@ func (r *Reconciler) flushLocked(ctx context.Context) error {
 func (r *Reconciler) write(ctx context.Context, b *batch) error {
 	sctx, cancel := r.storeCtx(ctx)
 	defer cancel()
-	if err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status); err != nil {
+	err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
+	if err != nil && r.cfg.IsRejected(err) && b.stripGone(r.rows) > 0 {
+		// The database refuses the batch for good. The only rows that can
+		// cause that are the last deltas of peers whose row is gone: one
+		// moved to another node may not be billed by this one (RLS). Drop
+		// those, say so, and retry at once; the rest stays exactly once.
+		r.log.Warn("usage of peers no longer this node's refused; dropped", "err", err)
+		err = r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
+	}
+	if err != nil {
 		return err
 	}
 	r.contact = r.now()
 	return nil
+}
+
+// stripGone removes the usage rows of peers that have no row any more and
+// returns how many it removed.
+func (b *batch) stripGone(rows map[string]events.Peer) int {
+	kept := b.usage[:0]
+	for _, u := range b.usage {
+		if _, ok := rows[u.PeerID]; ok {
+			kept = append(kept, u)
+		}
+	}
+	n := len(b.usage) - len(kept)
+	b.usage = kept
+	return n
 }
 
 func (r *Reconciler) commit(b *batch) {

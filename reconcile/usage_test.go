@@ -169,3 +169,27 @@ func TestUsageDatabaseOutage(t *testing.T) {
 		t.Fatalf("usage after outage %d/%d", up, down)
 	}
 }
+
+// The database refuses the last delta of a peer that moved to another node
+// (RLS: not this node's to bill). That row is dropped; the batch with
+// everyone else's bytes still commits, and flushing does not stall.
+func TestUsageMovedPeerRefused(t *testing.T) {
+	h := newHarness(t, peerRow(1), peerRow(2))
+	h.resync()
+	h.plane.traffic(key(1), 10, 10)
+	h.plane.traffic(key(2), 20, 20)
+	p := peerRow(1)
+	p.NodeID = "00000000-0000-0000-0000-00000000000b"
+	h.store.set(func(s *fakeStore) { s.refuse = map[string]bool{p.ID: true} })
+	h.change(p)
+	h.flush()
+	h.wantInPlane(1, false)
+	if up, _ := h.store.usageSum(peerRow(2).ID); up != 20 {
+		t.Fatalf("peer 2 usage %d, want 20", up)
+	}
+	h.plane.traffic(key(2), 1, 1)
+	h.flush()
+	if up, _ := h.store.usageSum(peerRow(2).ID); up != 21 {
+		t.Fatalf("flushing stalled: peer 2 usage %d, want 21", up)
+	}
+}
