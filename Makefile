@@ -24,8 +24,14 @@ bench:
 deps:
 	./scripts/deps.sh
 
+# Brief fuzzing of the Realtime frame decoder (seed corpus in
+# supabase/testdata/fuzz); FUZZTIME=1m for longer runs.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test ./supabase -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(FUZZTIME)
+
 demo: deps
-	@echo "make demo: not yet (issue 6)"
+	./scripts/demo.sh
 
 clean:
 	rm -rf bin
