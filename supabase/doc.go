@@ -1,0 +1,13 @@
+// Package supabase talks to the control plane: a Supabase project or any
+// PostgreSQL database migrated with package migrations.
+//
+//   - Store (store*.go): pooled pgx access for the node's snapshot of its
+//     desired state, single rows, usage and status write-back, heartbeat.
+//   - Listen (listen*.go): LISTEN/NOTIFY event source on the node's
+//     channel, for direct and session-pooler connections.
+//   - Realtime (realtime*.go): Supabase Realtime postgres_changes client,
+//     the event source when only a transaction pooler is reachable.
+//
+// Every source emits events.Resync after each (re)connect: events are
+// hints, the store is the truth.
+package supabase

@@ -1,0 +1,284 @@
+package supabase_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/dbfix"
+	"github.com/waylume/waylume-node/internal/pgtest"
+	"github.com/waylume/waylume-node/supabase"
+)
+
+const (
+	key1 = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+	key2 = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+	psk  = "FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE="
+)
+
+// storeFixture: a migrated database, nodes A and B, and a URL for node A's
+// login role (so every store test also runs under row level security).
+type storeFixture struct {
+	db     *pgtest.DB
+	a, b   string
+	urlA   string
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newStoreFixture(t testing.TB) *storeFixture {
+	t.Helper()
+	db := dbfix.Migrated(t)
+	f := &storeFixture{db: db}
+	f.a = dbfix.CreateNode6(t, db, "node-a", "10.8.0.1/16", "fd00:8::1/64")
+	f.b = dbfix.CreateNode(t, db, "node-b", "10.9.0.1/16")
+	f.urlA = dbfix.NodeLogin(t, db, f.a)
+	f.ctx, f.cancel = context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(f.cancel)
+	return f
+}
+
+func (f *storeFixture) open(t testing.TB, url string) *supabase.Store {
+	t.Helper()
+	s, err := supabase.OpenStore(f.ctx, url, supabase.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func withMode(url, mode string) string {
+	if mode == "" {
+		return url
+	}
+	return url + "&default_query_exec_mode=" + mode
+}
+
+// The store's whole surface, in pgx's default mode and in the modes a
+// transaction pooler needs (no server-side prepared statements).
+func TestStoreModes(t *testing.T) {
+	for _, mode := range []string{"", "simple_protocol", "exec"} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			f := newStoreFixture(t)
+			s := f.open(t, withMode(f.urlA, mode))
+			ctx := f.ctx
+
+			var id string
+			dbfix.QueryRow(t, f.db, `INSERT INTO waylume.peers (node_id, public_key, preshared_key, allowed_ips,
+				persistent_keepalive, download_kbps, upload_kbps, quota_bytes, quota_reset_at, expires_at, enabled)
+				VALUES ($1, $2, $3, '{192.168.7.0/24,fd00:77::/64}', 25, 10000, 2000, 5000000000,
+				'2026-01-01T00:00:00Z', '2027-01-01T00:00:00Z', false) RETURNING id::text`, []any{f.a, key1, psk}, &id)
+			var bare string
+			dbfix.QueryRow(t, f.db, `INSERT INTO waylume.peers (node_id, public_key, quota_reset_at) VALUES ($1, $2, NULL) RETURNING id::text`, []any{f.a, key2}, &bare)
+			otherB := dbfix.AddPeers(t, f.db, f.b, 1)[0]
+			dbfix.Exec(t, f.db, `UPDATE waylume.nodes SET dns = '{1.1.1.1,2606:4700:4700::1111}', mtu = 1380, listen_port = 51999 WHERE id = $1`, f.a)
+
+			node, peers, err := s.Snapshot(ctx, f.a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantNode := events.Node{ID: f.a, Name: "node-a", Endpoint: "node-a.test:51820", ListenPort: 51999,
+				Address: netip.MustParsePrefix("10.8.0.1/16"), Address6: netip.MustParsePrefix("fd00:8::1/64"),
+				DNS: []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700:4700::1111")},
+				MTU: 1380, Status: "offline"}
+			if diff := cmp.Diff(wantNode, node, cmpopts.IgnoreFields(events.Node{}, "UpdatedAt"), netipEqual); diff != "" {
+				t.Errorf("node (-want +got):\n%s", diff)
+			}
+			if node.UpdatedAt.IsZero() {
+				t.Error("node UpdatedAt zero")
+			}
+			if len(peers) != 2 {
+				t.Fatalf("snapshot has %d peers, want 2 (B's excluded)", len(peers))
+			}
+			want := events.Peer{ID: id, NodeID: f.a, PublicKey: key1, PresharedKey: psk,
+				Address: netip.MustParsePrefix("10.8.0.2/32"), Address6: netip.MustParsePrefix("fd00:8::2/128"),
+				AllowedIPs:          []netip.Prefix{netip.MustParsePrefix("192.168.7.0/24"), netip.MustParsePrefix("fd00:77::/64")},
+				PersistentKeepalive: 25, DownloadKbps: 10000, UploadKbps: 2000, QuotaBytes: 5000000000,
+				QuotaResetAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), ExpiresAt: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
+			got, err := s.Peer(ctx, f.a, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := []cmp.Option{cmpopts.IgnoreFields(events.Peer{}, "CreatedAt", "UpdatedAt"), netipEqual,
+				cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })}
+			if diff := cmp.Diff(want, got, opts...); diff != "" {
+				t.Errorf("peer (-want +got):\n%s", diff)
+			}
+			gotBare, err := s.Peer(ctx, f.a, bare)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantBare := events.Peer{ID: bare, NodeID: f.a, PublicKey: key2, Enabled: true,
+				Address: netip.MustParsePrefix("10.8.0.3/32"), Address6: netip.MustParsePrefix("fd00:8::3/128"), AllowedIPs: []netip.Prefix{}}
+			if diff := cmp.Diff(wantBare, gotBare, opts...); diff != "" {
+				t.Errorf("bare peer (-want +got):\n%s", diff)
+			}
+			for _, p := range peers {
+				if p.ID == id {
+					if diff := cmp.Diff(want, p, opts...); diff != "" {
+						t.Errorf("snapshot peer (-want +got):\n%s", diff)
+					}
+				}
+			}
+
+			// Not found: other node's peer, unknown peer, other node.
+			for _, pid := range []string{otherB, "00000000-0000-0000-0000-000000000001"} {
+				if _, err := s.Peer(ctx, f.a, pid); !errors.Is(err, supabase.ErrNotFound) {
+					t.Errorf("Peer(%s) = %v, want ErrNotFound", pid, err)
+				}
+			}
+			if _, err := s.Node(ctx, f.b); !errors.Is(err, supabase.ErrNotFound) {
+				t.Errorf("Node(B) as A = %v, want ErrNotFound", err)
+			}
+			if _, _, err := s.Snapshot(ctx, f.b); !errors.Is(err, supabase.ErrNotFound) {
+				t.Errorf("Snapshot(B) as A = %v, want ErrNotFound", err)
+			}
+
+			// Heartbeat: node-owned columns only.
+			if err := s.Heartbeat(ctx, f.a, events.Heartbeat{PublicKey: key2, Status: "online", Version: "v1.2.3", Peers: 2, ActiveSessions: 1}); err != nil {
+				t.Fatal(err)
+			}
+			var pk, status, version string
+			var seen time.Time
+			var peerCount int
+			dbfix.QueryRow(t, f.db, `SELECT public_key, status, version, last_seen_at, peer_count FROM waylume.nodes WHERE id = $1`, []any{f.a},
+				&pk, &status, &version, &seen, &peerCount)
+			if pk != key2 || status != "online" || version != "v1.2.3" || time.Since(seen) > time.Minute || peerCount != 2 {
+				t.Errorf("after heartbeat: %s %s %s %v %d", pk, status, version, seen, peerCount)
+			}
+			if err := s.Heartbeat(ctx, f.b, events.Heartbeat{Status: "online"}); !errors.Is(err, supabase.ErrNotFound) {
+				t.Errorf("heartbeat for B as A = %v, want ErrNotFound", err)
+			}
+
+			// Status and usage round trip.
+			now := time.Now().UTC().Truncate(time.Microsecond)
+			st := events.PeerStatus{PeerID: id, NodeID: f.a, State: events.StateBlocked, Reason: "expired",
+				LastHandshakeAt: now.Add(-time.Minute), Endpoint: "198.51.100.7:41641", UploadBytes: 100, DownloadBytes: 200,
+				RxBaseline: 1100, TxBaseline: 1200, CounterEpoch: "boot-1/7", AppliedAt: now}
+			usage := []events.Usage{{PeerID: id, PeriodStart: now.Add(-time.Minute), PeriodEnd: now, UploadBytes: 100, DownloadBytes: 200}}
+			if err := s.WriteStatus(ctx, f.a, usage, []events.PeerStatus{st}); err != nil {
+				t.Fatal(err)
+			}
+			sts, err := s.PeerStatuses(ctx, f.a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff([]events.PeerStatus{st}, sts, opts...); diff != "" {
+				t.Errorf("statuses (-want +got):\n%s", diff)
+			}
+			quota, err := s.QuotaUsage(ctx, f.a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(map[string]int64{id: 300}, quota); diff != "" {
+				t.Errorf("quota usage (-want +got):\n%s", diff)
+			}
+
+			// Errors name the operation and keep the SQLSTATE.
+			bad := st
+			bad.State = "weird"
+			err = s.WriteStatus(ctx, f.a, nil, []events.PeerStatus{bad})
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "23514" || !strings.HasPrefix(err.Error(), "write status") {
+				t.Errorf("bad status: %v, want 'write status: ...' with SQLSTATE 23514", err)
+			}
+		})
+	}
+}
+
+func TestStoreSnapshot10k(t *testing.T) {
+	f := newStoreFixture(t)
+	dbfix.AddPeers(t, f.db, f.a, 10000)
+	dbfix.AddPeers(t, f.db, f.b, 100)
+	s := f.open(t, f.urlA)
+	node, peers, err := s.Snapshot(f.ctx, f.a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if node.ID != f.a || len(peers) != 10000 {
+		t.Fatalf("snapshot: node %s, %d peers; want %s, 10000", node.ID, len(peers), f.a)
+	}
+	seen := map[netip.Prefix]bool{}
+	for _, p := range peers {
+		if p.NodeID != f.a || !p.Address.IsValid() || !p.Address6.IsValid() || seen[p.Address] {
+			t.Fatalf("bad peer in snapshot: %+v", p)
+		}
+		seen[p.Address] = true
+	}
+}
+
+func TestStoreWriteStatus10k(t *testing.T) {
+	f := newStoreFixture(t)
+	ids := dbfix.AddPeers(t, f.db, f.a, 10000)
+	bPeer := dbfix.AddPeers(t, f.db, f.b, 1)[0]
+	s := f.open(t, f.urlA)
+	end := time.Now().UTC().Truncate(time.Second)
+	usage, status := usageBatch(ids, end)
+
+	// A peer deleted after the node measured it: its usage is kept
+	// (billing), its status skipped. A peer of node B: the usage row is
+	// dropped, the batch does not fail.
+	gone := ids[17]
+	dbfix.Exec(t, f.db, `DELETE FROM waylume.peers WHERE id = $1`, gone)
+	usage = append(usage, events.Usage{PeerID: bPeer, PeriodStart: end.Add(-time.Minute), PeriodEnd: end, UploadBytes: 1, DownloadBytes: 1})
+	status = append(status, events.PeerStatus{PeerID: bPeer, NodeID: f.a, State: events.StateActive})
+
+	for attempt := range 2 { // the retry after a lost commit is a no-op
+		if err := s.WriteStatus(f.ctx, f.a, usage, status); err != nil {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+		var nUsage, nStatus int
+		var sumUp int64
+		dbfix.QueryRow(t, f.db, `SELECT (SELECT count(*) FROM waylume.peer_usage), (SELECT count(*) FROM waylume.peer_status),
+			(SELECT sum(upload_bytes) FROM waylume.peer_usage)`, nil, &nUsage, &nStatus, &sumUp)
+		if nUsage != 10000 || nStatus != 9999 || sumUp != 10000*1000 {
+			t.Fatalf("attempt %d: %d usage rows (want 10000), %d status rows (want 9999), upload sum %d", attempt, nUsage, nStatus, sumUp)
+		}
+	}
+	var goneUsage int
+	dbfix.QueryRow(t, f.db, `SELECT count(*) FROM waylume.peer_usage WHERE peer_id = $1`, []any{gone}, &goneUsage)
+	if goneUsage != 1 {
+		t.Fatalf("deleted peer's usage rows: %d, want 1", goneUsage)
+	}
+	sts, err := s.PeerStatuses(f.ctx, f.a)
+	if err != nil || len(sts) != 9999 {
+		t.Fatalf("PeerStatuses: %d rows (%v)", len(sts), err)
+	}
+}
+
+var netipEqual = cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})
+
+func usageBatch(ids []string, end time.Time) ([]events.Usage, []events.PeerStatus) {
+	usage := make([]events.Usage, len(ids))
+	status := make([]events.PeerStatus, len(ids))
+	for i, id := range ids {
+		usage[i] = events.Usage{PeerID: id, PeriodStart: end.Add(-time.Minute), PeriodEnd: end, UploadBytes: 1000, DownloadBytes: 2000}
+		status[i] = events.PeerStatus{PeerID: id, State: events.StateActive, LastHandshakeAt: end.Add(-10 * time.Second),
+			Endpoint: fmt.Sprintf("198.51.100.%d:%d", i%250+1, 40000+i%20000), UploadBytes: 1000, DownloadBytes: 2000,
+			RxBaseline: 1000, TxBaseline: 2000, CounterEpoch: "boot/1", AppliedAt: end.Add(-time.Hour)}
+	}
+	return usage, status
+}
+
+func TestOpenStoreErrors(t *testing.T) {
+	ctx := context.Background()
+	_, err := supabase.OpenStore(ctx, "postgres://user:s3cret@[::1", supabase.StoreOptions{})
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("bad URL: %v (must fail without echoing the password)", err)
+	}
+	db := pgtest.New(t)
+	_, err = supabase.OpenStore(ctx, db.URLAs("no_such_role"), supabase.StoreOptions{})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || !strings.HasPrefix(err.Error(), "open store") {
+		t.Fatalf("unknown role: %v, want 'open store: ...' wrapping a PgError", err)
+	}
+}
