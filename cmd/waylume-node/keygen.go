@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -69,41 +68,6 @@ func writeKeyFile(path string, key wgtypes.Key, force bool) error {
 		return fmt.Errorf("write key: %w", err)
 	}
 	return f.Close()
-}
-
-// readKeyFile reads a base64 private key file. Errors name the file, never
-// its content.
-func readKeyFile(path string) (wgtypes.Key, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return wgtypes.Key{}, fmt.Errorf("read private key: %w", err)
-	}
-	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
-	if err != nil {
-		return wgtypes.Key{}, fmt.Errorf("private key %s: not a base64 WireGuard key", path)
-	}
-	return k, nil
-}
-
-// loadOrCreateKey returns the node's private key from path, creating the
-// file (0600) with a new key when it does not exist. run.go may use it for
-// WAYLUME_PRIVATE_KEY_FILE.
-func loadOrCreateKey(path string) (key wgtypes.Key, created bool, err error) {
-	k, err := readKeyFile(path)
-	if err == nil {
-		return k, false, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return wgtypes.Key{}, false, err
-	}
-	k, err = wgtypes.GeneratePrivateKey()
-	if err != nil {
-		return wgtypes.Key{}, false, fmt.Errorf("generate private key: %w", err)
-	}
-	if err := writeKeyFile(path, k, false); err != nil {
-		return wgtypes.Key{}, false, err
-	}
-	return k, true, nil
 }
 
 // parseExit maps a flag parse error to an exit code: --help is success.

@@ -71,19 +71,3 @@ func TestKeygenStdout(t *testing.T) {
 		t.Errorf("stderr %q", stderr)
 	}
 }
-
-func TestLoadOrCreateKey(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "k")
-	k1, created, err := loadOrCreateKey(path)
-	if err != nil || !created {
-		t.Fatalf("first: %v created=%v", err, created)
-	}
-	k2, created, err := loadOrCreateKey(path)
-	if err != nil || created || k1 != k2 {
-		t.Fatalf("second: %v created=%v same=%v", err, created, k1 == k2)
-	}
-	os.WriteFile(path, []byte("not a key\n"), 0o600)
-	if _, _, err := loadOrCreateKey(path); err == nil || strings.Contains(err.Error(), "not a key\n") {
-		t.Errorf("bad key file: %v", err)
-	}
-}
