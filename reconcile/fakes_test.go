@@ -228,6 +228,9 @@ func (s *fakeStore) WriteStatus(ctx context.Context, nodeID string, usage []even
 		if s.refuse[u.PeerID] {
 			return errRefused
 		}
+		if !u.PeriodEnd.After(u.PeriodStart) || u.UploadBytes < 0 || u.DownloadBytes < 0 {
+			return fmt.Errorf("%w: peer_usage_period_check or bytes check: %+v", errRefused, u)
+		}
 	}
 	s.writes++
 	for _, u := range usage {

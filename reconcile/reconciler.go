@@ -184,6 +184,10 @@ func (r *Reconciler) loadLocked(ctx context.Context) error {
 		}
 	}
 	r.epoch = r.cfg.DataPlane.Epoch()
+	// The first usage period of this process starts now; bytes since the
+	// previous process's last flush are in it too (period_start is
+	// informative, period_end is the key).
+	r.lastFlush = r.now().Truncate(time.Microsecond)
 	r.loaded = true
 	return nil
 }

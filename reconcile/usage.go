@@ -172,7 +172,9 @@ func (r *Reconciler) Flush(ctx context.Context) error {
 func (r *Reconciler) flushLocked(ctx context.Context) error {
 	if r.inflight != nil {
 		if err := r.write(ctx, r.inflight); err != nil {
-			return fmt.Errorf("retry usage batch of %s: %w", r.inflight.end.Format(time.RFC3339Nano), err)
+			err = fmt.Errorf("retry usage batch of %s: %w", r.inflight.end.Format(time.RFC3339Nano), err)
+			r.dropIfRefused(err)
+			return err
 		}
 		r.commit(r.inflight)
 	}
@@ -185,7 +187,9 @@ func (r *Reconciler) flushLocked(ctx context.Context) error {
 	if len(b.entries) > 0 {
 		r.inflight = b
 		if err := r.write(ctx, b); err != nil {
-			return fmt.Errorf("write usage: %w", err)
+			err = fmt.Errorf("write usage: %w", err)
+			r.dropIfRefused(err)
+			return err
 		}
 		r.commit(b)
 	}
@@ -209,6 +213,17 @@ func (r *Reconciler) write(ctx context.Context, b *batch) error {
 	}
 	r.contact = r.now()
 	return nil
+}
+
+// dropIfRefused forgets the in-flight batch when the database refused it
+// for good: such a refusal rolled the transaction back, so nothing of it
+// was committed, and the next flush measures the same bytes again from the
+// unchanged baselines. Retrying it as is would stall accounting forever.
+func (r *Reconciler) dropIfRefused(err error) {
+	if r.cfg.IsRejected(err) {
+		r.log.Error("usage batch refused by the database; rebuilding it", "err", err)
+		r.inflight = nil
+	}
 }
 
 // stripGone removes the usage rows of peers that have no row any more and
@@ -244,9 +259,9 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 	if !now.After(r.lastFlush) {
 		now = r.lastFlush.Add(time.Microsecond) // period_end is a key: never reuse one
 	}
-	start := r.lastFlush
-	if start.IsZero() {
-		start = now
+	start := r.lastFlush // set at Load for a process's first flush
+	if !start.Before(now) {
+		start = now.Add(-time.Microsecond) // period_end > period_start
 	}
 	b := &batch{end: now}
 	byKey := make(map[Key]PeerStats, len(stats))

@@ -1,0 +1,402 @@
+// Package e2e runs the waylume-node binary for real: inside a network
+// namespace, against a throwaway PostgreSQL, with a Debian wireguard-go +
+// wg client in another namespace, iperf3 traffic, and either the LISTEN
+// source or the Realtime test server.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	vnetns "github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/waylume/waylume-node/internal/dbfix"
+	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/pgtest"
+	"github.com/waylume/waylume-node/supabase/realtimetest"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) { os.Exit(testMain(m)) }
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "waylume-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binPath = filepath.Join(dir, "waylume-node")
+	out, err := exec.Command("go", "build", "-o", binPath, "github.com/waylume/waylume-node/cmd/waylume-node").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build waylume-node: %v\n%s", err, out)
+		return 1
+	}
+	return pgtest.Main(m)
+}
+
+const (
+	jwtSecret  = "e2e-secret-jwt-token-with-at-least-32-characters-long"
+	nodeAddr   = "10.8.0.1/24"
+	nodeTunnel = "10.8.0.1"
+	pool       = "10.8.0.0/24"
+	underNode  = "10.99.0.1"
+	underCli   = "10.99.0.2"
+	listenPort = 51820
+)
+
+// env is one node: its database, namespaces, key, and the running binary.
+type env struct {
+	t        *testing.T
+	db       *pgtest.DB
+	admin    *pgx.Conn
+	nodeID   string
+	nodeURL  string // the node's own login: RLS applies
+	nodeNS   *netns.NS
+	cliNS    *netns.NS
+	iface    string
+	uplink   string // the node namespace's end of the veth: NAT egress
+	keyFile  string
+	nodePub  wgtypes.Key
+	extraEnv []string
+	rt       *realtimetest.Server
+	rtURL    string // as seen from inside the node's namespace
+}
+
+var rolesOnce sync.Once
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	netns.Require(t, "wireguard-go", "wg", "iperf3", "tc", "iptables", "ss")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rolesOnce.Do(func() {
+		// Supabase's roles exist before the migrations run.
+		c, err := pgx.Connect(ctx, pgtest.Current(t).URL("postgres", "postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		if _, err := c.Exec(ctx, `DO $$ BEGIN
+			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+				CREATE ROLE service_role NOLOGIN BYPASSRLS; END IF;
+			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_admin') THEN
+				CREATE ROLE realtime_admin LOGIN REPLICATION; END IF; END $$`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	e := &env{t: t, db: dbfix.Migrated(t)}
+	e.nodeID = dbfix.CreateNode(t, e.db, netns.Name("node"), nodeAddr)
+	e.nodeURL = dbfix.NodeLogin(t, e.db, e.nodeID)
+	admin, err := pgx.Connect(ctx, e.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	e.admin = admin
+
+	e.nodeNS = netns.New(t, "wn")
+	e.cliNS = netns.New(t, "wc")
+	e.uplink = netns.Name("vn")
+	netns.Veth(t, e.nodeNS, e.uplink, underNode+"/24", e.cliNS, netns.Name("vc"), underCli+"/24")
+	e.iface = netns.Name("wgn")
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.nodePub = key.PublicKey()
+	e.keyFile = filepath.Join(t.TempDir(), "private.key")
+	if err := os.WriteFile(e.keyFile, []byte(key.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// A kernel-mode device outlives the node; its UAPI socket is the
+		// host's. The namespace going away removes the interface.
+		os.Remove(filepath.Join("/var/run/wireguard", e.iface+".sock"))
+	})
+	return e
+}
+
+// withRealtime starts the Realtime test server on the host's loopback and
+// a forwarder to it on the node namespace's loopback.
+func (e *env) withRealtime() {
+	t := e.t
+	dbfix.Exec(t, e.db, `GRANT waylume_node, service_role TO realtime_admin`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := realtimetest.New(ctx, realtimetest.Config{DatabaseURL: e.db.URLAs("realtime_admin"), JWTSecret: jwtSecret, PollInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	e.rt = srv
+	target := strings.TrimPrefix(strings.TrimSuffix(srv.URL(), "/realtime/v1/websocket"), "ws://")
+	addr := forwardInto(t, e.nodeNS, target)
+	e.rtURL = "ws://" + addr + "/realtime/v1/websocket"
+}
+
+// forwardInto listens on the loopback of ns and forwards each connection
+// to target on the host's loopback. The listening socket is made inside ns
+// by a thread that enters it; sockets keep their namespace afterwards.
+func forwardInto(t *testing.T, ns *netns.NS, target string) string {
+	t.Helper()
+	ln, err := func() (net.Listener, error) {
+		runtime.LockOSThread()
+		orig, err := vnetns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		defer orig.Close()
+		h, err := vnetns.GetFromName(ns.Name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		defer h.Close()
+		if err := vnetns.Set(h); err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+		if err := vnetns.Set(orig); err != nil {
+			return nil, fmt.Errorf("return to the host namespace: %w", err) // thread stays locked: it dies with the goroutine
+		}
+		runtime.UnlockOSThread()
+		return ln, lerr
+	}()
+	if err != nil {
+		t.Fatalf("listen in %s: %v", ns.Name, err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, u)
+			mu.Unlock()
+			wg.Add(2)
+			go func() { defer wg.Done(); io.Copy(u, c); u.Close() }()
+			go func() { defer wg.Done(); io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// node is one run of the binary.
+type node struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// startNode runs `waylume-node run` in the node namespace.
+func (e *env) startNode(mode string, resync, usage time.Duration) *node {
+	t := e.t
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", e.nodeNS.Name, binPath, "run")
+	cmd.Env = append(os.Environ(),
+		"WAYLUME_DATABASE_URL="+e.nodeURL,
+		"WAYLUME_NODE_ID="+e.nodeID,
+		"WAYLUME_INTERFACE="+e.iface,
+		"WAYLUME_WG_MODE="+mode,
+		"WAYLUME_PRIVATE_KEY_FILE="+e.keyFile,
+		"WAYLUME_EGRESS_INTERFACE="+e.uplink,
+		"WAYLUME_RESYNC_INTERVAL="+resync.String(),
+		"WAYLUME_USAGE_INTERVAL="+usage.String(),
+		"WAYLUME_METRICS_ADDR=",
+		"WAYLUME_LOG_LEVEL=debug",
+		"WAYLUME_LOG_FORMAT=text",
+	)
+	if e.rt != nil {
+		cmd.Env = append(cmd.Env,
+			"WAYLUME_REALTIME_URL="+e.rtURL,
+			"WAYLUME_SUPABASE_KEY="+realtimetest.AnonKey(jwtSecret),
+			"WAYLUME_ACCESS_TOKEN="+realtimetest.NodeToken(jwtSecret, e.nodeID, time.Hour))
+	}
+	cmd.Env = append(cmd.Env, e.extraEnv...)
+	n := &node{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = n.out, n.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start node: %v", err)
+	}
+	go func() { n.err = cmd.Wait(); close(n.done) }()
+	t.Cleanup(func() {
+		n.stop(t)
+		if t.Failed() {
+			t.Logf("node output:\n%s", tail(n.out.String(), 8000))
+		}
+	})
+	return n
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// stop sends SIGTERM and waits for the clean shutdown.
+func (n *node) stop(t *testing.T) error {
+	select {
+	case <-n.done:
+		return n.err
+	default:
+	}
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+	case <-time.After(30 * time.Second):
+		n.cmd.Process.Kill()
+		<-n.done
+		t.Errorf("node did not stop within 30s of SIGTERM")
+	}
+	return n.err
+}
+
+// kill is SIGKILL: no flush, no goodbye.
+func (n *node) kill() {
+	n.cmd.Process.Kill()
+	<-n.done
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := e.admin.Exec(ctx, sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// addPeer inserts a peer for key (address allocated) and returns its id and address.
+func (e *env) addPeer(pub wgtypes.Key, extra string) (id, addr string) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cols, vals := "", ""
+	if extra != "" {
+		kv := strings.SplitN(extra, "=", 2)
+		cols, vals = ", "+kv[0], ", "+kv[1]
+	}
+	if err := e.admin.QueryRow(ctx, `INSERT INTO waylume.peers (node_id, public_key`+cols+`) VALUES ($1, $2`+vals+`)
+		RETURNING id::text, host(address)`, e.nodeID, pub.String()).Scan(&id, &addr); err != nil {
+		e.t.Fatalf("insert peer: %v", err)
+	}
+	return id, addr
+}
+
+// queryRow runs one query on a fresh connection: the admin connection
+// does not survive a database restart.
+func (e *env) queryRow(sql string, args []any, dest ...any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, e.db.URL)
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	return c.QueryRow(ctx, sql, args...).Scan(dest...)
+}
+
+type status struct {
+	State, Reason string
+}
+
+func (e *env) status(peerID string) (status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var s status
+	err := e.admin.QueryRow(ctx, `SELECT state, reason FROM waylume.peer_status WHERE peer_id = $1`, peerID).Scan(&s.State, &s.Reason)
+	return s, err
+}
+
+// nodePeers lists the public keys the node's device holds, with their allowed IPs.
+func (e *env) nodePeers() (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := e.nodeNS.Run(ctx, "wg", "show", e.iface, "allowed-ips")
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 {
+			m[f[0]] = strings.Join(f[1:], " ")
+		}
+	}
+	return m, nil
+}
+
+// client starts a wireguard-go client for a fresh key (returned) at addr.
+func (e *env) client(key wgtypes.Key, addr string) *netns.WGClient {
+	return netns.StartWGClient(e.t, e.cliNS, netns.WGClientConfig{
+		Address: addr + "/32", Route: pool, ServerKey: e.nodePub, PrivateKey: &key,
+		Endpoint: underNode + ":" + strconv.Itoa(listenPort),
+	})
+}
+
+func newKey(t *testing.T) wgtypes.Key {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
