@@ -158,11 +158,8 @@ type Link struct {
 	// peers mirrors what the device holds, by public key: refreshed from
 	// the device by SyncPeers, updated with what each apply changed.
 	peers map[wgtypes.Key]Peer
-	// removedShaping holds the shaping address of peers removed from the
-	// device in this apply, until their classes are removed too.
-	removedShaping map[wgtypes.Key]netip.Addr
-	tc             *shaper
-	fw             *firewall
+	tc    *shaper
+	fw    *firewall
 }
 
 // PublicKey is the node's public key.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -23,8 +24,15 @@ const (
 	maxIPsPerCall   = 256
 )
 
-// SyncPeers makes the device hold exactly all: it rereads the device and
-// the installed classes (repairing drift), then applies the difference.
+// tcRefresh is how stale the shaping mirror may get before SyncPeers
+// dumps the classes and filters again. Dumping 20,000 classes and filters
+// costs a few hundred ms, the whole budget of a no-change apply, and only
+// someone running tc by hand makes the mirror drift.
+const tcRefresh = 5 * time.Minute
+
+// SyncPeers makes the device hold exactly all: it rereads the device's
+// peers, and the installed classes when the last read is older than
+// tcRefresh (repairing drift), then applies the difference.
 // Calling it twice with the same set sends nothing the second time. A peer
 // that fails is reported in failed and does not stop the others; err is
 // for failures that are not any one peer's.
@@ -34,8 +42,10 @@ func (l *Link) SyncPeers(ctx context.Context, all []Peer) (failed map[wgtypes.Ke
 	if err := l.loadPeers(); err != nil {
 		return nil, err
 	}
-	if err := l.tc.load(); err != nil {
-		return nil, fmt.Errorf("read shaping state: %w", err)
+	if time.Since(l.tc.loaded) > tcRefresh {
+		if err := l.tc.load(); err != nil {
+			return nil, fmt.Errorf("read shaping state: %w", err)
+		}
 	}
 	want := make(map[wgtypes.Key]Peer, len(all))
 	failed = map[wgtypes.Key]error{}
@@ -52,22 +62,23 @@ func (l *Link) SyncPeers(ctx context.Context, all []Peer) (failed map[wgtypes.Ke
 			remove = append(remove, k)
 		}
 	}
-	l.apply(ctx, all, remove, failed)
-
-	// Classes of addresses no wanted peer owns are leftovers: remove them.
+	// Classes no wanted peer owns are leftovers (a crash, a manual
+	// change): they are removed with the rest.
 	owned := map[netip.Addr]bool{}
 	for _, p := range want {
 		if a, ok := p.ShapingAddr(); ok {
 			owned[a] = true
 		}
 	}
-	var errs []error
+	var leftovers []netip.Addr
 	for a := range l.tc.classes {
 		if !owned[a] {
-			if err := l.tc.apply(a, limits{}); err != nil {
-				errs = append(errs, fmt.Errorf("remove leftover shaping for %v: %w", a, err))
-			}
+			leftovers = append(leftovers, a)
 		}
+	}
+	var errs []error
+	for a, err := range l.apply(ctx, all, remove, leftovers, failed) {
+		errs = append(errs, fmt.Errorf("remove leftover shaping for %v: %w", a, err))
 	}
 	return failed, errors.Join(errs...)
 }
@@ -79,67 +90,113 @@ func (l *Link) UpdatePeers(ctx context.Context, set []Peer, remove []wgtypes.Key
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	failed = map[wgtypes.Key]error{}
-	l.apply(ctx, set, remove, failed)
+	l.apply(ctx, set, remove, nil, failed)
 	return failed, nil
 }
 
 // apply sends the difference between set/remove and the mirror: shaping
 // for new and changed peers first (traffic is limited from its first
-// packet), then WireGuard in chunks, then shaping of removed peers.
-func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, failed map[wgtypes.Key]error) {
+// packet), then WireGuard in chunks, then shaping of removed peers and of
+// the leftover addresses, whose errors it returns.
+func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, leftovers []netip.Addr, failed map[wgtypes.Key]error) map[netip.Addr]error {
+	// The wanted shaping of every address this apply touches: set peers'
+	// limits win over removals of the same address (an address moving
+	// between peers).
+	type tcWant struct {
+		lim limits
+		key wgtypes.Key
+	}
+	tcw := map[netip.Addr]tcWant{}
+	claimed := map[netip.Addr]bool{}
+	release := func(a netip.Addr, k wgtypes.Key) {
+		if !claimed[a] {
+			if _, seen := tcw[a]; !seen {
+				tcw[a] = tcWant{key: k}
+			}
+		}
+	}
 	var changes []peerChange
 	for _, p := range set {
 		if failed[p.PublicKey] != nil {
 			continue
 		}
 		have, exists := l.peers[p.PublicKey]
-		if err := l.shape(have, exists, p); err != nil {
-			failed[p.PublicKey] = fmt.Errorf("apply peer %s shaping: %w", p.PublicKey, err)
+		if old, had := have.ShapingAddr(); exists && had {
+			release(old, p.PublicKey)
+		}
+		if a, ok := p.ShapingAddr(); ok {
+			if p.DownloadKbps < 0 || p.UploadKbps < 0 {
+				failed[p.PublicKey] = fmt.Errorf("apply peer %s: negative limit", p.PublicKey)
+				continue
+			}
+			tcw[a] = tcWant{lim: limits{down: p.DownloadKbps, up: p.UploadKbps}, key: p.PublicKey}
+			claimed[a] = true
+		} else if p.DownloadKbps != 0 || p.UploadKbps != 0 {
+			failed[p.PublicKey] = fmt.Errorf("apply peer %s: limits need an IPv4 /32 allowed IP to key them", p.PublicKey)
 		}
 		if pc, changed := diffPeer(have, exists, p); changed {
 			changes = append(changes, peerChange{key: p.PublicKey, want: p, cfgs: splitIPs(pc)})
 		}
 	}
 	for _, k := range remove {
-		if _, exists := l.peers[k]; exists {
-			changes = append(changes, peerChange{key: k, remove: true, cfgs: []wgtypes.PeerConfig{{PublicKey: k, Remove: true}}})
+		have, exists := l.peers[k]
+		if !exists {
+			continue
+		}
+		changes = append(changes, peerChange{key: k, remove: true, cfgs: []wgtypes.PeerConfig{{PublicKey: k, Remove: true}}})
+		if a, ok := have.ShapingAddr(); ok {
+			release(a, k)
 		}
 	}
-	for k, err := range l.configure(ctx, changes) {
+	var zero wgtypes.Key
+	for _, a := range leftovers {
+		release(a, zero)
+	}
+
+	var pre, post []tcOp
+	owner := map[netip.Addr]wgtypes.Key{}
+	for a, w := range tcw {
+		ops, err := l.tc.diff(a, w.lim)
+		if err != nil {
+			failed[w.key] = fmt.Errorf("apply peer %s shaping: %w", w.key, err)
+			continue
+		}
+		owner[a] = w.key
+		for _, op := range ops {
+			if op.kbps != 0 {
+				pre = append(pre, op)
+			} else {
+				post = append(post, op)
+			}
+		}
+	}
+	leftErrs := map[netip.Addr]error{}
+	report := func(errs map[netip.Addr]error) {
+		for a, err := range errs {
+			switch k := owner[a]; {
+			case k == zero:
+				leftErrs[a] = err
+			case failed[k] == nil:
+				failed[k] = fmt.Errorf("apply peer %s shaping: %w", k, err)
+			}
+		}
+	}
+	report(l.tc.run(pre))
+	wgFailed := l.configure(ctx, changes)
+	for k, err := range wgFailed {
 		if failed[k] == nil {
 			failed[k] = err
 		}
 	}
-	for _, k := range remove {
-		if have, ok := l.removedShaping[k]; ok {
-			if err := l.tc.apply(have, limits{}); err != nil && failed[k] == nil {
-				failed[k] = fmt.Errorf("remove peer %s shaping: %w", k, err)
-			}
-			delete(l.removedShaping, k)
+	// A peer whose removal failed keeps its limits.
+	kept := post[:0]
+	for _, op := range post {
+		if k := owner[op.addr]; k == zero || wgFailed[k] == nil {
+			kept = append(kept, op)
 		}
 	}
-}
-
-// shape applies one peer's limits, moving them when its address changed.
-func (l *Link) shape(have Peer, exists bool, want Peer) error {
-	wantAddr, ok := want.ShapingAddr()
-	if exists {
-		if old, had := have.ShapingAddr(); had && (!ok || old != wantAddr) {
-			if err := l.tc.apply(old, limits{}); err != nil {
-				return err
-			}
-		}
-	}
-	if !ok {
-		if want.DownloadKbps != 0 || want.UploadKbps != 0 {
-			return errors.New("limits need an IPv4 /32 allowed IP to key them")
-		}
-		return nil
-	}
-	if want.DownloadKbps < 0 || want.UploadKbps < 0 {
-		return errors.New("negative limit")
-	}
-	return l.tc.apply(wantAddr, limits{down: want.DownloadKbps, up: want.UploadKbps})
+	report(l.tc.run(kept))
+	return leftErrs
 }
 
 type peerChange struct {
@@ -190,12 +247,6 @@ func (l *Link) configure(ctx context.Context, changes []peerChange) map[wgtypes.
 
 func (l *Link) record(c peerChange) {
 	if c.remove {
-		if have, ok := l.peers[c.key].ShapingAddr(); ok {
-			if l.removedShaping == nil {
-				l.removedShaping = map[wgtypes.Key]netip.Addr{}
-			}
-			l.removedShaping[c.key] = have
-		}
 		delete(l.peers, c.key)
 		return
 	}

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -70,7 +71,8 @@ type shaper struct {
 	layout  layout
 	dirs    [2]direction // 0 download, 1 upload
 	classes map[netip.Addr]limits
-	ops     int // kernel modifications, counted for tests
+	loaded  time.Time // when classes was last read from the kernel
+	ops     int       // kernel modifications, counted for tests
 }
 
 func newShaper(h *netlink.Handle, cfg Config, log *slog.Logger) *shaper {
@@ -423,6 +425,7 @@ func (s *shaper) filterHandles(d direction) (map[uint32]bool, error) {
 // direction when its leaf filter and the class it points to both exist.
 func (s *shaper) load() error {
 	s.classes = map[netip.Addr]limits{}
+	s.loaded = time.Time{}
 	for i, d := range s.dirs {
 		link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}}
 		cs, err := s.nl.ClassList(link, netlink.MakeHandle(htbMajor, 0))
@@ -458,79 +461,124 @@ func (s *shaper) load() error {
 			s.classes[a] = l
 		}
 	}
+	s.loaded = time.Now()
 	return nil
 }
 
-// apply makes one address's classes match want, touching nothing else.
-func (s *shaper) apply(a netip.Addr, want limits) error {
+// tcOp is one direction of one address moving from had to kbps (0 = no
+// class).
+type tcOp struct {
+	addr      netip.Addr
+	dir       int
+	had, kbps int64
+}
+
+func (l limits) get(dir int) int64 {
+	if dir == 0 {
+		return l.down
+	}
+	return l.up
+}
+
+func (s *shaper) set(a netip.Addr, dir int, kbps int64) {
+	l := s.classes[a]
+	if dir == 0 {
+		l.down = kbps
+	} else {
+		l.up = kbps
+	}
+	if l == (limits{}) {
+		delete(s.classes, a)
+	} else {
+		s.classes[a] = l
+	}
+}
+
+// diff lists what turns a's installed classes into want.
+func (s *shaper) diff(a netip.Addr, want limits) ([]tcOp, error) {
 	have := s.classes[a]
 	if have == want {
-		return nil
+		return nil, nil
 	}
 	if want != (limits{}) {
 		if err := s.layout.check(a); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	var errs []error
-	for i, d := range s.dirs {
-		h, w := have.down, want.down
-		if i == 1 {
-			h, w = have.up, want.up
-		}
-		if h == w {
-			continue
-		}
-		var err error
-		switch {
-		case w == 0:
-			err = s.remove(d, a)
-		case h == 0:
-			err = s.add(d, a, w)
-		default:
-			err = s.nl.ClassChange(htbClass(d, a, w))
-			s.ops++
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s limit: %w", d.name, err))
-			continue
-		}
-		if i == 0 {
-			have.down = w
-		} else {
-			have.up = w
+	var ops []tcOp
+	for dir := range s.dirs {
+		if h, w := have.get(dir), want.get(dir); h != w {
+			ops = append(ops, tcOp{addr: a, dir: dir, had: h, kbps: w})
 		}
 	}
-	if have == (limits{}) {
-		delete(s.classes, a)
-	} else {
-		s.classes[a] = have
-	}
-	return errors.Join(errs...)
+	return ops, nil
 }
 
-func (s *shaper) add(d direction, a netip.Addr, kbps int64) error {
-	// Replace, not add: a class or filter left without its partner (a
-	// crash between the two calls) is repaired instead of failing.
-	s.ops += 2
-	if err := s.nl.ClassReplace(htbClass(d, a, kbps)); err != nil {
-		return fmt.Errorf("add class: %w", err)
+// run executes ops in phases: classes (new and changed), then filters for
+// new classes, then filter deletions, then class deletions. The order is
+// for the kernel's sake: adding or deleting an HTB class walks every
+// filter of the qdisc to rebind it (tc_bind_tclass), so classes go in
+// while the filters are few and leave after theirs are gone. A cold apply
+// of n peers is then O(n), not O(n^2). Errors are per address.
+func (s *shaper) run(ops []tcOp) map[netip.Addr]error {
+	errs := map[netip.Addr]error{}
+	failed := make([]bool, len(ops))
+	fail := func(i int, what string, err error) {
+		failed[i] = true
+		errs[ops[i].addr] = errors.Join(errs[ops[i].addr], fmt.Errorf("%s %s: %w", s.dirs[ops[i].dir].name, what, err))
 	}
-	if err := s.nl.FilterReplace(s.leafFilter(d, a)); err != nil {
-		return fmt.Errorf("add filter: %w", err)
+	for i, op := range ops {
+		if op.kbps == 0 {
+			continue
+		}
+		cls := htbClass(s.dirs[op.dir], op.addr, op.kbps)
+		s.ops++
+		if op.had == 0 {
+			// Replace, not add: a class left without its filter by a crash
+			// is taken over instead of failing.
+			if err := s.nl.ClassReplace(cls); err != nil {
+				fail(i, "add class", err)
+			}
+			continue
+		}
+		if err := s.nl.ClassChange(cls); err != nil {
+			fail(i, "change class", err)
+			continue
+		}
+		s.set(op.addr, op.dir, op.kbps)
 	}
-	return nil
-}
-
-func (s *shaper) remove(d direction, a netip.Addr) error {
-	s.ops += 2
-	if err := s.nl.FilterDel(s.leafFilter(d, a)); err != nil && !isNotExist(err) {
-		return fmt.Errorf("delete filter: %w", err)
+	for i, op := range ops {
+		if op.kbps == 0 || op.had != 0 || failed[i] {
+			continue
+		}
+		s.ops++
+		if err := s.nl.FilterReplace(s.leafFilter(s.dirs[op.dir], op.addr)); err != nil {
+			fail(i, "add filter", err)
+			continue
+		}
+		s.set(op.addr, op.dir, op.kbps)
 	}
-	if err := s.nl.ClassDel(htbClass(d, a, 1)); err != nil && !isNotExist(err) {
-		return fmt.Errorf("delete class: %w", err)
+	for i, op := range ops {
+		if op.kbps != 0 {
+			continue
+		}
+		s.ops++
+		if err := s.nl.FilterDel(s.leafFilter(s.dirs[op.dir], op.addr)); err != nil && !isNotExist(err) {
+			fail(i, "delete filter", err)
+			continue
+		}
+		s.set(op.addr, op.dir, 0)
 	}
-	return nil
+	for i, op := range ops {
+		if op.kbps != 0 || failed[i] {
+			continue
+		}
+		s.ops++
+		if err := s.nl.ClassDel(htbClass(s.dirs[op.dir], op.addr, 1)); err != nil && !isNotExist(err) {
+			fail(i, "delete class", err)
+		}
+	}
+	return errs
 }
 
 func isNotExist(err error) bool {
