@@ -60,7 +60,12 @@ func newNodeNS(t testing.TB) *netns.NS {
 // newBed opens a Link in a fresh node namespace; edit adjusts the config.
 func newBed(t testing.TB, edit func(*Config)) *bed {
 	t.Helper()
-	node := newNodeNS(t)
+	return newBedIn(t, newNodeNS(t), edit)
+}
+
+// newBedIn is newBed in a namespace the test prepared.
+func newBedIn(t testing.TB, node *netns.NS, edit func(*Config)) *bed {
+	t.Helper()
 	cfg := Config{
 		Interface:  netns.Name("wls"),
 		Mode:       ModeUserspace,
