@@ -66,7 +66,7 @@ cleanup() {
 	code=$?
 	set +e
 	trap - EXIT INT TERM
-	if [ "$code" != 0 ] && [ -s "$WORK/node.log" ]; then
+	if [ "$code" != 0 ] && [ "$code" != 130 ] && [ "$code" != 143 ] && [ -s "$WORK/node.log" ]; then
 		printf '\nlast node log lines:\n' >&2
 		tail -n 30 "$WORK/node.log" >&2
 		printf '\nnode side:\n' >&2
@@ -226,12 +226,24 @@ node_ns iperf3 -s -B "$NODE_TUN" -p 5201 >"$WORK/iperf-server.log" 2>&1 &
 IPERF_PID=$!
 # Reaching it from the client proves the tunnel carries data.
 waitfor 20 "the iperf3 server through the tunnel" cli_ns bash -c "exec 3<>/dev/tcp/$NODE_TUN/5201"
-cli_ns iperf3 -c "$NODE_TUN" -p 5201 -R -t "$IPERF_SECONDS" -O 2 -f m >"$WORK/iperf.txt" ||
-	die "iperf3: $(cat "$WORK/iperf.txt")"
-sed 's/^/   /' "$WORK/iperf.txt" | grep -E 'receiver|sender' || true
-MBIT=$(awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print $(i-1) }' "$WORK/iperf.txt" | tail -n 1)
-[ -n "$MBIT" ] || die "could not read the throughput from iperf3"
-if awk -v m="$MBIT" -v l="$LIMIT_MBIT" -v t="$TOLERANCE_PCT" 'BEGIN { exit !(m >= l * (1 - t / 100) && m <= l * (1 + t / 100)) }'; then
+measure() {
+	cli_ns iperf3 -c "$NODE_TUN" -p 5201 -R -t "$IPERF_SECONDS" -O 2 -f m >"$WORK/iperf.txt" ||
+		die "iperf3: $(cat "$WORK/iperf.txt")"
+	sed 's/^/   /' "$WORK/iperf.txt" | grep -E 'receiver|sender' || true
+	MBIT=$(awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print $(i-1) }' "$WORK/iperf.txt" | tail -n 1)
+	[ -n "$MBIT" ] || die "could not read the throughput from iperf3"
+}
+inband() { awk -v m="$MBIT" -v l="$LIMIT_MBIT" -v t="$TOLERANCE_PCT" -v side="$1" \
+	'BEGIN { lo = l * (1 - t / 100); hi = l * (1 + t / 100); exit !(side == "low" ? m >= lo : m >= lo && m <= hi) }'; }
+measure
+# A shaper that leaks shows up above the band and fails at once. Below the
+# band can also be a CPU starved by other work on this machine (userspace
+# WireGuard on both ends), so that case is measured once more.
+if ! inband low; then
+	info "measured $MBIT Mbit/s, below the band; measuring once more"
+	measure
+fi
+if inband both; then
 	info "measured $MBIT Mbit/s: within ${TOLERANCE_PCT}% of $LIMIT_MBIT Mbit/s"
 else
 	die "measured $MBIT Mbit/s, not within ${TOLERANCE_PCT}% of $LIMIT_MBIT Mbit/s"
