@@ -1,0 +1,87 @@
+// Package netctl is the node's Linux data plane: one WireGuard interface,
+// per-peer tc shaping and the firewall/NAT around it. It turns a desired
+// state into kernel state as a diff and reads the actual state back.
+//
+// # API
+//
+//	l, err := netctl.Open(ctx, cfg, log)   // create or adopt; never recreates a working interface
+//	failed, err := l.SyncPeers(ctx, all)   // full desired set (resync)
+//	failed, err := l.UpdatePeers(ctx, set, remove) // partial (events)
+//	stats, err := l.Stats(ctx)             // endpoint, handshake, counters, installed limits
+//	l.Epoch()                              // changes when the counters restart
+//	l.Reconfigure(ctx, cfg)                // key, port, addresses, MTU, egress, isolation
+//	l.Close()                              // keeps a kernel/adopted interface up; stops the embedded device
+//	l.Teardown(ctx)                        // removes interface, our tc, our chains
+//
+// Additions to the agreed interface: Config.Netns (manage another network
+// namespace, used by tests), ParseMode, Config.Validate, Config.Pool,
+// Peer.ShapingAddr, PeerStats.AllowedIPs/DownloadKbps/UploadKbps,
+// Link.Userspace and LoadOrCreateKey (the private key file, created 0600).
+//
+// # WireGuard
+//
+// ModeKernel means "a device the node does not own the process of": the
+// kernel module, or an existing interface reachable by wgctrl over a UAPI
+// socket (an external wireguard-go). It creates one only through the
+// kernel, and says so when the kernel cannot. ModeUserspace runs
+// golang.zx2c4.com/wireguard inside this process with its UAPI socket in
+// /var/run/wireguard, so `wg show` and wgctrl work on it. ModeAuto adopts,
+// else creates in the kernel, else runs the embedded device. Whatever the
+// mode, an existing working interface is adopted with its peers.
+//
+// Epoch is boot id + ifindex, plus a random instance id for the embedded
+// device: the reconciler compares it to notice counters that restarted.
+//
+// # Peers
+//
+// SyncPeers and UpdatePeers diff the desired peers against a mirror of the
+// device (SyncPeers rereads the device first): missing peers are added,
+// changed ones patched with UpdateOnly (allowed IPs replaced only for that
+// peer), extra ones removed, unchanged ones not sent. ReplacePeers is never
+// used. ConfigureDevice calls carry at most 32 peers and 256 allowed IPs.
+// A failing chunk is retried peer by peer so the error lands on its peer;
+// the others are applied. Applying the same state twice sends nothing.
+//
+// # Shaping
+//
+// See tc.go: HTB on the interface (download) and on an IFB fed by an
+// ingress mirred redirect (upload), u32 hash tables (two levels up to a
+// /16 pool, three for /13 to /15), handles derived from the peer address,
+// explicit quantum and burst, HTB's default pfifo leaves. Only limited
+// peers get classes. IPv6 traffic is not shaped. Pools wider than /13
+// cannot be shaped (peers with limits fail; unlimited ones work), and in
+// /13../15 pools two limited addresses with the same low 16 bits collide.
+// Classes are added before filters and removed after them: the kernel
+// walks every filter on each class add/delete.
+//
+// The installed classes are read back at Open and by SyncPeers when the
+// mirror is older than five minutes; dumping 20,000 classes and filters
+// costs more than a no-change apply may take.
+//
+// # Firewall
+//
+// Own chains WAYLUME-FORWARD (filter) and WAYLUME-POSTROUTING (nat), each
+// hooked once at the top of FORWARD/POSTROUTING; rewritten atomically with
+// one iptables-restore --noflush only when they differ. Forwarding from the
+// interface is accepted, replies to it too, the pool is masqueraded on the
+// egress interface (or on anything but the tunnel when there is no default
+// route), client-to-client traffic is dropped when Isolation is on. There
+// are no per-peer rules: blocking a peer (quota, expiry) is removing it
+// from WireGuard, after which the device drops its packets. ip_forward is
+// enabled in the node's namespace. Teardown removes only our chains and
+// jumps.
+//
+// # Network namespaces
+//
+// Config.Netns lets a Link manage a namespace other than the process's
+// (tests run the node side this way, in-process, so they can count what
+// reaches the kernel). Namespaces belong to OS threads, so netlink goes
+// through a handle opened in the namespace, and everything that creates a
+// namespace-bound object (the TUN, wgctrl's netlink socket, UDP sockets,
+// /proc/sys/net writes, iptables processes) runs on a locked thread
+// switched into it. wireguard-go rebinds its UDP sockets from whichever
+// goroutine sees the interface come up, so the embedded device gets a
+// conn.Bind whose Open enters the namespace, and a TUN wrapper that reads
+// the MTU there. A child process per test (ip netns exec) was the
+// alternative; it would have hidden the kernel calls the tests assert on.
+package netctl
