@@ -269,12 +269,29 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 		byKey[s.PublicKey] = s
 	}
 	ids := make([]string, 0, len(r.peers))
-	for id := range r.peers {
+	held := make(map[Key]bool, len(r.peers))
+	for id, ps := range r.peers {
 		ids = append(ids, id)
+		if ps.inPlane {
+			held[ps.key] = true
+		}
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
 		ps := r.peers[id]
+		if !ps.inPlane {
+			// Trust the device over memory: a peer believed absent (an
+			// apply that reported an error after all) but present is
+			// accounted from its baselines, never zeroed under its counters.
+			if row, ok := r.rows[id]; ok {
+				if k, err := parseKey(row.PublicKey); err == nil && !held[k] {
+					if _, present := byKey[k]; present {
+						ps.inPlane, ps.key, ps.read = true, k, false
+						held[k] = true
+					}
+				}
+			}
+		}
 		com := ps.com
 		changed := ps.gen != ps.comGen
 		var drx, dtx int64

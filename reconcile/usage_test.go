@@ -193,3 +193,22 @@ func TestUsageMovedPeerRefused(t *testing.T) {
 		t.Fatalf("flushing stalled: peer 2 usage %d, want 21", up)
 	}
 }
+
+// A peer the node wrongly believes absent (an apply that failed as a whole
+// after changing the device) is found by the next flush and accounted from
+// its baselines; its counters are never zeroed under it.
+func TestUsageTrustsDeviceOverMemory(t *testing.T) {
+	h := newHarness(t, peerRow(1))
+	h.resync()
+	h.plane.traffic(key(1), 100, 100)
+	h.flush()
+	h.plane.traffic(key(1), 5, 5)
+	h.r.mu.Lock()
+	h.r.peers[peerRow(1).ID].inPlane = false // as after an apply error
+	h.r.mu.Unlock()
+	h.flush()
+	h.flush()
+	if up, down := h.store.usageSum(peerRow(1).ID); up != 105 || down != 105 {
+		t.Fatalf("usage %d/%d, want 105/105", up, down)
+	}
+}
