@@ -36,6 +36,11 @@ var serviceRoleOnce sync.Once
 
 func newFixture(t *testing.T, mod func(*realtimetest.Config)) *fixture {
 	t.Helper()
+	return newFixtureTB(t, mod)
+}
+
+func newFixtureTB(t testing.TB, mod func(*realtimetest.Config)) *fixture {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// Supabase's service_role (BYPASSRLS) exists before the migrations run,
@@ -60,11 +65,15 @@ func newFixture(t *testing.T, mod func(*realtimetest.Config)) *fixture {
 	// waylume.current_node_id() sees every session as a node login: see
 	// TestSuperuserServer.)
 	dbfix.Exec(t, db, `GRANT waylume_node, service_role TO realtime_admin`)
+	// pgtest runs with synchronous_commit off; logical decoding sees only
+	// flushed WAL, so writers would wait for the WAL writer (200 ms).
+	// Supabase commits synchronously: so do the writers here.
+	dbfix.Exec(t, db, `ALTER DATABASE `+db.Name+` SET synchronous_commit = on`)
 	f := &fixture{db: db}
 	f.nodeA = dbfix.CreateNode(t, db, fmt.Sprintf("a%d", time.Now().UnixNano()%1e9), "10.8.0.1/16")
 	f.nodeB = dbfix.CreateNode(t, db, fmt.Sprintf("b%d", time.Now().UnixNano()%1e9), "10.9.0.1/16")
 	cfg := realtimetest.Config{DatabaseURL: db.URLAs("realtime_admin"), JWTSecret: secret, PollInterval: 5 * time.Millisecond,
-		Logger: testLogger(t)}
+		Logger: testLogger()}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -83,7 +92,7 @@ func newFixture(t *testing.T, mod func(*realtimetest.Config)) *fixture {
 	return f
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger() *slog.Logger {
 	if os.Getenv("REALTIME_TEST_LOG") == "" {
 		return slog.New(slog.DiscardHandler)
 	}
@@ -278,7 +287,7 @@ func (f *fixture) startClient(t *testing.T, mod func(*supabase.RealtimeConfig)) 
 		NodeID:      f.nodeA,
 		MinBackoff:  10 * time.Millisecond,
 		MaxBackoff:  50 * time.Millisecond,
-		Logger:      testLogger(t),
+		Logger:      testLogger(),
 		OnState:     rec.state,
 	}
 	if mod != nil {

@@ -217,6 +217,17 @@ func (s *Server) Close() {
 	s.Stop()
 	s.cancel()
 	s.wg.Wait()
+	// The temporary slot goes when its backend exits, a moment after the
+	// connection closes; wait so the database can be dropped right away.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		var n int
+		if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", s.slot).Scan(&n); err != nil || n == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	s.pool.Close()
 }
 
