@@ -63,7 +63,7 @@ const (
 
 // env is one node: its database, namespaces, key, and the running binary.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	db       *pgtest.DB
 	admin    *pgx.Conn
 	nodeID   string
@@ -81,7 +81,10 @@ type env struct {
 
 var rolesOnce sync.Once
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env { return newEnvPool(t, nodeAddr) }
+
+// newEnvPool is newEnv with the node address (and pool) given.
+func newEnvPool(t testing.TB, address string) *env {
 	t.Helper()
 	netns.Require(t, "wireguard-go", "wg", "iperf3", "tc", "iptables", "ss")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -102,7 +105,7 @@ func newEnv(t *testing.T) *env {
 		}
 	})
 	e := &env{t: t, db: dbfix.Migrated(t)}
-	e.nodeID = dbfix.CreateNode(t, e.db, netns.Name("node"), nodeAddr)
+	e.nodeID = dbfix.CreateNode(t, e.db, netns.Name("node"), address)
 	e.nodeURL = dbfix.NodeLogin(t, e.db, e.nodeID)
 	admin, err := pgx.Connect(ctx, e.db.URL)
 	if err != nil {
@@ -154,7 +157,7 @@ func (e *env) withRealtime() {
 // forwardInto listens on the loopback of ns and forwards each connection
 // to target on the host's loopback. The listening socket is made inside ns
 // by a thread that enters it; sockets keep their namespace afterwards.
-func forwardInto(t *testing.T, ns *netns.NS, target string) string {
+func forwardInto(t testing.TB, ns *netns.NS, target string) string {
 	t.Helper()
 	ln, err := func() (net.Listener, error) {
 		runtime.LockOSThread()
@@ -293,7 +296,7 @@ func tail(s string, n int) string {
 }
 
 // stop sends SIGTERM and waits for the clean shutdown.
-func (n *node) stop(t *testing.T) error {
+func (n *node) stop(t testing.TB) error {
 	select {
 	case <-n.done:
 		return n.err
@@ -393,7 +396,7 @@ func (e *env) client(key wgtypes.Key, addr string) *netns.WGClient {
 	})
 }
 
-func newKey(t *testing.T) wgtypes.Key {
+func newKey(t testing.TB) wgtypes.Key {
 	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)

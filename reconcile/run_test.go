@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/waylume/waylume-node/events"
 )
 
@@ -90,5 +93,55 @@ func TestRunLostEventsRepairedByResync(t *testing.T) {
 	waitFor(t, "resync applies the row", func() bool { _, ok := plane.has(key(3)); return ok })
 	if err := r.Ready(time.Minute); err != nil {
 		t.Fatalf("not ready: %v", err)
+	}
+}
+
+// Every metric BRIEF.md names for the reconciler is registered on the
+// injected registry, with values that follow the state.
+func TestMetricsRegistered(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	store, plane := newFakeStore(testNodeRow()), newFakePlane()
+	bad := peerRow(2)
+	bad.PublicKey = "x"
+	store.put(peerRow(1))
+	store.put(bad)
+	r, err := New(Config{NodeID: testNode, Store: store, DataPlane: plane, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r.Sink().Add(events.Event{Kind: events.Resync, Source: "listen"})
+	if err := r.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	plane.traffic(key(1), 10, 20)
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf
+	}
+	for _, name := range []string{"waylume_peers", "waylume_active_sessions", "waylume_peer_upload_bytes_total",
+		"waylume_peer_download_bytes_total", "waylume_peer_handshake_age_seconds", "waylume_reconcile_duration_seconds",
+		"waylume_reconcile_errors_total", "waylume_events_received_total", "waylume_events_applied_total",
+		"waylume_events_coalesced_total", "waylume_usage_flush_duration_seconds", "waylume_usage_flush_errors_total",
+		"waylume_usage_backlog_bytes"} {
+		if got[name] == nil {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+	for _, m := range got["waylume_peers"].GetMetric() {
+		want := map[string]float64{"active": 1, "rejected": 1, "blocked": 0}[m.GetLabel()[0].GetValue()]
+		if m.GetGauge().GetValue() != want {
+			t.Errorf("waylume_peers{%s} = %v, want %v", m.GetLabel()[0].GetValue(), m.GetGauge().GetValue(), want)
+		}
+	}
+	if v := got["waylume_peer_download_bytes_total"].GetMetric()[0].GetCounter().GetValue(); v != 20 {
+		t.Errorf("download bytes %v, want 20", v)
 	}
 }

@@ -1,0 +1,390 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/waylume/waylume-node/internal/dbfix"
+	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/reconcile"
+	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/realtimetest"
+)
+
+// plane adapts *netctl.Link to reconcile.DataPlane the way
+// cmd/waylume-node/dataplane.go does (package main cannot be imported),
+// and reports when a key was applied.
+type plane struct {
+	link    *netctl.Link
+	base    netctl.Config
+	mu      sync.Mutex
+	applied func(reconcile.Key, time.Time)
+}
+
+func (p *plane) Configure(ctx context.Context, n reconcile.NodeConfig) error {
+	cfg := p.base
+	cfg.Address, cfg.Address6, cfg.ListenPort, cfg.MTU = n.Address, n.Address6, n.ListenPort, n.MTU
+	return p.link.Reconfigure(ctx, cfg)
+}
+
+func (p *plane) ApplyPeers(ctx context.Context, set []reconcile.PeerConfig, remove []reconcile.Key, full bool) (map[reconcile.Key]error, error) {
+	peers := make([]netctl.Peer, len(set))
+	for i, c := range set {
+		peers[i] = netctl.Peer{PublicKey: wgtypes.Key(c.PublicKey), PresharedKey: wgtypes.Key(c.PresharedKey),
+			AllowedIPs: c.AllowedIPs, Keepalive: c.Keepalive, DownloadKbps: c.DownloadKbps, UploadKbps: c.UploadKbps}
+	}
+	var failed map[wgtypes.Key]error
+	var err error
+	if full {
+		failed, err = p.link.SyncPeers(ctx, peers)
+	} else {
+		rm := make([]wgtypes.Key, len(remove))
+		for i, k := range remove {
+			rm[i] = wgtypes.Key(k)
+		}
+		failed, err = p.link.UpdatePeers(ctx, peers, rm)
+	}
+	now := time.Now()
+	if p.applied != nil && err == nil {
+		for _, c := range set {
+			if _, bad := failed[wgtypes.Key(c.PublicKey)]; !bad && len(c.AllowedIPs) > 0 {
+				p.applied(c.PublicKey, now)
+			}
+		}
+	}
+	out := map[reconcile.Key]error{}
+	for k, e := range failed {
+		out[reconcile.Key(k)] = e
+	}
+	return out, err
+}
+
+func (p *plane) Stats(ctx context.Context) ([]reconcile.PeerStats, error) {
+	st, err := p.link.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]reconcile.PeerStats, len(st))
+	for i, s := range st {
+		out[i] = reconcile.PeerStats{PublicKey: reconcile.Key(s.PublicKey), Endpoint: s.Endpoint, LastHandshake: s.LastHandshake, RxBytes: s.RxBytes, TxBytes: s.TxBytes}
+	}
+	return out, nil
+}
+
+func (p *plane) Epoch() string { return p.link.Epoch() }
+
+// inProcess runs store, source and reconciler in this process against a
+// userspace WireGuard device in the node namespace.
+type inProcess struct {
+	store *supabase.Store
+	plane *plane
+	rec   *reconcile.Reconciler
+}
+
+func (e *env) inProcess(tb testing.TB, src string, resync time.Duration) *inProcess {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	store, err := supabase.OpenStore(ctx, e.nodeURL, supabase.StoreOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	node, err := store.Node(ctx, e.nodeID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	key, err := netctl.LoadOrCreateKey(e.keyFile)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	base := netctl.Config{Interface: e.iface, Mode: netctl.ModeUserspace, PrivateKey: key, ListenPort: node.ListenPort,
+		Address: node.Address, MTU: node.MTU, EgressInterface: e.uplink, Isolation: true, Netns: e.nodeNS.Path()}
+	log := slog.New(slog.DiscardHandler)
+	link, err := netctl.Open(ctx, base, log)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &plane{link: link, base: base}
+	rec, err := reconcile.New(reconcile.Config{NodeID: e.nodeID, Store: store, DataPlane: p, Log: log,
+		IsNotFound: func(err error) bool { return err != nil && strings.Contains(err.Error(), "not found") }, ResyncInterval: resync, UsageInterval: time.Hour})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); rec.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		switch src {
+		case "listen":
+			supabase.Listen(ctx, e.nodeURL, e.nodeID, rec.Sink(), log)
+		case "realtime":
+			rt, err := supabase.NewRealtime(supabase.RealtimeConfig{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, rec.Sink())
+			if err != nil {
+				tb.Error(err)
+				return
+			}
+			rt.Run(ctx)
+		}
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		link.Close()
+		store.Close()
+	})
+	return &inProcess{store: store, plane: p, rec: rec}
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// BenchmarkEventToKernel: row committed (INSERT returned) to the peer
+// configured on the WireGuard device, one row at a time.
+func BenchmarkEventToKernel(b *testing.B) {
+	for _, src := range []string{"listen", "realtime"} {
+		b.Run(src, func(b *testing.B) {
+			e := newEnvPool(b, "10.8.0.1/16")
+			if src == "realtime" {
+				e.withRealtime()
+			}
+			var mu sync.Mutex
+			waiting := map[reconcile.Key]chan time.Time{}
+			ip := e.inProcess(b, src, time.Hour)
+			ip.plane.applied = func(k reconcile.Key, at time.Time) {
+				mu.Lock()
+				if c, ok := waiting[k]; ok {
+					c <- at
+					delete(waiting, k)
+				}
+				mu.Unlock()
+			}
+			// The source is live once a first row arrives by event.
+			const n = 200
+			var lat []time.Duration
+			for i := range n + 5 {
+				k := newKey(b).PublicKey()
+				c := make(chan time.Time, 1)
+				mu.Lock()
+				waiting[reconcile.Key(k)] = c
+				mu.Unlock()
+				e.addPeer(k, "")
+				committed := time.Now()
+				select {
+				case at := <-c:
+					if i >= 5 { // warm-up
+						lat = append(lat, at.Sub(committed))
+					}
+				case <-time.After(30 * time.Second):
+					b.Fatalf("row %d not applied within 30s", i)
+				}
+			}
+			p50, p99 := percentile(lat, 0.5), percentile(lat, 0.99)
+			b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(slices.Max(lat).Microseconds())/1000, "max-ms")
+		})
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkFullResyncNoChange10k: a full resync (snapshot from Postgres,
+// validation, diff against the device and tc, nothing to change) with
+// 10,000 peers applied.
+func BenchmarkFullResyncNoChange10k(b *testing.B) {
+	e := newEnvPool(b, "10.8.0.1/16")
+	dbfix.AddPeers(b, e.db, e.nodeID, 10_000)
+	ip := e.inProcess(b, "none", time.Hour)
+	ctx := context.Background()
+	netns.WaitFor(b, 5*time.Minute, func() error {
+		st, err := ip.plane.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if len(st) != 10_000 {
+			return fmt.Errorf("%d peers on the device", len(st))
+		}
+		return nil
+	})
+	const runs = 10
+	var wall, cpu, conv, convCPU time.Duration
+	for range runs {
+		c0, t0 := cpuTime(), time.Now()
+		if err := ip.rec.Resync(ctx); err != nil {
+			b.Fatal(err)
+		}
+		wall += time.Since(t0)
+		cpu += cpuTime() - c0
+		c0, t0 = cpuTime(), time.Now()
+		if err := ip.rec.Converge(ctx); err != nil {
+			b.Fatal(err)
+		}
+		conv += time.Since(t0)
+		convCPU += cpuTime() - c0
+	}
+	b.ReportMetric(float64((wall/runs).Microseconds())/1000, "resync-wall-ms")
+	b.ReportMetric(float64((cpu/runs).Microseconds())/1000, "resync-cpu-ms")
+	b.ReportMetric(float64((conv/runs).Microseconds())/1000, "converge-wall-ms")
+	b.ReportMetric(float64((convCPU/runs).Microseconds())/1000, "converge-cpu-ms")
+	t0 := time.Now()
+	for range runs {
+		if _, err := ip.plane.Stats(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((time.Since(t0)/runs).Microseconds())/1000, "stats-10k-ms")
+}
+
+// countingPlane is a data plane whose 10,000 peers' counters all move
+// between flushes: the flush benchmark measures the accounting and the
+// database write, not the device (stats-10k-ms above measures that).
+type countingPlane struct {
+	mu    sync.Mutex
+	peers map[reconcile.Key]*reconcile.PeerStats
+}
+
+func (c *countingPlane) Configure(context.Context, reconcile.NodeConfig) error { return nil }
+func (c *countingPlane) ApplyPeers(_ context.Context, set []reconcile.PeerConfig, remove []reconcile.Key, full bool) (map[reconcile.Key]error, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range set {
+		if c.peers[p.PublicKey] == nil {
+			c.peers[p.PublicKey] = &reconcile.PeerStats{PublicKey: p.PublicKey}
+		}
+	}
+	for _, k := range remove {
+		delete(c.peers, k)
+	}
+	return nil, nil
+}
+func (c *countingPlane) Stats(context.Context) ([]reconcile.PeerStats, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]reconcile.PeerStats, 0, len(c.peers))
+	for _, p := range c.peers {
+		p.RxBytes += 1000
+		p.TxBytes += 3000
+		p.LastHandshake = time.Now().Truncate(time.Second)
+		p.Endpoint = netip.MustParseAddrPort("192.0.2.1:51820")
+		out = append(out, *p)
+	}
+	return out, nil
+}
+func (c *countingPlane) Epoch() string { return "bench" }
+
+// BenchmarkUsageFlush10k: one usage flush of 10,000 peers that all moved
+// bytes: 10,000 usage rows and 10,000 status rows in one transaction.
+func BenchmarkUsageFlush10k(b *testing.B) {
+	db := dbfix.Migrated(b)
+	nodeID := dbfix.CreateNode(b, db, netns.Name("node"), "10.8.0.1/16")
+	dbfix.AddPeers(b, db, nodeID, 10_000)
+	ctx := context.Background()
+	store, err := supabase.OpenStore(ctx, dbfix.NodeLogin(b, db, nodeID), supabase.StoreOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	p := &countingPlane{peers: map[reconcile.Key]*reconcile.PeerStats{}}
+	rec, err := reconcile.New(reconcile.Config{NodeID: nodeID, Store: store, DataPlane: p})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := rec.Resync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := rec.Flush(ctx); err != nil { // first: every status row inserted
+		b.Fatal(err)
+	}
+	const runs = 5
+	var wall, cpu time.Duration
+	for range runs {
+		c0, t0 := cpuTime(), time.Now()
+		if err := rec.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		wall += time.Since(t0)
+		cpu += cpuTime() - c0
+	}
+	var rows int
+	dbfix.QueryRow(b, db, `SELECT count(*) FROM waylume.peer_usage`, nil, &rows)
+	if rows != (runs+1)*10_000 {
+		b.Fatalf("%d usage rows, want %d", rows, (runs+1)*10_000)
+	}
+	b.ReportMetric(float64((wall/runs).Microseconds())/1000, "flush-wall-ms")
+	b.ReportMetric(float64((cpu/runs).Microseconds())/1000, "flush-cpu-ms")
+}
+
+// BenchmarkNodeRSS: resident memory of the waylume-node process with the
+// WireGuard device in another process (external wireguard-go, kernel
+// mode), at 0, 1,000 and 10,000 peers.
+func BenchmarkNodeRSS(b *testing.B) {
+	e := newEnvPool(b, "10.8.0.1/16")
+	dev := e.nodeNS.Start(b, "wireguard-go", "-f", e.iface)
+	netns.WaitFor(b, 10*time.Second, func() error {
+		if exited, err := dev.Exited(); exited {
+			return fmt.Errorf("wireguard-go exited: %v", err)
+		}
+		_, err := os.Stat("/var/run/wireguard/" + e.iface + ".sock")
+		return err
+	})
+	n := e.startNode("kernel", 5*time.Second, 10*time.Second)
+	total := 0
+	for _, want := range []int{0, 1000, 10_000} {
+		if want > total {
+			dbfix.AddPeers(b, e.db, e.nodeID, want-total)
+			total = want
+		}
+		netns.WaitFor(b, 5*time.Minute, func() error {
+			p, err := e.nodePeers()
+			if err != nil {
+				return err
+			}
+			if len(p) != want {
+				return fmt.Errorf("%d peers on the device, want %d", len(p), want)
+			}
+			return nil
+		})
+		// Let a resync and a usage flush run at this size before reading.
+		time.Sleep(12 * time.Second)
+		rss := rssKB(b, n.cmd.Process.Pid)
+		b.ReportMetric(float64(rss)/1024, fmt.Sprintf("rss-MB-%dpeers", want))
+	}
+}
+
+func rssKB(tb testing.TB, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	tb.Fatal("no VmRSS")
+	return 0
+}
+
+func anonKey() string            { return realtimetest.AnonKey(jwtSecret) }
+func nodeToken(id string) string { return realtimetest.NodeToken(jwtSecret, id, time.Hour) }
