@@ -61,9 +61,8 @@ func newFixtureTB(t testing.TB, mod func(*realtimetest.Config)) *fixture {
 	})
 	db := dbfix.Migrated(t)
 	// The server connects as a non-superuser that may switch to the tokens'
-	// roles, like Supabase's supabase_realtime_admin. (As a superuser,
-	// waylume.current_node_id() sees every session as a node login: see
-	// TestSuperuserServer.)
+	// roles (REPLICATION for the slot); TestSuperuserServer covers the
+	// superuser connection self-hosted Supabase uses.
 	dbfix.Exec(t, db, `GRANT waylume_node, service_role TO realtime_admin`)
 	// pgtest runs with synchronous_commit off; logical decoding sees only
 	// flushed WAL, so writers would wait for the WAL writer (200 ms).

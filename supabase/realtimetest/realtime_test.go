@@ -440,3 +440,29 @@ func TestSubscribeRefused(t *testing.T) {
 		t.Errorf("event without a subscription: %+v", e)
 	}
 }
+
+// TestSuperuserServer: Supabase's Realtime connects as a superuser
+// (supabase_admin) and switches to the token's role for the RLS check; a
+// node token must still see its own rows, and only those.
+func TestSuperuserServer(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	su, err := realtimetest.New(ctx, realtimetest.Config{DatabaseURL: f.db.URL, JWTSecret: secret, PollInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(su.Close)
+	f.srv = su
+	c := f.startClient(t, nil)
+	at := 0
+	c.rec.next(t, &at, wait, "resync", isResync)
+	other := f.addPeer(t, f.nodeB)
+	id := f.addPeer(t, f.nodeA)
+	checkPeer(t, f, c.rec.next(t, &at, wait, "own peer through RLS as the node's role", kindID(events.PeerChanged, id)))
+	for _, e := range c.rec.since(0) {
+		if e.ID == other {
+			t.Errorf("node B's peer arrived: %+v", e)
+		}
+	}
+}
