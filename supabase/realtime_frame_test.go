@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -229,4 +230,17 @@ func FuzzDecodeFrame(f *testing.F) {
 			rtParseTime(cp.Data.CommitTimestamp)
 		}
 	})
+}
+
+// A failed dial names the URL without the apikey.
+func TestDialErrorRedactsKey(t *testing.T) {
+	r, err := NewRealtime(RealtimeConfig{URL: "ws://127.0.0.1:1/realtime/v1/websocket", APIKey: "secret-key-value", NodeID: nodeID,
+		JoinTimeout: time.Second}, events.SinkFunc(func(events.Event) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.session(t.Context(), 1)
+	if err == nil || strings.Contains(err.Error(), "secret-key-value") {
+		t.Fatalf("dial error %v: want an error without the key", err)
+	}
 }

@@ -270,6 +270,21 @@ func (s *Server) DropConnections() {
 	}
 }
 
+// Disconnect closes every socket cleanly with 1012 (service restart), as
+// the real server does when it sheds connections ("Server requested
+// disconnect").
+func (s *Server) Disconnect() {
+	var wg sync.WaitGroup
+	for _, so := range s.socketList() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			so.conn.Close(websocket.StatusServiceRestart, "Server requested disconnect")
+		}()
+	}
+	wg.Wait()
+}
+
 // SetHeartbeatReplies turns heartbeat replies on or off.
 func (s *Server) SetHeartbeatReplies(on bool) {
 	s.mu.Lock()
