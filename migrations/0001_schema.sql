@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS waylume.peer_status (
 	CONSTRAINT peer_status_bytes_check CHECK (upload_bytes >= 0 AND download_bytes >= 0
 		AND rx_baseline >= 0 AND tx_baseline >= 0),
 	CONSTRAINT peer_status_counter_epoch_check CHECK (char_length(counter_epoch) <= 128)
-);
+) WITH (fillfactor = 70); -- rewritten every usage flush: room for HOT updates
 CREATE INDEX IF NOT EXISTS peer_status_node_idx ON waylume.peer_status (node_id);
 
 -- Append-only usage deltas. No foreign key to peers: billing history

@@ -44,10 +44,11 @@ func writeUsage(ctx context.Context, tx pgx.Tx, nodeID string, usage []events.Us
 	for i, u := range usage {
 		ids[i], starts[i], ends[i], ups[i], downs[i] = u.PeerID, u.PeriodStart, u.PeriodEnd, u.UploadBytes, u.DownloadBytes
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
+	_, err := tx.Exec(ctx, `WITH f AS MATERIALIZED (SELECT waylume.foreign_peers($1::uuid, $2::uuid[]) AS ids)
+		INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
 		SELECT $1::uuid, u.peer_id, u.ps, u.pe, u.up, u.down
-		FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[]) AS u (peer_id, ps, pe, up, down)
-		WHERE waylume.usage_peer_allowed($1::uuid, u.peer_id)
+		FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[]) AS u (peer_id, ps, pe, up, down), f
+		WHERE u.peer_id <> ALL (f.ids)
 		ON CONFLICT (node_id, peer_id, period_end) DO NOTHING`, nodeID, ids, starts, ends, ups, downs)
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)

@@ -1,0 +1,139 @@
+package supabase_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/dbfix"
+	"github.com/waylume/waylume-node/supabase"
+)
+
+type eventLog struct {
+	ch chan events.Event
+}
+
+func (l *eventLog) Add(e events.Event) { l.ch <- e }
+
+// next returns the next event or fails after a deadline.
+func (l *eventLog) next(t *testing.T) events.Event {
+	t.Helper()
+	select {
+	case e := <-l.ch:
+		return e
+	case <-time.After(20 * time.Second):
+		t.Fatal("no event within 20s")
+		return events.Event{}
+	}
+}
+
+func (l *eventLog) expect(t *testing.T, kind events.Kind, id string) {
+	t.Helper()
+	e := l.next(t)
+	if e.Kind != kind || e.ID != id || e.Source != "listen" {
+		t.Fatalf("got %v %q from %q, want %v %q from listen", e.Kind, e.ID, e.Source, kind, id)
+	}
+}
+
+func TestListen(t *testing.T) {
+	f := newStoreFixture(t)
+	sink := &eventLog{ch: make(chan events.Event, 1000)}
+	ctx, cancel := context.WithCancel(f.ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var runErr error
+	go func() {
+		defer wg.Done()
+		// Node A's login role: LISTEN needs no table rights.
+		runErr = supabase.Listen(ctx, f.urlA, f.a, sink, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	sink.expect(t, events.Resync, "")
+
+	// Insert, update, delete of A's peers arrive; B's do not (a later
+	// event of A's proves B's was not delivered in between).
+	var p1 string
+	dbfix.QueryRow(t, f.db, `INSERT INTO waylume.peers (node_id, public_key) VALUES ($1, $2) RETURNING id::text`, []any{f.a, key1}, &p1)
+	sink.expect(t, events.PeerChanged, p1)
+	dbfix.AddPeers(t, f.db, f.b, 1)
+	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET download_kbps = 5000 WHERE id = $1`, p1)
+	sink.expect(t, events.PeerChanged, p1)
+
+	// Moved away: A hears a delete; moved back: a change.
+	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET node_id = $1 WHERE id = $2`, f.b, p1)
+	sink.expect(t, events.PeerDeleted, p1)
+	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET node_id = $1 WHERE id = $2`, f.a, p1)
+	sink.expect(t, events.PeerChanged, p1)
+
+	// Config changes of the node notify; heartbeats do not.
+	dbfix.Exec(t, f.db, `UPDATE waylume.nodes SET status = 'online', last_seen_at = now(), version = 'x' WHERE id = $1`, f.a)
+	dbfix.Exec(t, f.db, `UPDATE waylume.nodes SET mtu = 1400 WHERE id = $1`, f.b)
+	dbfix.Exec(t, f.db, `UPDATE waylume.nodes SET mtu = 1400 WHERE id = $1`, f.a)
+	sink.expect(t, events.NodeChanged, f.a)
+
+	dbfix.Exec(t, f.db, `DELETE FROM waylume.peers WHERE id = $1`, p1)
+	sink.expect(t, events.PeerDeleted, p1)
+
+	// Killing the server connection: Listen reconnects and says Resync.
+	var killed int
+	dbfix.QueryRow(t, f.db, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN %'`, nil, &killed)
+	if killed != 1 {
+		t.Fatalf("terminated %d LISTEN backends, want 1", killed)
+	}
+	sink.expect(t, events.Resync, "")
+	var p2 string
+	dbfix.QueryRow(t, f.db, `INSERT INTO waylume.peers (node_id, public_key) VALUES ($1, $2) RETURNING id::text`, []any{f.a, key2}, &p2)
+	sink.expect(t, events.PeerChanged, p2)
+
+	// A whole server restart too.
+	if err := f.db.Cluster.StopServer(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.db.Cluster.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	sink.expect(t, events.Resync, "")
+	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET enabled = false WHERE id = $1`, p2)
+	sink.expect(t, events.PeerChanged, p2)
+
+	cancel()
+	wg.Wait()
+	if runErr != context.Canceled {
+		t.Fatalf("Listen returned %v, want context.Canceled", runErr)
+	}
+	select {
+	case e := <-sink.ch:
+		t.Fatalf("unexpected extra event %v %s", e.Kind, e.ID)
+	default:
+	}
+}
+
+// A bulk insert in one transaction notifies every row.
+func TestListenBulk(t *testing.T) {
+	f := newStoreFixture(t)
+	sink := &eventLog{ch: make(chan events.Event, 20000)}
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	go supabase.Listen(ctx, f.urlA, f.a, sink, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	sink.expect(t, events.Resync, "")
+	ids := dbfix.AddPeers(t, f.db, f.a, 5000)
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for range ids {
+		e := sink.next(t)
+		if e.Kind != events.PeerChanged || !want[e.ID] {
+			t.Fatalf("unexpected %v %s", e.Kind, e.ID)
+		}
+		delete(want, e.ID)
+	}
+}
