@@ -179,8 +179,14 @@ func (r *Reconciler) loadLocked(ctx context.Context) error {
 		ps.com = s
 		ps.state, ps.reason, ps.appliedAt = s.State, s.Reason, s.AppliedAt
 		ps.handshake, ps.endpoint = s.LastHandshakeAt, s.Endpoint
-		if quota != nil {
-			ps.quotaBase, ps.quotaKnown = quota[s.PeerID], true
+	}
+	for id, used := range quota {
+		ps := r.peer(id)
+		ps.quotaBase, ps.quotaKnown = used, true
+	}
+	if quota != nil {
+		for _, ps := range r.peers {
+			ps.quotaKnown = true // absent from the map: nothing used since the reset
 		}
 	}
 	r.epoch = r.cfg.DataPlane.Epoch()
