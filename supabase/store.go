@@ -34,7 +34,8 @@ type Store struct {
 func OpenStore(ctx context.Context, url string, opts StoreOptions) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, opError("open store: parse url", redactURL(err))
+		// The parse error may quote the URL, password included.
+		return nil, opError("open store", errInvalidURL)
 	}
 	if !strings.Contains(url, "pool_max_conns") {
 		cfg.MaxConns = 4
@@ -54,11 +55,7 @@ func OpenStore(ctx context.Context, url string, opts StoreOptions) (*Store, erro
 	return &Store{pool: pool}, nil
 }
 
-// redactURL drops the parse error's detail, which may quote the URL and
-// its password.
-func redactURL(err error) error {
-	return errors.New("invalid database URL")
-}
+var errInvalidURL = errors.New("invalid database URL")
 
 // Close closes the pool.
 func (s *Store) Close() { s.pool.Close() }

@@ -5,6 +5,7 @@ package dbfix
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"testing"
 	"time"
@@ -132,10 +133,13 @@ func NodeLogin(t testing.TB, db *pgtest.DB, nodeID string) string {
 // role waylume_node and the node_id claim, then SET LOCAL ROLE waylume_node.
 // tx must belong to a superuser (or authenticator-like) connection.
 func ActAsNodeJWT(ctx context.Context, tx pgx.Tx, nodeID string) error {
-	claims := `{"role":"waylume_node","node_id":"` + nodeID + `","exp":4102444800}`
-	if _, err := tx.Exec(ctx, `SELECT set_config('request.jwt.claims', $1, true)`, claims); err != nil {
+	claims, err := json.Marshal(map[string]any{"role": "waylume_node", "node_id": nodeID, "exp": 4102444800})
+	if err != nil {
 		return err
 	}
-	_, err := tx.Exec(ctx, `SET LOCAL ROLE waylume_node`)
+	if _, err := tx.Exec(ctx, `SELECT set_config('request.jwt.claims', $1, true)`, string(claims)); err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `SET LOCAL ROLE waylume_node`)
 	return err
 }
