@@ -172,6 +172,11 @@ read -r PEER_ID CLIENT_ADDR < <(sql -F ' ' -c "
 	RETURNING id, host(address)")
 info "peer $PEER_ID gets $CLIENT_ADDR"
 
+step "preflight: waylume-node check (node namespace, node credentials)"
+ip netns exec "$NS_NODE" env WAYLUME_DATABASE_URL="$NODE_URL" WAYLUME_NODE_ID="$NODE_ID" \
+	WAYLUME_WG_MODE=userspace WAYLUME_INTERFACE="$WG_NODE" WAYLUME_EGRESS_INTERFACE="$VETH_NODE" \
+	"$BIN" check | sed 's/^/   /' || die "waylume-node check failed"
+
 step "run the node (userspace WireGuard, LISTEN/NOTIFY, usage every 2s)"
 ip netns exec "$NS_NODE" env \
 	WAYLUME_DATABASE_URL="$NODE_URL" \

@@ -138,8 +138,10 @@ func TestMigrateNodeCreateAndCheck(t *testing.T) {
 
 	// As the node's own login role (RLS): the node row is visible.
 	_, out, _ = runCLI(t, map[string]string{"WAYLUME_DATABASE_URL": db.URLAs(role), "WAYLUME_NODE_ID": nodeID}, "check")
-	if l := checkLine(t, out, "node"); !strings.HasPrefix(l, "ok") {
-		t.Errorf("check as the node: %q", l)
+	for _, name := range []string{"database", "migrations", "node", "events", "publication"} {
+		if l := checkLine(t, out, name); !strings.HasPrefix(l, "ok") {
+			t.Errorf("check as the node: %q", l)
+		}
 	}
 	// Another node's id is invisible to this node.
 	other := strings.TrimSpace(func() string {

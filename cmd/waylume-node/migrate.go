@@ -75,6 +75,11 @@ func writeSQL(c *cli) error {
 func checkMigrated(ctx context.Context, conn *pgx.Conn) checkResult {
 	const fix = "run waylume-node migrate with the owner's credentials"
 	rows, err := conn.Query(ctx, "SELECT version FROM waylume.schema_migrations")
+	var have []string
+	if err == nil {
+		// pgx reports errors of the query itself (permission denied) here.
+		have, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "42P01" {
@@ -83,12 +88,8 @@ func checkMigrated(ctx context.Context, conn *pgx.Conn) checkResult {
 		if errors.As(err, &pe) && pe.Code == "42501" {
 			// A node's role cannot read the version table; the node row
 			// check below still proves the schema is usable.
-			return pass("migrations", "version table not readable by this role (node credentials); not verified")
+			return pass("migrations", "not verified: this role (node credentials) cannot read the version table")
 		}
-		return fail("migrations", oneLine(err.Error()), fix)
-	}
-	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
 		return fail("migrations", oneLine(err.Error()), fix)
 	}
 	recorded := map[string]bool{}
