@@ -406,7 +406,6 @@ var rtPermanentCodes = map[string]bool{
 	"Unauthorized":              true,
 	"TenantNotFound":            true,
 	"TopicNameRequired":         true,
-	"UnableToSetPolicies":       false,
 	"RealtimeDisabledForTenant": true,
 }
 
