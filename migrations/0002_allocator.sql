@@ -134,6 +134,7 @@ DECLARE
 	v_net inet := waylume.host_only(network(p_pool));
 	v_hi  inet := waylume.host_only(broadcast(p_pool)) - 1;
 	a     inet;
+	reclaimed boolean := false;
 BEGIN
 	st := waylume.lock_address_pool(p_node, p_pool);
 	LOOP
@@ -149,6 +150,15 @@ BEGIN
 	END LOOP;
 	a := st.next;
 	LOOP
+		IF a > v_hi AND NOT reclaimed THEN
+			-- Before calling the pool full, take back addresses that were
+			-- allocated for rows never stored (INSERT ... ON CONFLICT DO
+			-- NOTHING runs this trigger for rows it then skips).
+			reclaimed := true;
+			IF waylume.reclaim_addresses(p_node, p_pool, st.next) > 0 THEN
+				RETURN waylume.allocate_address(p_node, p_pool);
+			END IF;
+		END IF;
 		IF a > v_hi THEN
 			RAISE EXCEPTION 'waylume: address pool % of node % is full', network(p_pool), p_node
 				USING ERRCODE = 'configuration_limit_exceeded',
@@ -159,6 +169,35 @@ BEGIN
 	END LOOP;
 	PERFORM waylume.set_address_pool_next(st, a + 1);
 	RETURN a;
+END $$;
+
+-- Puts every host address below p_next that no peer holds (other than the
+-- node's own) on the free list and returns how many were missing from it.
+-- O(peers of the node): run only when the pool looks full.
+CREATE OR REPLACE FUNCTION waylume.reclaim_addresses(p_node uuid, p_pool inet, p_next inet) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_own inet := waylume.host_only(p_pool);
+	v_net inet := waylume.host_only(network(p_pool));
+	n     bigint;
+BEGIN
+	WITH used AS (
+		SELECT CASE family(p_pool) WHEN 4 THEN address ELSE address6 END AS a
+		FROM waylume.peers WHERE node_id = p_node
+	), bounds AS (
+		SELECT a, lag(a, 1, v_net) OVER (ORDER BY a) AS prev
+		FROM (SELECT a FROM used WHERE a > v_net AND a < p_next UNION ALL SELECT p_next) x
+	), ins AS (
+		INSERT INTO waylume.address_free (node_id, address)
+		SELECT p_node, b.prev + i
+		FROM bounds b, generate_series(1, b.a - b.prev - 1) i
+		WHERE b.a - b.prev > 1 AND b.prev + i <> v_own
+		ON CONFLICT DO NOTHING
+		RETURNING 1
+	)
+	SELECT count(*) INTO n FROM ins;
+	RETURN n;
 END $$;
 
 -- Records that host address a of pool p_pool was taken explicitly.

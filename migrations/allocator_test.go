@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -277,5 +279,38 @@ func BenchmarkAllocate(b *testing.B) {
 			}
 			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/insert")
 		})
+	}
+}
+
+// INSERT ... ON CONFLICT DO NOTHING runs the allocator for rows it then
+// skips; those addresses come back before the pool is called full.
+func TestAllocatorReclaimsSkippedRows(t *testing.T) {
+	ctx := context.Background()
+	db := dbfix.Migrated(t)
+	conn := connect(t, db.URL)
+	node := dbfix.CreateNode(t, db, "small", "10.14.0.1/29") // .2-.6 for peers
+	if _, err := conn.Exec(ctx, `INSERT INTO waylume.peers (node_id, public_key) VALUES ($1, $2)`, node, goodKey); err != nil {
+		t.Fatal(err)
+	}
+	// Idempotent retries of the same peer: each allocates, none inserts.
+	for range 4 {
+		tag, err := conn.Exec(ctx, `INSERT INTO waylume.peers (node_id, public_key) VALUES ($1, $2) ON CONFLICT (node_id, public_key) DO NOTHING`, node, goodKey)
+		if err != nil || tag.RowsAffected() != 0 {
+			t.Fatalf("retry: %v, %d rows", err, tag.RowsAffected())
+		}
+	}
+	var got []string
+	for range 4 {
+		a, err := insertPeer(ctx, conn, node)
+		if err != nil {
+			t.Fatalf("after skipped rows the pool must still hold 4 addresses: %v (got %v)", err, got)
+		}
+		got = append(got, a.String())
+	}
+	if diff := cmp.Diff([]string{"10.14.0.3", "10.14.0.4", "10.14.0.5", "10.14.0.6"}, slices.Sorted(slices.Values(got))); diff != "" {
+		t.Fatalf("addresses (-want +got):\n%s", diff)
+	}
+	if _, err := insertPeer(ctx, conn, node); err == nil {
+		t.Fatal("sixth peer in a /29 accepted")
 	}
 }
