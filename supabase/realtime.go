@@ -38,6 +38,7 @@ const (
 	DefaultMinBackoff        = 1 * time.Second
 	DefaultMaxBackoff        = 10 * time.Second
 	DefaultPermanentRetry    = 60 * time.Second
+	DefaultSubscribeTimeout  = 60 * time.Second
 	rtReadLimit              = 32 << 20 // the server caps records near 1 MB; leave room
 	rtWriteTimeout           = 10 * time.Second
 )
@@ -57,6 +58,10 @@ type RealtimeConfig struct {
 	VSN               string
 	HeartbeatInterval time.Duration // default 25 s
 	JoinTimeout       time.Duration // default 10 s
+	// SubscribeTimeout bounds the wait from the join to "Subscribed to
+	// PostgreSQL" (the server retries failed subscriptions itself every
+	// 5-10 s); past it the session starts over. Default 60 s.
+	SubscribeTimeout time.Duration
 	// Backoff between sessions after transient errors: jittered, doubling
 	// from MinBackoff up to MaxBackoff (defaults 1 s and 10 s).
 	MinBackoff, MaxBackoff time.Duration
@@ -208,6 +213,7 @@ func NewRealtime(cfg RealtimeConfig, sink events.Sink) (*Realtime, error) {
 	def(&cfg.MinBackoff, DefaultMinBackoff)
 	def(&cfg.MaxBackoff, DefaultMaxBackoff)
 	def(&cfg.PermanentRetry, DefaultPermanentRetry)
+	def(&cfg.SubscribeTimeout, DefaultSubscribeTimeout)
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = cfg.MinBackoff
 	}

@@ -94,6 +94,11 @@ func (r *Realtime) session(ctx context.Context, n int) (live bool, err error) {
 
 	joinTimer := time.NewTimer(r.cfg.JoinTimeout)
 	defer joinTimer.Stop()
+	// Armed while joined but not subscribed: a server that never sends
+	// "Subscribed" (nor retries) would otherwise leave us joined and deaf.
+	subTimer := time.NewTimer(r.cfg.SubscribeTimeout)
+	defer subTimer.Stop()
+	subArmed := true
 	hb := time.NewTicker(r.cfg.HeartbeatInterval)
 	defer hb.Stop()
 	pendingHB := ""
@@ -110,6 +115,11 @@ func (r *Realtime) session(ctx context.Context, n int) (live bool, err error) {
 		case <-joinTimer.C:
 			if !s.joined {
 				return s.live, &RealtimeError{Op: "join", Reason: fmt.Sprintf("no reply within %v", r.cfg.JoinTimeout)}
+			}
+		case <-subTimer.C:
+			subArmed = false
+			if !s.subbed {
+				return s.live, &RealtimeError{Op: "subscribe", Reason: fmt.Sprintf("not subscribed to PostgreSQL within %v", r.cfg.SubscribeTimeout)}
 			}
 		case <-hb.C:
 			if pendingHB != "" {
@@ -144,6 +154,14 @@ func (r *Realtime) session(ctx context.Context, n int) (live bool, err error) {
 			}
 			if s.joined {
 				joinTimer.Stop()
+			}
+			switch {
+			case s.subbed && subArmed:
+				subTimer.Stop()
+				subArmed = false
+			case !s.subbed && !subArmed:
+				subTimer.Reset(r.cfg.SubscribeTimeout)
+				subArmed = true
 			}
 		}
 	}

@@ -478,3 +478,33 @@ func TestSuperuserServer(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinAndSubscribeTimeouts: an unanswered join and a subscription that
+// never goes live both end the session, which then recovers.
+func TestJoinAndSubscribeTimeouts(t *testing.T) {
+	f := newFixture(t, nil)
+	f.srv.SetJoinReplies(false)
+	c := f.startClient(t, func(cfg *supabase.RealtimeConfig) {
+		cfg.JoinTimeout = 300 * time.Millisecond
+		cfg.SubscribeTimeout = 500 * time.Millisecond
+	})
+	at, st := 0, 0
+	var rerr *supabase.RealtimeError
+	s := c.rec.nextState(t, &st, wait, "join timeout", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeDisconnected })
+	if !errors.As(s.Err, &rerr) || rerr.Op != "join" || rerr.Permanent {
+		t.Fatalf("got %v, want a transient join timeout", s.Err)
+	}
+	f.srv.SetSubscribeDelay(time.Hour)
+	f.srv.SetJoinReplies(true)
+	s = c.rec.nextState(t, &st, wait, "subscribe timeout", func(s supabase.RealtimeState) bool {
+		return s.Phase == supabase.RealtimeDisconnected && errors.As(s.Err, &rerr) && rerr.Op == "subscribe"
+	})
+	if rerr.Permanent {
+		t.Errorf("subscribe timeout is permanent: %v", s.Err)
+	}
+	for _, e := range c.rec.since(0) {
+		t.Errorf("event before any subscription: %+v", e)
+	}
+	f.srv.SetSubscribeDelay(0)
+	c.rec.next(t, &at, wait, "resync once the server subscribes", isResync)
+}

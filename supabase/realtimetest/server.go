@@ -82,6 +82,7 @@ type Server struct {
 		http        *http.Server
 		sockets     map[*socket]struct{}
 		noHeartbeat bool
+		noJoinReply bool
 		loseEvents  bool
 		subDelay    time.Duration
 		forceErrors []string
@@ -310,6 +311,14 @@ func (s *Server) KickWithTokenError() {
 			so.closeChannel(ch, "phx_close", "Token has expired 0 seconds ago")
 		}
 	}
+}
+
+// SetJoinReplies turns replies to phx_join on or off (off: joins are
+// ignored, as by an overloaded server).
+func (s *Server) SetJoinReplies(on bool) {
+	s.mu.Lock()
+	s.mu.noJoinReply = !on
+	s.mu.Unlock()
 }
 
 // SetSubscribeDelay delays "Subscribed to PostgreSQL" after join replies.

@@ -26,6 +26,7 @@ type socket struct {
 	apikey string
 	out    chan []byte
 	done   chan struct{}
+	ctx    context.Context // ends when the socket closes
 
 	mu struct {
 		sync.Mutex
@@ -64,6 +65,7 @@ type inFrame struct {
 func (so *socket) run(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	so.ctx = ctx
 	go so.writer(ctx)
 	defer func() {
 		cancel()
@@ -209,9 +211,13 @@ func (so *socket) handle(f inFrame) {
 	so.mu.Lock()
 	ch := so.mu.channels[f.topic]
 	so.mu.Unlock()
-	switch f.event {
-	case "phx_join":
-		so.join(f, ch)
+	if f.event == "phx_join" {
+		srv.mu.Lock()
+		ignore := srv.mu.noJoinReply
+		srv.mu.Unlock()
+		if !ignore {
+			so.join(f, ch)
+		}
 		return
 	}
 	if ch == nil || (f.joinRef != nil && *f.joinRef != ch.joinRef) {
@@ -370,9 +376,15 @@ func (so *socket) subscribe(ch *channel) {
 	delay := srv.mu.subDelay
 	srv.mu.Unlock()
 	if delay > 0 {
-		time.Sleep(delay)
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-so.ctx.Done():
+			return
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(so.ctx, 10*time.Second)
 	defer cancel()
 	err := srv.refreshTables(ctx)
 	for _, b := range ch.bindings {
