@@ -112,7 +112,7 @@ func (c *cli) flagSet(name, argsUsage, summary string, scope int) *flag.FlagSet 
 				extra = true
 			}
 			def := ""
-			if f.DefValue != "" && f.DefValue != "false" {
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
 				def = fmt.Sprintf(" (default %s)", f.DefValue)
 			}
 			fmt.Fprintf(w, "  --%-18s %s%s\n", f.Name, f.Usage, def)
