@@ -16,6 +16,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/netns"
 	"github.com/waylume/waylume-node/netctl"
@@ -95,6 +96,11 @@ type inProcess struct {
 }
 
 func (e *env) inProcess(tb testing.TB, src string, resync time.Duration) *inProcess {
+	return e.inProcessTap(tb, src, resync, nil)
+}
+
+// inProcessTap is inProcess with tap called on every event a source delivers.
+func (e *env) inProcessTap(tb testing.TB, src string, resync time.Duration, tap func(events.Event)) *inProcess {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	store, err := supabase.OpenStore(ctx, e.nodeURL, supabase.StoreOptions{})
@@ -122,6 +128,11 @@ func (e *env) inProcess(tb testing.TB, src string, resync time.Duration) *inProc
 	if err != nil {
 		tb.Fatal(err)
 	}
+	sink := rec.Sink()
+	if tap != nil {
+		inner := sink
+		sink = events.SinkFunc(func(ev events.Event) { tap(ev); inner.Add(ev) })
+	}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); rec.Run(ctx) }()
@@ -129,9 +140,9 @@ func (e *env) inProcess(tb testing.TB, src string, resync time.Duration) *inProc
 		defer wg.Done()
 		switch src {
 		case "listen":
-			supabase.Listen(ctx, e.nodeURL, e.nodeID, rec.Sink(), log)
+			supabase.Listen(ctx, e.nodeURL, e.nodeID, sink, log)
 		case "realtime":
-			rt, err := supabase.NewRealtime(supabase.RealtimeConfig{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, rec.Sink())
+			rt, err := supabase.NewRealtime(supabase.RealtimeConfig{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, sink)
 			if err != nil {
 				tb.Error(err)
 				return
@@ -165,7 +176,17 @@ func BenchmarkEventToKernel(b *testing.B) {
 			}
 			var mu sync.Mutex
 			waiting := map[reconcile.Key]chan time.Time{}
-			ip := e.inProcess(b, src, time.Hour)
+			received := map[string]time.Time{} // row id -> first event for it
+			ip := e.inProcessTap(b, src, time.Hour, func(ev events.Event) {
+				if ev.Kind != events.PeerChanged {
+					return
+				}
+				mu.Lock()
+				if _, ok := received[ev.ID]; !ok {
+					received[ev.ID] = time.Now()
+				}
+				mu.Unlock()
+			})
 			ip.plane.applied = func(k reconcile.Key, at time.Time) {
 				mu.Lock()
 				if c, ok := waiting[k]; ok {
@@ -174,21 +195,25 @@ func BenchmarkEventToKernel(b *testing.B) {
 				}
 				mu.Unlock()
 			}
-			// The source is live once a first row arrives by event.
 			const n = 200
-			var lat []time.Duration
+			var lat, toEvent, toKernel []time.Duration
 			for i := range n + 5 {
 				k := newKey(b).PublicKey()
 				c := make(chan time.Time, 1)
 				mu.Lock()
 				waiting[reconcile.Key(k)] = c
 				mu.Unlock()
-				e.addPeer(k, "")
+				id, _ := e.addPeer(k, "")
 				committed := time.Now()
 				select {
 				case at := <-c:
-					if i >= 5 { // warm-up
+					mu.Lock()
+					rcv, ok := received[id]
+					mu.Unlock()
+					if i >= 5 && ok { // the first rows warm up the path
 						lat = append(lat, at.Sub(committed))
+						toEvent = append(toEvent, rcv.Sub(committed))
+						toKernel = append(toKernel, at.Sub(rcv))
 					}
 				case <-time.After(30 * time.Second):
 					b.Fatalf("row %d not applied within 30s", i)
@@ -197,6 +222,10 @@ func BenchmarkEventToKernel(b *testing.B) {
 			p50, p99 := percentile(lat, 0.5), percentile(lat, 0.99)
 			b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(percentile(toEvent, 0.5).Microseconds())/1000, "event-p50-ms")
+			b.ReportMetric(float64(percentile(toEvent, 0.99).Microseconds())/1000, "event-p99-ms")
+			b.ReportMetric(float64(percentile(toKernel, 0.5).Microseconds())/1000, "apply-p50-ms")
+			b.ReportMetric(float64(percentile(toKernel, 0.99).Microseconds())/1000, "apply-p99-ms")
 			b.ReportMetric(float64(slices.Max(lat).Microseconds())/1000, "max-ms")
 		})
 	}

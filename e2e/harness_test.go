@@ -141,6 +141,17 @@ func newEnvPool(t testing.TB, address string) *env {
 func (e *env) withRealtime() {
 	t := e.t
 	dbfix.Exec(t, e.db, `GRANT waylume_node, service_role TO realtime_admin`)
+	// pgtest runs with synchronous_commit off: logical decoding sees only
+	// flushed WAL, so a commit would reach the slot up to wal_writer_delay
+	// (200 ms) late. A real server commits synchronously.
+	dbfix.Exec(t, e.db, `ALTER DATABASE `+e.db.Name+` SET synchronous_commit = on`)
+	e.admin.Close(context.Background())
+	admin, err := pgx.Connect(context.Background(), e.db.URL) // picks up the setting
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	e.admin = admin
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	srv, err := realtimetest.New(ctx, realtimetest.Config{DatabaseURL: e.db.URLAs("realtime_admin"), JWTSecret: jwtSecret, PollInterval: 5 * time.Millisecond})

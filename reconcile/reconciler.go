@@ -1,10 +1,11 @@
 package reconcile
 
 // Locking: one mutex (Reconciler.mu) guards all state below it. Event
-// batches, resyncs, the expiry timer and usage flushes each take it for
-// their whole run, data plane and store calls included, so a peer's removal
-// and its final usage flush can never interleave. Store calls have their
-// own timeout so a hung database cannot hold it forever.
+// batches, resyncs and the expiry timer take it for their whole run, data
+// plane and store calls included. Usage flushes are serialised by flushMu
+// and take mu for everything but the database write (usage.go says why
+// that is safe). Store calls have their own timeout so a hung database
+// cannot hold mu forever.
 
 import (
 	"cmp"
@@ -53,6 +54,8 @@ type Reconciler struct {
 	queue *events.Queue
 	m     *metrics
 	kick  chan struct{} // capacity 1: flush soon (a peer is leaving, a status changed)
+
+	flushMu sync.Mutex // one usage flush at a time; taken before mu
 
 	mu         sync.Mutex
 	loaded     bool // status rows (baselines) loaded

@@ -149,19 +149,25 @@ func (r *Reconciler) trackQuotaReset(ps *peerState, row events.Peer) {
 
 // Flush accounts for the counters since the last flush (see the top of
 // this file), removes peers whose last bytes are now committed, and
-// converges again (quota).
+// converges again (quota). Flushes run one at a time; the database write
+// runs without the reconciler's lock, so events are applied meanwhile.
 func (r *Reconciler) Flush(ctx context.Context) error {
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.loaded {
+	loaded := r.loaded
+	r.mu.Unlock()
+	if !loaded {
 		return nil // baselines unknown: nothing can be accounted yet
 	}
 	start := time.Now()
-	err := r.flushLocked(ctx)
+	err := r.flush(ctx)
 	r.m.flushDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		r.m.flushErrors.Inc()
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.updatePeerMetrics()
 	if cerr := r.convergeLocked(ctx, false); cerr != nil && err == nil {
 		err = cerr
@@ -169,49 +175,81 @@ func (r *Reconciler) Flush(ctx context.Context) error {
 	return err
 }
 
-func (r *Reconciler) flushLocked(ctx context.Context) error {
-	if r.inflight != nil {
-		if err := r.write(ctx, r.inflight); err != nil {
-			err = fmt.Errorf("retry usage batch of %s: %w", r.inflight.end.Format(time.RFC3339Nano), err)
+// flush runs with r.flushMu held. Between building a batch and committing
+// it, events may change peers: a state change bumps ps.gen (the commit
+// then leaves the status dirty), a peer cut meanwhile is not in b.leaving,
+// one re-enabled meanwhile is no longer leaving and is not removed, and no
+// baseline moves except by a commit, which only flushes make.
+func (r *Reconciler) flush(ctx context.Context) error {
+	r.mu.Lock()
+	b := r.inflight
+	r.mu.Unlock()
+	if b != nil {
+		if err := r.write(ctx, b); err != nil {
+			err = fmt.Errorf("retry usage batch of %s: %w", b.end.Format(time.RFC3339Nano), err)
 			r.dropIfRefused(err)
 			return err
 		}
-		r.commit(r.inflight)
+		r.mu.Lock()
+		r.commit(b)
+		r.mu.Unlock()
 	}
+
+	r.mu.Lock()
+	// Counters and the peers they belong to are read under one lock, so
+	// a peer added meanwhile cannot look vanished.
 	stats, err := r.cfg.DataPlane.Stats(ctx)
 	if err != nil {
+		r.mu.Unlock()
 		return fmt.Errorf("read counters: %w", err)
 	}
 	r.epoch = r.cfg.DataPlane.Epoch()
-	b := r.build(stats)
+	b = r.build(stats)
 	if len(b.entries) > 0 {
 		r.inflight = b
+	}
+	r.mu.Unlock()
+
+	if len(b.entries) > 0 {
 		if err := r.write(ctx, b); err != nil {
 			err = fmt.Errorf("write usage: %w", err)
 			r.dropIfRefused(err)
 			return err
 		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(b.entries) > 0 {
 		r.commit(b)
 	}
 	return r.removeLeaving(ctx, b.leaving)
 }
 
+// write sends a batch; it runs without r.mu.
 func (r *Reconciler) write(ctx context.Context, b *batch) error {
 	sctx, cancel := r.storeCtx(ctx)
 	defer cancel()
 	err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
-	if err != nil && r.cfg.IsRejected(err) && b.stripGone(r.rows) > 0 {
-		// The database refuses the batch for good. The only rows that can
-		// cause that are the last deltas of peers whose row is gone: one
-		// moved to another node may not be billed by this one (RLS). Drop
-		// those, say so, and retry at once; the rest stays exactly once.
-		r.log.Warn("usage of peers no longer this node's refused; dropped", "err", err)
-		err = r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
+	if err != nil && r.cfg.IsRejected(err) {
+		r.mu.Lock()
+		n := b.stripGone(r.rows)
+		r.mu.Unlock()
+		if n > 0 {
+			// The database refuses the batch for good. The only rows that
+			// can cause that are the last deltas of peers whose row is
+			// gone: one moved to another node may not be billed by this
+			// one (RLS). Drop those, say so, and retry at once; the rest
+			// stays exactly once.
+			r.log.Warn("usage of peers no longer this node's refused; dropped", "err", err)
+			err = r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
+		}
 	}
 	if err != nil {
 		return err
 	}
+	r.mu.Lock()
 	r.contact = r.now()
+	r.mu.Unlock()
 	return nil
 }
 
@@ -222,7 +260,9 @@ func (r *Reconciler) write(ctx context.Context, b *batch) error {
 func (r *Reconciler) dropIfRefused(err error) {
 	if r.cfg.IsRejected(err) {
 		r.log.Error("usage batch refused by the database; rebuilding it", "err", err)
+		r.mu.Lock()
 		r.inflight = nil
+		r.mu.Unlock()
 	}
 }
 
