@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/supabase"
@@ -507,4 +508,55 @@ func TestJoinAndSubscribeTimeouts(t *testing.T) {
 	}
 	f.srv.SetSubscribeDelay(0)
 	c.rec.next(t, &at, wait, "resync once the server subscribes", isResync)
+}
+
+// TestDatabaseRestart: the database goes away under the server. The
+// client hears the subscription error, stays joined, and resyncs when the
+// server has a new slot and says "Subscribed to PostgreSQL" again; a peer
+// inserted in between is found by the resync.
+func TestDatabaseRestart(t *testing.T) {
+	f := newFixture(t, nil)
+	c := f.startClient(t, nil)
+	at, st := 0, 0
+	c.rec.next(t, &at, wait, "resync", isResync)
+	if err := f.db.Cluster.StopServer(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			f.db.Cluster.StartServer()
+		}
+	})
+	s := c.rec.nextState(t, &st, wait, "subscription error", func(s supabase.RealtimeState) bool {
+		return s.Phase == supabase.RealtimeJoining && s.Err != nil
+	})
+	var rerr *supabase.RealtimeError
+	if !errors.As(s.Err, &rerr) || rerr.Op != "subscribe" || rerr.Permanent {
+		t.Errorf("got %v, want a transient subscribe error", s.Err)
+	}
+	if err := f.db.Cluster.StartServer(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, f.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	f.admin = admin
+	id := f.addPeer(t, f.nodeA)
+	c.rec.next(t, &at, wait, "resync after the database came back", isResync)
+	if !f.peerIDs(t, f.nodeA)[id] {
+		t.Fatal("peer not in the table")
+	}
+	for _, s := range c.rec.statesSince(0) {
+		if s.Phase == supabase.RealtimeDisconnected {
+			t.Errorf("socket dropped during the database outage: %v", s.Err)
+		}
+	}
+	id2 := f.addPeer(t, f.nodeA)
+	checkPeer(t, f, c.rec.next(t, &at, wait, "insert on the new slot", kindID(events.PeerChanged, id2)))
 }

@@ -32,7 +32,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -127,16 +126,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, pool: pool}
 	s.mu.sockets = map[*socket]struct{}{}
 
-	slotConn, err := pgx.Connect(ctx, cfg.DatabaseURL)
-	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("realtimetest: connect: %w", err)
-	}
 	s.slot = fmt.Sprintf("realtimetest_%d", time.Now().UnixNano())
 	// Temporary: the slot dies with the poller's connection, like the
 	// real server's.
-	if _, err := slotConn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'wal2json', true)", s.slot); err != nil {
-		slotConn.Close(ctx)
+	slotConn, err := s.openSlot(ctx)
+	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("realtimetest: create slot: %w", err)
 	}
@@ -155,7 +149,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer slotConn.Close(context.Background())
 		s.poll(pctx, slotConn)
 	}()
 	return s, nil

@@ -384,27 +384,40 @@ func (so *socket) subscribe(ch *channel) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(so.ctx, 10*time.Second)
-	defer cancel()
-	err := srv.refreshTables(ctx)
-	for _, b := range ch.bindings {
-		if err != nil {
-			break
+	for {
+		ctx, cancel := context.WithTimeout(so.ctx, 10*time.Second)
+		err := srv.refreshTables(ctx)
+		for _, b := range ch.bindings {
+			if err != nil {
+				break
+			}
+			err = srv.checkBinding(ctx, b, ch.claims.role)
 		}
-		err = srv.checkBinding(ctx, b, ch.claims.role)
+		cancel()
+		so.mu.Lock()
+		current := so.mu.channels[ch.topic] == ch
+		if current && err == nil {
+			ch.subbed = true
+		}
+		so.mu.Unlock()
+		if !current {
+			return
+		}
+		msg := map[string]any{"channel": strings.TrimPrefix(ch.topic, "realtime:"), "extension": "postgres_changes", "status": "ok", "message": "Subscribed to PostgreSQL"}
+		if err != nil {
+			msg["status"], msg["message"] = "error", err.Error()
+		}
+		so.push(strp(ch.joinRef), nil, ch.topic, "system", msg)
+		if err == nil || strings.HasPrefix(err.Error(), "Unable to subscribe") {
+			return // live, or an error the real server never retries
+		}
+		// Transient: the real server retries every 5-10 s; a second here.
+		t := time.NewTimer(time.Second)
+		select {
+		case <-t.C:
+		case <-so.ctx.Done():
+			t.Stop()
+			return
+		}
 	}
-	so.mu.Lock()
-	current := so.mu.channels[ch.topic] == ch
-	if current && err == nil {
-		ch.subbed = true
-	}
-	so.mu.Unlock()
-	if !current {
-		return
-	}
-	msg := map[string]any{"channel": strings.TrimPrefix(ch.topic, "realtime:"), "extension": "postgres_changes", "status": "ok", "message": "Subscribed to PostgreSQL"}
-	if err != nil {
-		msg["status"], msg["message"] = "error", err.Error()
-	}
-	so.push(strp(ch.joinRef), nil, ch.topic, "system", msg)
 }

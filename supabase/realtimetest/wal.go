@@ -169,7 +169,16 @@ type walChange struct {
 	size      int
 }
 
+// poll reads the slot until ctx ends. When the database connection is
+// lost, the temporary slot is gone with it: like the real server, it tells
+// the subscribed channels (system error), reconnects with a new slot, and
+// sends "Subscribed to PostgreSQL" again, so clients resync what they missed.
 func (s *Server) poll(ctx context.Context, conn *pgx.Conn) {
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
 	lastRefresh := time.Now()
@@ -179,14 +188,70 @@ func (s *Server) poll(ctx context.Context, conn *pgx.Conn) {
 			return
 		case <-t.C:
 		}
+		if conn == nil {
+			var err error
+			if conn, err = s.openSlot(ctx); err != nil {
+				continue
+			}
+			s.log.Info("realtimetest: database back; resubscribing")
+			s.resubscribe(ctx, "")
+		}
 		if time.Since(lastRefresh) > time.Second {
 			if err := s.refreshTables(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("realtimetest: refresh publication", "err", err)
 			}
 			lastRefresh = time.Now()
 		}
-		if err := s.pollOnce(ctx, conn); err != nil && ctx.Err() == nil {
-			s.log.Warn("realtimetest: poll", "err", err)
+		err := s.pollOnce(ctx, conn)
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		s.log.Warn("realtimetest: poll", "err", err)
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		perr := conn.Ping(pctx)
+		cancel()
+		if perr != nil {
+			conn.Close(context.Background())
+			conn = nil
+			s.resubscribe(ctx, "Realtime was unable to connect to the project database")
+		}
+	}
+}
+
+// openSlot connects and creates the temporary slot.
+func (s *Server) openSlot(ctx context.Context) (*pgx.Conn, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, s.cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(cctx, "SELECT pg_create_logical_replication_slot($1, 'wal2json', true)", s.slot); err != nil {
+		conn.Close(context.Background())
+		return nil, err
+	}
+	return conn, nil
+}
+
+// resubscribe tells every subscribed channel that the subscription failed
+// (errMsg non-empty: channels stop receiving) or is live again.
+func (s *Server) resubscribe(ctx context.Context, errMsg string) {
+	for _, so := range s.socketList() {
+		for _, ch := range so.channelList() {
+			so.mu.Lock()
+			was := ch.subbed
+			if errMsg != "" {
+				ch.subbed = false
+			}
+			so.mu.Unlock()
+			if errMsg != "" {
+				if was {
+					so.push(strp(ch.joinRef), nil, ch.topic, "system", map[string]any{"channel": strings.TrimPrefix(ch.topic, "realtime:"),
+						"extension": "postgres_changes", "status": "error", "message": errMsg})
+				}
+				continue
+			}
+			go so.subscribe(ch)
 		}
 	}
 }
