@@ -111,6 +111,19 @@ func (r *Realtime) session(ctx context.Context, n int) (live bool, err error) {
 			if ctx.Err() != nil {
 				return s.live, ctx.Err()
 			}
+			// Frames read before the error (a system error and phx_close
+			// before the server hangs up) explain it better: handle them.
+			for {
+				select {
+				case data := <-frames:
+					if ferr := s.frame(sctx, data, &pendingHB); ferr != nil {
+						return s.live, ferr
+					}
+					continue
+				default:
+				}
+				break
+			}
 			return s.live, fmt.Errorf("realtime read: %w", err)
 		case <-joinTimer.C:
 			if !s.joined {
@@ -134,22 +147,7 @@ func (r *Realtime) session(ctx context.Context, n int) (live bool, err error) {
 				return s.live, err
 			}
 		case data := <-frames:
-			f, err := rtDecodeFrame(data)
-			if err != nil {
-				r.log.Warn("realtime: dropping malformed frame", "err", err, "bytes", len(data))
-				continue
-			}
-			if f.Topic == rtTopicPhoenix {
-				if f.Event == rtEventReply && f.Ref != "" && f.Ref == pendingHB {
-					pendingHB = ""
-				}
-				continue
-			}
-			if f.Topic != r.topic {
-				r.log.Debug("realtime: frame for another topic", "topic", f.Topic, "event", f.Event)
-				continue
-			}
-			if err := s.handle(sctx, f); err != nil {
+			if err := s.frame(sctx, data, &pendingHB); err != nil {
 				return s.live, err
 			}
 			if s.joined {
@@ -165,6 +163,27 @@ func (r *Realtime) session(ctx context.Context, n int) (live bool, err error) {
 			}
 		}
 	}
+}
+
+// frame handles one text frame from the server.
+func (s *rtSession) frame(ctx context.Context, data []byte, pendingHB *string) error {
+	r := s.r
+	f, err := rtDecodeFrame(data)
+	if err != nil {
+		r.log.Warn("realtime: dropping malformed frame", "err", err, "bytes", len(data))
+		return nil
+	}
+	if f.Topic == rtTopicPhoenix {
+		if f.Event == rtEventReply && f.Ref != "" && f.Ref == *pendingHB {
+			*pendingHB = ""
+		}
+		return nil
+	}
+	if f.Topic != r.topic {
+		r.log.Debug("realtime: frame for another topic", "topic", f.Topic, "event", f.Event)
+		return nil
+	}
+	return s.handle(ctx, f)
 }
 
 func (s *rtSession) send(ctx context.Context, f rtFrame) error {
