@@ -16,6 +16,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+umask 077 # keys and passwords in the work dir stay private
 
 LIMIT_MBIT=20
 TOLERANCE_PCT=10
