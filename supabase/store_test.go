@@ -30,6 +30,7 @@ type storeFixture struct {
 	db     *pgtest.DB
 	a, b   string
 	urlA   string
+	role   string // node A's login role
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -41,6 +42,7 @@ func newStoreFixture(t testing.TB) *storeFixture {
 	f.a = dbfix.CreateNode6(t, db, "node-a", "10.8.0.1/16", "fd00:8::1/64")
 	f.b = dbfix.CreateNode(t, db, "node-b", "10.9.0.1/16")
 	f.urlA = dbfix.NodeLogin(t, db, f.a)
+	f.role = "waylume_node_" + strings.ReplaceAll(f.a, "-", "")
 	f.ctx, f.cancel = context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(f.cancel)
 	return f
@@ -231,6 +233,11 @@ func TestStoreWriteStatus10k(t *testing.T) {
 	dbfix.Exec(t, f.db, `DELETE FROM waylume.peers WHERE id = $1`, gone)
 	usage = append(usage, events.Usage{PeerID: bPeer, PeriodStart: end.Add(-time.Minute), PeriodEnd: end, UploadBytes: 1, DownloadBytes: 1})
 	status = append(status, events.PeerStatus{PeerID: bPeer, NodeID: f.a, State: events.StateActive})
+	// The same key twice in one batch: stored once, the first wins.
+	dup := usage[5]
+	dup.UploadBytes = 99999
+	usage = append(usage, dup)
+	status = append(status, status[6])
 
 	for attempt := range 2 { // the retry after a lost commit is a no-op
 		if err := s.WriteStatus(f.ctx, f.a, usage, status); err != nil {

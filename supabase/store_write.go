@@ -37,19 +37,34 @@ func writeUsage(ctx context.Context, tx pgx.Tx, nodeID string, usage []events.Us
 	if len(usage) == 0 {
 		return nil
 	}
-	n := len(usage)
-	ids := make([]string, n)
-	starts, ends := make([]time.Time, n), make([]time.Time, n)
-	ups, downs := make([]int64, n), make([]int64, n)
-	for i, u := range usage {
-		ids[i], starts[i], ends[i], ups[i], downs[i] = u.PeerID, u.PeriodStart, u.PeriodEnd, u.UploadBytes, u.DownloadBytes
+	// The key appears once (the first wins): the insert below relies on
+	// NOT EXISTS rather than ON CONFLICT, which would take the costly
+	// speculative insertion path for every row.
+	type key struct {
+		peer string
+		end  int64
+	}
+	seen := make(map[key]bool, len(usage))
+	var (
+		ids          []string
+		starts, ends []time.Time
+		ups, downs   []int64
+	)
+	for _, u := range usage {
+		k := key{u.PeerID, u.PeriodEnd.UnixMicro()}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		ids, starts, ends = append(ids, u.PeerID), append(starts, u.PeriodStart), append(ends, u.PeriodEnd)
+		ups, downs = append(ups, u.UploadBytes), append(downs, u.DownloadBytes)
 	}
 	_, err := tx.Exec(ctx, `WITH f AS MATERIALIZED (SELECT waylume.foreign_peers($1::uuid, $2::uuid[]) AS ids)
 		INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
 		SELECT $1::uuid, u.peer_id, u.ps, u.pe, u.up, u.down
 		FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[]) AS u (peer_id, ps, pe, up, down), f
 		WHERE u.peer_id <> ALL (f.ids)
-		ON CONFLICT (node_id, peer_id, period_end) DO NOTHING`, nodeID, ids, starts, ends, ups, downs)
+		  AND NOT EXISTS (SELECT 1 FROM waylume.peer_usage x WHERE x.node_id = $1::uuid AND x.peer_id = u.peer_id AND x.period_end = u.pe)`, nodeID, ids, starts, ends, ups, downs)
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
@@ -87,28 +102,37 @@ func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.
 		rxb = append(rxb, st.RxBaseline)
 		txb = append(txb, st.TxBaseline)
 	}
-	// The join drops peers that are gone or another node's. A peer
-	// deleted between the join and the foreign key check fails the
-	// statement (23503): retry it, the join then skips the peer.
-	const upsert = `INSERT INTO waylume.peer_status AS s (peer_id, node_id, state, reason, last_handshake_at, endpoint,
+	// A peer deleted between the join and the foreign key check fails
+	// the statement (23503): retry it, the join then skips the peer.
+	// Existing rows are updated (only when something changed: no dead
+	// tuples for idle peers), missing ones inserted; cheaper than
+	// INSERT ... ON CONFLICT DO UPDATE, which takes the speculative
+	// insertion path for every row. The join drops peers that are gone or
+	// another node's.
+	const upsert = `WITH u AS MATERIALIZED (
+			SELECT u.peer_id, u.state, u.reason, u.hs, nullif(u.endpoint, '') AS endpoint, u.up, u.down, u.rxb, u.txb,
+				u.epoch, coalesce(u.applied, now()) AS applied
+			FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[], $8::bigint[],
+				$9::bigint[], $10::bigint[], $11::text[], $12::timestamptz[])
+				AS u (peer_id, state, reason, hs, endpoint, up, down, rxb, txb, epoch, applied)
+		), upd AS (
+			UPDATE waylume.peer_status s SET state = u.state, reason = u.reason, last_handshake_at = u.hs,
+				endpoint = u.endpoint, upload_bytes = u.up, download_bytes = u.down, rx_baseline = u.rxb,
+				tx_baseline = u.txb, counter_epoch = u.epoch, applied_at = u.applied
+			FROM u
+			WHERE s.peer_id = u.peer_id AND s.node_id = $1::uuid
+			  AND (s.state, s.reason, s.last_handshake_at, s.endpoint, s.upload_bytes, s.download_bytes,
+			       s.rx_baseline, s.tx_baseline, s.counter_epoch, s.applied_at)
+			      IS DISTINCT FROM
+			      (u.state, u.reason, u.hs, u.endpoint, u.up, u.down, u.rxb, u.txb, u.epoch, u.applied)
+			RETURNING 1
+		)
+		INSERT INTO waylume.peer_status (peer_id, node_id, state, reason, last_handshake_at, endpoint,
 			upload_bytes, download_bytes, rx_baseline, tx_baseline, counter_epoch, applied_at)
-		SELECT u.peer_id, p.node_id, u.state, u.reason, u.hs, nullif(u.endpoint, ''), u.up, u.down, u.rxb, u.txb,
-			u.epoch, coalesce(u.applied, now())
-		FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[], $8::bigint[],
-			$9::bigint[], $10::bigint[], $11::text[], $12::timestamptz[])
-			AS u (peer_id, state, reason, hs, endpoint, up, down, rxb, txb, epoch, applied)
-		JOIN waylume.peers p ON p.id = u.peer_id AND p.node_id = $1::uuid
-		ON CONFLICT (peer_id) DO UPDATE SET state = EXCLUDED.state, reason = EXCLUDED.reason,
-			last_handshake_at = EXCLUDED.last_handshake_at, endpoint = EXCLUDED.endpoint,
-			upload_bytes = EXCLUDED.upload_bytes, download_bytes = EXCLUDED.download_bytes,
-			rx_baseline = EXCLUDED.rx_baseline, tx_baseline = EXCLUDED.tx_baseline,
-			counter_epoch = EXCLUDED.counter_epoch, applied_at = EXCLUDED.applied_at
-		-- Unchanged rows are not rewritten (no dead tuples every flush).
-		WHERE (s.state, s.reason, s.last_handshake_at, s.endpoint, s.upload_bytes, s.download_bytes,
-		       s.rx_baseline, s.tx_baseline, s.counter_epoch, s.applied_at)
-		      IS DISTINCT FROM
-		      (EXCLUDED.state, EXCLUDED.reason, EXCLUDED.last_handshake_at, EXCLUDED.endpoint, EXCLUDED.upload_bytes,
-		       EXCLUDED.download_bytes, EXCLUDED.rx_baseline, EXCLUDED.tx_baseline, EXCLUDED.counter_epoch, EXCLUDED.applied_at)`
+		SELECT u.peer_id, p.node_id, u.state, u.reason, u.hs, u.endpoint, u.up, u.down, u.rxb, u.txb, u.epoch, u.applied
+		FROM u JOIN waylume.peers p ON p.id = u.peer_id AND p.node_id = $1::uuid
+		WHERE NOT EXISTS (SELECT 1 FROM waylume.peer_status s WHERE s.peer_id = u.peer_id)
+		ON CONFLICT (peer_id) DO NOTHING`
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
