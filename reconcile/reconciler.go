@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -71,6 +72,17 @@ type Reconciler struct {
 	lastFlush  time.Time
 	epoch      string
 	contact    time.Time // last successful store call
+
+	// For the partial path: what each row claims (raw key, addresses),
+	// the rows changed since the last converge, the last decisions, and
+	// which peer holds each key on the device.
+	byKey     map[string]map[string]bool
+	byAddr    map[netip.Addr]map[string]bool
+	dirty     map[string]bool
+	retry     map[string]bool // rows whose action waits (a key still leaving, a zero baseline, a failed apply)
+	decideAll bool
+	lastDec   map[string]decision
+	held      map[Key]*peerState
 }
 
 // peerState is everything the node tracks for one peer id.
@@ -129,6 +141,8 @@ func New(cfg Config) (*Reconciler, error) {
 		kick:  make(chan struct{}, 1),
 		rows:  map[string]events.Peer{},
 		peers: map[string]*peerState{},
+		byKey: map[string]map[string]bool{}, byAddr: map[netip.Addr]map[string]bool{},
+		dirty: map[string]bool{}, retry: map[string]bool{}, held: map[Key]*peerState{},
 	}
 	r.queue = events.NewQueue(events.QueueOptions{MaxBatch: 4096, OnCoalesce: func(n int) { m.coalesced.Add(float64(n)) }})
 	return r, nil
@@ -230,20 +244,20 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 	}
 	r.contact = r.now()
 	r.node = node
-	rows := make(map[string]events.Peer, len(peers))
+	r.rows = make(map[string]events.Peer, len(peers))
+	r.byKey, r.byAddr = map[string]map[string]bool{}, map[netip.Addr]map[string]bool{}
 	for _, p := range peers {
 		if p.NodeID == r.cfg.NodeID {
-			rows[p.ID] = p
+			r.putRow(p)
 		}
 	}
-	r.rows = rows
 	if !r.adopted {
 		if err := r.adoptLocked(ctx); err != nil {
 			return err
 		}
 	}
 	r.synced = true
-	return r.convergeLocked(ctx, true)
+	return r.convergeLocked(ctx, true, true)
 }
 
 // adoptLocked matches the peers the data plane already holds (after a
@@ -289,7 +303,7 @@ func (r *Reconciler) adoptLocked(ctx context.Context) error {
 		}
 		taken[d.key] = true
 		ps := r.peer(id)
-		ps.inPlane, ps.key = true, d.key
+		r.setPlane(ps, true, d.key)
 		ps.observe(s)
 	}
 	r.adopted = true
@@ -318,7 +332,7 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
 		case events.Resync:
 			resync = true
 		case events.PeerDeleted:
-			delete(r.rows, e.ID)
+			r.dropRow(e.ID)
 		case events.PeerChanged:
 			if e.Peer != nil {
 				r.setRow(*e.Peer, true)
@@ -331,7 +345,7 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
 			case err == nil:
 				r.setRow(p, false)
 			case r.cfg.IsNotFound(err):
-				delete(r.rows, e.ID)
+				r.dropRow(e.ID)
 			default:
 				// Keep what is applied; the resync rereads it.
 				errs = append(errs, fmt.Errorf("fetch peer %s: %w", e.ID, err))
@@ -339,7 +353,7 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
 			}
 		case events.NodeChanged:
 			if e.Node != nil {
-				r.node = *e.Node
+				r.node, r.decideAll = *e.Node, true
 				continue
 			}
 			sctx, cancel := r.storeCtx(ctx)
@@ -350,14 +364,14 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
 				resync = true
 				continue
 			}
-			r.node = n
+			r.node, r.decideAll = n, true
 		}
 	}
 	var err error
 	if resync {
 		err = r.resyncLocked(ctx)
 	} else {
-		err = r.convergeLocked(ctx, false)
+		err = r.convergeLocked(ctx, false, false)
 	}
 	if err == nil {
 		r.m.applied.Add(float64(len(batch)))
@@ -376,13 +390,117 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
 // newer snapshot. A row read from the store is the truth.
 func (r *Reconciler) setRow(p events.Peer, hint bool) {
 	if p.NodeID != r.cfg.NodeID {
-		delete(r.rows, p.ID)
+		r.dropRow(p.ID)
 		return
 	}
 	if old, ok := r.rows[p.ID]; ok && hint && p.UpdatedAt.Before(old.UpdatedAt) {
 		return
 	}
+	r.dropRow(p.ID)
+	r.putRow(p)
+}
+
+// putRow and dropRow keep rows, the claim index and the dirty set together.
+func (r *Reconciler) putRow(p events.Peer) {
 	r.rows[p.ID] = p
+	r.dirty[p.ID] = true
+	index(r.byKey, p.PublicKey, p.ID, true)
+	for _, a := range []netip.Prefix{p.Address, p.Address6} {
+		if a.IsValid() {
+			index(r.byAddr, a.Addr(), p.ID, true)
+		}
+	}
+}
+
+func (r *Reconciler) dropRow(id string) {
+	r.dirty[id] = true
+	p, ok := r.rows[id]
+	if !ok {
+		return
+	}
+	delete(r.rows, id)
+	if len(p.AllowedIPs) > 0 {
+		r.decideAll = true // overlaps are not indexed
+	}
+	// Rows sharing a claim with the old version may gain what it let go.
+	for other := range r.byKey[p.PublicKey] {
+		r.dirty[other] = true
+	}
+	index(r.byKey, p.PublicKey, id, false)
+	for _, a := range []netip.Prefix{p.Address, p.Address6} {
+		if a.IsValid() {
+			for other := range r.byAddr[a.Addr()] {
+				r.dirty[other] = true
+			}
+			index(r.byAddr, a.Addr(), id, false)
+		}
+	}
+}
+
+func index[K comparable](m map[K]map[string]bool, k K, id string, add bool) {
+	if add {
+		if m[k] == nil {
+			m[k] = map[string]bool{}
+		}
+		m[k][id] = true
+		return
+	}
+	delete(m[k], id)
+	if len(m[k]) == 0 {
+		delete(m, k)
+	}
+}
+
+// closure is the set of rows whose decision may change when the rows in
+// changed did: rows are only ever in conflict when they claim the same
+// key or address (or overlapping extra allowed IPs: ok is false then and
+// the caller decides everything), so the connected component of the
+// changed rows in the claim graph is decided the same alone as with all.
+func (r *Reconciler) closure(changed map[string]bool) (ids map[string]bool, ok bool) {
+	ids = map[string]bool{}
+	queue := make([]string, 0, len(changed))
+	for id := range changed {
+		ids[id] = true
+		queue = append(queue, id)
+	}
+	for len(queue) > 0 {
+		id := queue[0]
+		queue = queue[1:]
+		p, present := r.rows[id]
+		if !present {
+			continue
+		}
+		if len(p.AllowedIPs) > 0 {
+			return nil, false
+		}
+		var linked []map[string]bool
+		linked = append(linked, r.byKey[p.PublicKey])
+		for _, a := range []netip.Prefix{p.Address, p.Address6} {
+			if a.IsValid() {
+				linked = append(linked, r.byAddr[a.Addr()])
+			}
+		}
+		for _, set := range linked {
+			for other := range set {
+				if !ids[other] {
+					ids[other] = true
+					queue = append(queue, other)
+				}
+			}
+		}
+	}
+	return ids, true
+}
+
+// setPlane records whether ps holds key k on the device.
+func (r *Reconciler) setPlane(ps *peerState, in bool, k Key) {
+	if ps.inPlane && r.held[ps.key] == ps {
+		delete(r.held, ps.key)
+	}
+	ps.inPlane, ps.key = in, k
+	if in {
+		r.held[k] = ps
+	}
 }
 
 // Converge applies the known rows to the data plane without rereading the
@@ -390,16 +508,28 @@ func (r *Reconciler) setRow(p events.Peer, hint bool) {
 func (r *Reconciler) Converge(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.convergeLocked(ctx, false)
+	// Time and counters only change the state of rows that expire or
+	// have a quota.
+	for id, row := range r.rows {
+		if !row.ExpiresAt.IsZero() || row.QuotaBytes > 0 {
+			r.dirty[id] = true
+		}
+	}
+	return r.convergeLocked(ctx, false, false)
 }
 
 // convergeLocked is the one path from (desired rows, data plane) to
-// actions. full sends every peer the node should hold (the data plane
+// actions. fullApply sends every peer the node should hold (the data plane
 // removes the rest and repairs drift); otherwise only what changed.
-func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
+// decideAll evaluates every row (time-dependent states: expiry, quota);
+// otherwise only the rows changed since the last converge and those they
+// may conflict with (closure), which keeps an event O(changed) at 10,000
+// peers.
+func (r *Reconciler) convergeLocked(ctx context.Context, fullApply, decideAll bool) error {
 	if !r.synced {
 		return nil
 	}
+	full := fullApply
 	start := time.Now()
 	defer func() {
 		kind := "partial"
@@ -422,35 +552,63 @@ func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
 		}
 	}
 
-	for id, row := range r.rows {
-		r.trackQuotaReset(r.peer(id), row)
+	for id := range r.retry {
+		r.dirty[id] = true
 	}
-	dec := decide(r.node, r.rows, now, r.quotaUsed)
+	r.retry = map[string]bool{}
+	var ids []string
+	var subset map[string]bool
+	if !decideAll && !full && !r.decideAll && r.lastDec != nil && len(r.dirty) <= len(r.rows)/4+16 {
+		if c, ok := r.closure(r.dirty); ok {
+			subset = c
+		}
+	}
+	dec := r.lastDec
+	if subset == nil {
+		for id, row := range r.rows {
+			r.trackQuotaReset(r.peer(id), row)
+		}
+		dec = decide(r.node, r.rows, now, r.quotaUsed)
+		r.lastDec = dec
+		ids = make([]string, 0, len(r.peers)+len(dec))
+		for id := range r.peers {
+			ids = append(ids, id)
+		}
+		for id := range dec {
+			if _, ok := r.peers[id]; !ok {
+				ids = append(ids, id)
+			}
+		}
+	} else {
+		sub := make(map[string]events.Peer, len(subset))
+		for id := range subset {
+			ids = append(ids, id)
+			if row, ok := r.rows[id]; ok {
+				sub[id] = row
+				r.trackQuotaReset(r.peer(id), row)
+			}
+		}
+		part := decide(r.node, sub, now, r.quotaUsed)
+		for id := range subset {
+			if d, ok := part[id]; ok {
+				dec[id] = d
+			} else {
+				delete(dec, id)
+			}
+		}
+	}
+	r.dirty = map[string]bool{}
+	r.decideAll = false
+	slices.Sort(ids)
 	epoch := r.cfg.DataPlane.Epoch()
 	if epoch != r.epoch {
 		// The device restarted under us: every counter is new.
 		r.epoch = epoch
 	}
-	inUse := map[Key]*peerState{}
-	for _, ps := range r.peers {
-		if ps.inPlane {
-			inUse[ps.key] = ps
-		}
-	}
 	var set []PeerConfig
 	var setFor []*peerState
 	send := func(ps *peerState, c PeerConfig) { set, setFor = append(set, c), append(setFor, ps) }
 	kick := false
-	ids := make([]string, 0, len(r.peers)+len(dec))
-	for id := range r.peers {
-		ids = append(ids, id)
-	}
-	for id := range dec {
-		if _, ok := r.peers[id]; !ok {
-			ids = append(ids, id)
-		}
-	}
-	slices.Sort(ids)
 	for _, id := range ids {
 		d, desired := dec[id]
 		ps := r.peer(id)
@@ -490,6 +648,7 @@ func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
 		if ps.inPlane && ps.key != d.cfg.PublicKey {
 			// The row's key changed: the old key leaves first (its last
 			// bytes are flushed), the new one comes after.
+			r.retry[id] = true
 			if !ps.leaving {
 				ps.leaving, kick = true, true
 				send(ps, cut(ps.key))
@@ -499,10 +658,12 @@ func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
 			continue
 		}
 		if !ps.inPlane {
-			if o := inUse[d.cfg.PublicKey]; o != nil && o != ps {
+			if o := r.held[d.cfg.PublicKey]; o != nil && o != ps {
+				r.retry[id] = true
 				continue // the key's previous holder is still leaving
 			}
 			if r.needsZero(ps) {
+				r.retry[id] = true
 				kick = true // persist a zero baseline first (usage.go)
 				continue
 			}
@@ -516,17 +677,21 @@ func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
 		failed, err := r.cfg.DataPlane.ApplyPeers(ctx, set, nil, full)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("apply %d peers: %w", len(set), err))
+			for _, ps := range setFor {
+				r.retry[ps.id] = true
+			}
 		} else {
 			for i, c := range set {
 				ps := setFor[i]
 				if ferr, bad := failed[c.PublicKey]; bad {
 					errs = append(errs, fmt.Errorf("apply peer %s: %w", ps.id, ferr))
+					r.retry[ps.id] = true
 					continue
 				}
 				if !ps.inPlane || ps.key != c.PublicKey {
 					ps.read = false // a new WireGuard peer: its counters start at zero
 				}
-				ps.inPlane, ps.key = true, c.PublicKey
+				r.setPlane(ps, true, c.PublicKey)
 				if len(c.AllowedIPs) > 0 {
 					ps.leaving = false
 					if !ps.applied.Equal(c) {
@@ -539,8 +704,18 @@ func (r *Reconciler) convergeLocked(ctx context.Context, full bool) error {
 			}
 		}
 	}
-	r.scheduleExpiry(dec, now)
-	r.updatePeerGauges()
+	if subset == nil {
+		r.scheduleExpiry(dec, now)
+		r.updatePeerGauges()
+	} else {
+		for id := range subset {
+			if d, ok := dec[id]; ok && d.state == events.StateActive {
+				if exp := r.rows[id].ExpiresAt; !exp.IsZero() && exp.After(now) && (r.nextExpiry.IsZero() || exp.Before(r.nextExpiry)) {
+					r.nextExpiry = exp
+				}
+			}
+		}
+	}
 	if kick {
 		r.kickFlush()
 	}

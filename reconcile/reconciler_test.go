@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -399,5 +400,91 @@ func TestHeartbeat(t *testing.T) {
 	}
 	if !strings.Contains(h.store.heartbeats[0].Status, "online") {
 		t.Fatal("status")
+	}
+}
+
+// The partial path (only the changed rows and those they may conflict
+// with) decides exactly what deciding every row does, through random
+// inserts, updates that move addresses and keys between rows, and deletes.
+func TestPartialDecideEqualsFull(t *testing.T) {
+	for seed := range uint64(30) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		h := newHarness(t)
+		h.resync()
+		for step := range 300 {
+			n := 1 + rng.IntN(12)
+			p := peerRow(n)
+			if old, ok := h.r.rows[p.ID]; ok {
+				p = old
+			}
+			switch op := rng.IntN(10); {
+			case op < 2:
+				h.store.del(p.ID)
+				h.event(events.Event{Kind: events.PeerDeleted, ID: p.ID})
+				continue
+			case op < 4:
+				p.Address = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 8, 0, byte(2 + rng.IntN(6))}), 32)
+			case op < 6:
+				p.PublicKey = key(1 + rng.IntN(6)).String()
+			case op < 7:
+				p.Enabled = !p.Enabled
+			case op < 8:
+				p.PublicKey = "bad"
+			default:
+				p = peerRow(n)
+			}
+			h.change(p)
+			want := decide(h.r.node, h.r.rows, h.clk.Now(), h.r.quotaUsed)
+			got := h.r.lastDec
+			if len(got) != len(want) {
+				t.Fatalf("seed %d step %d: %d decisions, want %d", seed, step, len(got), len(want))
+			}
+			for id, w := range want {
+				if g := got[id]; g.state != w.state || g.reason != w.reason || !g.cfg.Equal(w.cfg) {
+					t.Fatalf("seed %d step %d: %s: partial %s %q, full %s %q", seed, step, id, g.state, g.reason, w.state, w.reason)
+				}
+			}
+			// Never, not even between flushes: a device peer passing
+			// traffic that is not exactly an active row's config, or two
+			// peers routing one address.
+			active := map[Key]PeerConfig{}
+			for _, w := range want {
+				if w.state == events.StateActive {
+					active[w.cfg.PublicKey] = w.cfg
+				}
+			}
+			routed := map[netip.Prefix]Key{}
+			h.plane.mu.Lock()
+			for k, fp := range h.plane.peers {
+				if len(fp.cfg.AllowedIPs) == 0 {
+					continue
+				}
+				if a, ok := active[k]; !ok || !a.Equal(fp.cfg) {
+					h.plane.mu.Unlock()
+					t.Fatalf("seed %d step %d: device peer %s passes traffic as %+v; active: %v", seed, step, k, fp.cfg, ok)
+				}
+				for _, ip := range fp.cfg.AllowedIPs {
+					if o, dup := routed[ip]; dup {
+						h.plane.mu.Unlock()
+						t.Fatalf("seed %d step %d: %s routed to %s and %s", seed, step, ip, o, k)
+					}
+					routed[ip] = k
+				}
+			}
+			h.plane.mu.Unlock()
+			if rng.IntN(3) > 0 {
+				continue
+			}
+			// Once leaving keys are flushed and removed, the device holds
+			// every active row's config.
+			h.flush()
+			h.flush()
+			for id, w := range want {
+				c, ok := h.plane.has(w.cfg.PublicKey)
+				if w.state == events.StateActive && (!ok || !c.Equal(w.cfg)) {
+					t.Fatalf("seed %d step %d: active %s not applied: %+v %v", seed, step, id, c, ok)
+				}
+			}
+		}
 	}
 }

@@ -169,7 +169,13 @@ func (r *Reconciler) Flush(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.updatePeerMetrics()
-	if cerr := r.convergeLocked(ctx, false); cerr != nil && err == nil {
+	// New counters can only change the state of peers with a quota.
+	for id, row := range r.rows {
+		if row.QuotaBytes > 0 {
+			r.dirty[id] = true
+		}
+	}
+	if cerr := r.convergeLocked(ctx, false, false); cerr != nil && err == nil {
 		err = cerr
 	}
 	return err
@@ -326,7 +332,8 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 			if row, ok := r.rows[id]; ok {
 				if k, err := parseKey(row.PublicKey); err == nil && !held[k] {
 					if _, present := byKey[k]; present {
-						ps.inPlane, ps.key, ps.read = true, k, false
+						r.setPlane(ps, true, k)
+						ps.read = false
 						held[k] = true
 					}
 				}
@@ -341,7 +348,8 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 				// Gone from the device behind our back (recreated, removed
 				// by hand): its bytes since the last flush went with it.
 				r.log.Warn("peer vanished from the data plane", "peer_id", id)
-				ps.inPlane, ps.leaving, ps.read = false, false, false
+				r.setPlane(ps, false, ps.key)
+				ps.leaving, ps.read = false, false
 				ps.applied = PeerConfig{}
 			} else {
 				ps.observe(s)
@@ -405,7 +413,8 @@ func (r *Reconciler) removeLeaving(ctx context.Context, leaving []*peerState) er
 			errs = append(errs, fmt.Errorf("remove peer %s: %w", ps.id, ferr))
 			continue
 		}
-		ps.inPlane, ps.leaving, ps.read = false, false, false
+		r.setPlane(ps, false, ps.key)
+		ps.leaving, ps.read = false, false
 		ps.applied = PeerConfig{}
 		r.log.Info("peer removed", "peer_id", ps.id, "state", ps.state, "reason", ps.reason)
 		if _, ok := r.rows[ps.id]; !ok {
