@@ -157,9 +157,10 @@ type Link struct {
 	epoch   string
 	// peers mirrors what the device holds, by public key: refreshed from
 	// the device by SyncPeers, updated with what each apply changed.
-	peers map[wgtypes.Key]Peer
-	tc    *shaper
-	fw    *firewall
+	peers       map[wgtypes.Key]Peer
+	peersLoaded time.Time // when peers was last read from the device
+	tc          *shaper
+	fw          *firewall
 }
 
 // PublicKey is the node's public key.

@@ -24,6 +24,13 @@ const (
 	maxIPsPerCall   = 256
 )
 
+// wgRefresh is how stale the peer mirror may get before SyncPeers reads
+// the device again. Stats refreshes it for free (it reads the whole device
+// anyway), so with the reconciler polling Stats every few seconds the
+// mirror is always fresh and a no-change SyncPeers is an in-memory diff.
+// Reading 10,000 peers costs 50-600 ms here, more than that budget.
+const wgRefresh = 30 * time.Second
+
 // tcRefresh is how stale the shaping mirror may get before SyncPeers
 // dumps the classes and filters again. Dumping 20,000 classes and filters
 // costs a few hundred ms, the whole budget of a no-change apply, and only
@@ -31,30 +38,37 @@ const (
 const tcRefresh = 5 * time.Minute
 
 // SyncPeers makes the device hold exactly all: it rereads the device's
-// peers, and the installed classes when the last read is older than
-// tcRefresh (repairing drift), then applies the difference.
+// peers when the mirror is older than wgRefresh and the installed classes
+// when theirs is older than tcRefresh (repairing drift made behind its
+// back), then applies the difference.
 // Calling it twice with the same set sends nothing the second time. A peer
 // that fails is reported in failed and does not stop the others; err is
 // for failures that are not any one peer's.
 func (l *Link) SyncPeers(ctx context.Context, all []Peer) (failed map[wgtypes.Key]error, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.loadPeers(); err != nil {
-		return nil, err
+	if time.Since(l.peersLoaded) > wgRefresh {
+		if err := l.loadPeers(); err != nil {
+			return nil, err
+		}
 	}
 	if time.Since(l.tc.loaded) > tcRefresh {
 		if err := l.tc.load(); err != nil {
 			return nil, fmt.Errorf("read shaping state: %w", err)
 		}
 	}
-	want := make(map[wgtypes.Key]Peer, len(all))
+	want := make(map[wgtypes.Key]struct{}, len(all))
+	owned := make(map[netip.Addr]bool, len(all))
 	failed = map[wgtypes.Key]error{}
 	for _, p := range all {
 		if _, dup := want[p.PublicKey]; dup {
 			failed[p.PublicKey] = errors.New("peer listed twice")
 			continue
 		}
-		want[p.PublicKey] = p
+		want[p.PublicKey] = struct{}{}
+		if a, ok := p.ShapingAddr(); ok {
+			owned[a] = true
+		}
 	}
 	var remove []wgtypes.Key
 	for k := range l.peers {
@@ -64,12 +78,6 @@ func (l *Link) SyncPeers(ctx context.Context, all []Peer) (failed map[wgtypes.Ke
 	}
 	// Classes no wanted peer owns are leftovers (a crash, a manual
 	// change): they are removed with the rest.
-	owned := map[netip.Addr]bool{}
-	for _, p := range want {
-		if a, ok := p.ShapingAddr(); ok {
-			owned[a] = true
-		}
-	}
 	var leftovers []netip.Addr
 	for a := range l.tc.classes {
 		if !owned[a] {
@@ -77,7 +85,7 @@ func (l *Link) SyncPeers(ctx context.Context, all []Peer) (failed map[wgtypes.Ke
 		}
 	}
 	var errs []error
-	for a, err := range l.apply(ctx, all, remove, leftovers, failed) {
+	for a, err := range l.apply(ctx, all, remove, leftovers, owned, failed) {
 		errs = append(errs, fmt.Errorf("remove leftover shaping for %v: %w", a, err))
 	}
 	return failed, errors.Join(errs...)
@@ -90,7 +98,13 @@ func (l *Link) UpdatePeers(ctx context.Context, set []Peer, remove []wgtypes.Key
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	failed = map[wgtypes.Key]error{}
-	l.apply(ctx, set, remove, nil, failed)
+	claimed := make(map[netip.Addr]bool, len(set))
+	for _, p := range set {
+		if a, ok := p.ShapingAddr(); ok {
+			claimed[a] = true
+		}
+	}
+	l.apply(ctx, set, remove, nil, claimed, failed)
 	return failed, nil
 }
 
@@ -98,7 +112,10 @@ func (l *Link) UpdatePeers(ctx context.Context, set []Peer, remove []wgtypes.Key
 // for new and changed peers first (traffic is limited from its first
 // packet), then WireGuard in chunks, then shaping of removed peers and of
 // the leftover addresses, whose errors it returns.
-func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, leftovers []netip.Addr, failed map[wgtypes.Key]error) map[netip.Addr]error {
+//
+// claimed holds the shaping address of every peer in set: an address
+// released by one peer and claimed by another keeps the new owner's class.
+func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, leftovers []netip.Addr, claimed map[netip.Addr]bool, failed map[wgtypes.Key]error) map[netip.Addr]error {
 	// The wanted shaping of every address this apply touches: set peers'
 	// limits win over removals of the same address (an address moving
 	// between peers).
@@ -107,7 +124,6 @@ func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, left
 		key wgtypes.Key
 	}
 	tcw := map[netip.Addr]tcWant{}
-	claimed := map[netip.Addr]bool{}
 	release := func(a netip.Addr, k wgtypes.Key) {
 		if !claimed[a] {
 			if _, seen := tcw[a]; !seen {
@@ -129,8 +145,11 @@ func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, left
 				failed[p.PublicKey] = fmt.Errorf("apply peer %s: negative limit", p.PublicKey)
 				continue
 			}
-			tcw[a] = tcWant{lim: limits{down: p.DownloadKbps, up: p.UploadKbps}, key: p.PublicKey}
-			claimed[a] = true
+			if lim := (limits{down: p.DownloadKbps, up: p.UploadKbps}); l.tc.classes[a] != lim {
+				tcw[a] = tcWant{lim: lim, key: p.PublicKey}
+			} else {
+				delete(tcw, a) // installed as wanted, whoever released it before
+			}
 		} else if p.DownloadKbps != 0 || p.UploadKbps != 0 {
 			failed[p.PublicKey] = fmt.Errorf("apply peer %s: limits need an IPv4 /32 allowed IP to key them", p.PublicKey)
 		}
@@ -311,7 +330,9 @@ func diffPeer(have Peer, exists bool, want Peer) (wgtypes.PeerConfig, bool) {
 		pc.PersistentKeepaliveInterval = &d
 		changed = true
 	}
-	if !slices.Equal(normalize(have.AllowedIPs), normalize(want.AllowedIPs)) {
+	// The mirror holds normalized prefixes; desired ones usually are too,
+	// so compare as they are before paying for normalizing.
+	if !slices.Equal(have.AllowedIPs, want.AllowedIPs) && !slices.Equal(normalize(have.AllowedIPs), normalize(want.AllowedIPs)) {
 		pc.ReplaceAllowedIPs = true
 		pc.AllowedIPs = ipNets(want.AllowedIPs)
 		changed = true

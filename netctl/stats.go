@@ -9,7 +9,7 @@ import (
 // Stats reads every peer's endpoint, last handshake and byte counters from
 // the device in one call (one netlink dump or one UAPI get), and the
 // installed limits from the shaping mirror, so it stays cheap at 10,000
-// peers.
+// peers. The read also refreshes the peer mirror SyncPeers diffs against.
 func (l *Link) Stats(ctx context.Context) ([]PeerStats, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -17,6 +17,7 @@ func (l *Link) Stats(ctx context.Context) ([]PeerStats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read device %s: %w", l.cfg.Interface, err)
 	}
+	l.mirror(dev) // a free refresh: SyncPeers then need not read again
 	out := make([]PeerStats, 0, len(dev.Peers))
 	for _, p := range dev.Peers {
 		s := PeerStats{

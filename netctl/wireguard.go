@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
@@ -176,11 +177,17 @@ func (l *Link) loadPeers() error {
 	if err != nil {
 		return fmt.Errorf("read device %s: %w", l.cfg.Interface, err)
 	}
+	l.mirror(dev)
+	return nil
+}
+
+// mirror replaces the peer mirror with what the device reported.
+func (l *Link) mirror(dev *wgtypes.Device) {
 	l.peers = make(map[wgtypes.Key]Peer, len(dev.Peers))
 	for _, p := range dev.Peers {
 		l.peers[p.PublicKey] = fromWG(p)
 	}
-	return nil
+	l.peersLoaded = time.Now()
 }
 
 func fromWG(p wgtypes.Peer) Peer {
