@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -42,8 +43,9 @@ func newFirewall(ns *namespace, log *slog.Logger) *firewall {
 	return &firewall{ns: ns, log: log}
 }
 
-// rules are the desired contents of our chains for cfg.
-func fwRules(cfg Config, egress string) map[string][][]string {
+// fwRules are the desired contents of our chains for cfg and one family's
+// pool.
+func fwRules(cfg Config, pool netip.Prefix, egress string) map[string][][]string {
 	wg := cfg.Interface
 	fwd := [][]string{}
 	if cfg.Isolation {
@@ -53,7 +55,7 @@ func fwRules(cfg Config, egress string) map[string][][]string {
 		[]string{"-i", wg, "-j", "ACCEPT"},
 		[]string{"-o", wg, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
 	)
-	masq := []string{"-s", cfg.Pool().String()}
+	masq := []string{"-s", pool.String()}
 	if egress != "" {
 		masq = append(masq, "-o", egress)
 	} else {
@@ -62,6 +64,17 @@ func fwRules(cfg Config, egress string) map[string][][]string {
 	masq = append(masq, "-j", "MASQUERADE")
 	return map[string][][]string{chainForward: fwd, chainPost: {masq}}
 }
+
+// family is iptables or ip6tables.
+type family struct {
+	proto   iptables.Protocol
+	restore string
+}
+
+var (
+	ipv4 = family{iptables.ProtocolIPv4, "iptables-restore"}
+	ipv6 = family{iptables.ProtocolIPv6, "ip6tables-restore"}
+)
 
 // egressInterface is cfg.EgressInterface or the IPv4 default route's.
 func egressInterface(cfg Config, h *netlink.Handle) string {
@@ -90,31 +103,44 @@ func (f *firewall) setup(ctx context.Context, cfg Config, h *netlink.Handle) err
 	if egress == "" {
 		f.log.Warn("no egress interface and no default route: masquerading everything leaving the pool except to the tunnel")
 	}
-	want := fwRules(cfg, egress)
 	return f.ns.do(func() error {
 		if err := enableForwarding(cfg.Address6.IsValid()); err != nil {
 			return err
 		}
-		ipt, err := iptables.New(iptables.Timeout(5))
-		if err != nil {
-			return fmt.Errorf("iptables: %w", err)
-		}
-		same, err := chainsMatch(ipt, want)
-		if err != nil {
+		if err := setupFamily(ctx, ipv4, fwRules(cfg, cfg.Pool(), egress)); err != nil {
 			return err
 		}
-		if !same {
-			if err := restore(ctx, want); err != nil {
-				return err
-			}
+		if cfg.Address6.IsValid() {
+			return setupFamily(ctx, ipv6, fwRules(cfg, cfg.Address6.Masked(), egress))
 		}
-		for _, c := range fwChains {
-			if err := hookOnce(ipt, c); err != nil {
-				return err
-			}
+		// No IPv6 pool (any more): our IPv6 chains, if any, go.
+		if ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(5)); err == nil {
+			return teardownFamily(ipt)
 		}
 		return nil
 	})
+}
+
+func setupFamily(ctx context.Context, fam family, want map[string][][]string) error {
+	ipt, err := iptables.New(iptables.IPFamily(fam.proto), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("%s: %w", fam.restore, err)
+	}
+	same, err := chainsMatch(ipt, want)
+	if err != nil {
+		return err
+	}
+	if !same {
+		if err := restore(ctx, fam.restore, want); err != nil {
+			return err
+		}
+	}
+	for _, c := range fwChains {
+		if err := hookOnce(ipt, c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // chainsMatch reports whether each of our chains exists and holds exactly
@@ -152,7 +178,7 @@ func chainsMatch(ipt *iptables.IPTables, want map[string][][]string) (bool, erro
 // restore rewrites our chains in one iptables-restore --noflush: a chain
 // declared in the input is flushed and refilled atomically, and nothing
 // else is touched.
-func restore(ctx context.Context, want map[string][][]string) error {
+func restore(ctx context.Context, tool string, want map[string][][]string) error {
 	var b bytes.Buffer
 	for _, c := range fwChains {
 		fmt.Fprintf(&b, "*%s\n:%s - [0:0]\n", c.table, c.chain)
@@ -161,10 +187,10 @@ func restore(ctx context.Context, want map[string][][]string) error {
 		}
 		b.WriteString("COMMIT\n")
 	}
-	cmd := exec.CommandContext(ctx, "iptables-restore", "-w", "5", "--noflush")
+	cmd := exec.CommandContext(ctx, tool, "-w", "5", "--noflush")
 	cmd.Stdin = &b
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables-restore: %w: %s", err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s: %w: %s", tool, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -212,31 +238,41 @@ func enableForwarding(v6 bool) error {
 	return nil
 }
 
-// teardown unhooks and deletes our chains; other rules stay.
+// teardown unhooks and deletes our chains of both families; other rules
+// stay.
 func (f *firewall) teardown(ctx context.Context) error {
 	return f.ns.do(func() error {
 		ipt, err := iptables.New(iptables.Timeout(5))
 		if err != nil {
 			return fmt.Errorf("iptables: %w", err)
 		}
-		var errs []error
-		for _, c := range fwChains {
-			for {
-				ok, err := ipt.Exists(c.table, c.hook, "-j", c.chain)
-				if err != nil || !ok {
-					break
-				}
-				if err := ipt.Delete(c.table, c.hook, "-j", c.chain); err != nil {
-					errs = append(errs, fmt.Errorf("unhook %s: %w", c.chain, err))
-					break
-				}
-			}
-			if ok, _ := ipt.ChainExists(c.table, c.chain); ok {
-				if err := ipt.ClearAndDeleteChain(c.table, c.chain); err != nil {
-					errs = append(errs, fmt.Errorf("delete chain %s: %w", c.chain, err))
-				}
-			}
+		errs := []error{teardownFamily(ipt)}
+		if ipt6, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(5)); err == nil {
+			errs = append(errs, teardownFamily(ipt6))
 		}
 		return errors.Join(errs...)
 	})
+}
+
+func teardownFamily(ipt *iptables.IPTables) error {
+	var errs []error
+	for _, c := range fwChains {
+		if ok, _ := ipt.ChainExists(c.table, c.chain); !ok {
+			continue
+		}
+		for {
+			ok, err := ipt.Exists(c.table, c.hook, "-j", c.chain)
+			if err != nil || !ok {
+				break
+			}
+			if err := ipt.Delete(c.table, c.hook, "-j", c.chain); err != nil {
+				errs = append(errs, fmt.Errorf("unhook %s: %w", c.chain, err))
+				break
+			}
+		}
+		if err := ipt.ClearAndDeleteChain(c.table, c.chain); err != nil {
+			errs = append(errs, fmt.Errorf("delete chain %s: %w", c.chain, err))
+		}
+	}
+	return errors.Join(errs...)
 }

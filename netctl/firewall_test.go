@@ -2,6 +2,7 @@ package netctl
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"regexp"
 	"strings"
@@ -111,4 +112,38 @@ func TestIsolationBlocksClientToClient(t *testing.T) {
 		t.Fatal("isolation switched back on, client A still reaches client B")
 	}
 	ping(t, a.NS, "10.8.0.1")
+}
+
+func TestFirewallIPv6Pool(t *testing.T) {
+	b := newBed(t, func(c *Config) { c.Address6 = netip.MustParsePrefix("fd00:8::1/64") })
+	save6 := func() string { return b.node.MustRun(t, "ip6tables-save") }
+	got := save6()
+	for _, want := range []string{
+		"-A FORWARD -j WAYLUME-FORWARD\n",
+		"-A POSTROUTING -j WAYLUME-POSTROUTING\n",
+		"-A WAYLUME-POSTROUTING -s fd00:8::/64 ! -o " + b.cfg.Interface + " -j MASQUERADE",
+		"-A WAYLUME-FORWARD -i " + b.cfg.Interface + " -o " + b.cfg.Interface + " -j DROP",
+	} {
+		if strings.Count(got, want) != 1 {
+			t.Errorf("ip6tables: want exactly one %q in:\n%s", want, got)
+		}
+	}
+	if out := b.node.MustRun(t, "ip", "-6", "addr", "show", "dev", b.cfg.Interface); !strings.Contains(out, "fd00:8::1/64") {
+		t.Errorf("interface lacks its IPv6 address:\n%s", out)
+	}
+	if fwd := strings.TrimSpace(b.node.MustRun(t, "cat", "/proc/sys/net/ipv6/conf/all/forwarding")); fwd != "1" {
+		t.Errorf("IPv6 forwarding = %s, want 1", fwd)
+	}
+	// Dropping the IPv6 pool removes our IPv6 chains.
+	cfg := b.cfg
+	cfg.Address6 = netip.Prefix{}
+	if err := b.link.Reconfigure(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := save6(); strings.Contains(got, "WAYLUME") {
+		t.Errorf("IPv6 chains left after the pool was removed:\n%s", got)
+	}
+	if out := b.node.MustRun(t, "ip", "-6", "addr", "show", "dev", b.cfg.Interface); strings.Contains(out, "fd00:8::1") {
+		t.Errorf("old IPv6 address left:\n%s", out)
+	}
 }
