@@ -255,6 +255,21 @@ else
 	die "measured $MBIT Mbit/s, not within ${TOLERANCE_PCT}% of $LIMIT_MBIT Mbit/s"
 fi
 
+step "the app backend lowers the limit to 10 Mbit/s: how fast the kernel follows"
+# One poller process inside the namespace, started before the UPDATE, so
+# the figure is not mostly process start-up.
+node_ns bash -c "t0=\$(date +%s%N); until tc class show dev $WG_NODE | grep -q 'rate 10Mbit'; do
+	[ \$(( (\$(date +%s%N) - t0) / 1000000 )) -lt 10000 ] || exit 1; done; date +%s%N" >"$WORK/applied_at" &
+POLL_PID=$!
+sleep 0.2
+T0=$(date +%s%N)
+psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -qAt -c "\\timing on" -c "UPDATE waylume.peers SET download_kbps = 10000 WHERE id = '$PEER_ID'" | sed "s/^/   psql: /"
+T1=$(date +%s%N)
+wait "$POLL_PID" || die "the new limit did not reach tc within 10s"
+TA=$(cat "$WORK/applied_at")
+# The commit happened somewhere between starting psql and psql returning.
+info "tc showed rate 10Mbit $(((TA - T1) / 1000000))-$(((TA - T0) / 1000000)) ms after the commit (LISTEN/NOTIFY -> reconcile -> netlink; the range is psql's own run time)"
+
 step "usage rows written back by the node"
 usage_bytes() { sql -c "SELECT coalesce(sum(download_bytes), 0) FROM waylume.peer_usage WHERE peer_id = '$PEER_ID'"; }
 # The test moved at least limit * seconds / 2 bytes; wait for a flush that covers them.
