@@ -146,6 +146,8 @@ REVOKE ALL ON ALL TABLES IN SCHEMA waylume FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA waylume FROM PUBLIC;
 GRANT USAGE ON SCHEMA waylume TO waylume_node;
 GRANT SELECT ON waylume.nodes, waylume.peers TO waylume_node;
+-- Lets `waylume-node check` verify the schema version with node credentials.
+GRANT SELECT ON waylume.schema_migrations TO waylume_node;
 GRANT UPDATE (public_key, status, last_seen_at, version, peer_count, active_sessions) ON waylume.nodes TO waylume_node;
 GRANT SELECT, INSERT ON waylume.peer_status TO waylume_node;
 GRANT UPDATE (state, reason, last_handshake_at, endpoint, upload_bytes, download_bytes,

@@ -110,6 +110,9 @@ func TestRLS(t *testing.T) {
 					if n := count(t, tx, `SELECT count(*) FROM waylume.peer_usage`); n != 1 {
 						t.Errorf("sees %d usage rows, want 1", n)
 					}
+					if n := count(t, tx, `SELECT count(*) FROM waylume.schema_migrations`); n < 4 {
+						t.Errorf("sees %d schema versions, want all", n)
+					}
 					wantErr(t, tx, "42501", `SELECT * FROM waylume.node_credentials`)
 					wantErr(t, tx, "42501", `SELECT * FROM waylume.address_pools`)
 				})
