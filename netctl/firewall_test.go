@@ -60,6 +60,7 @@ func TestFirewallSetupIsIdempotentAndTeardownLeavesOthers(t *testing.T) {
 	// adopting the interface.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	b.link.checked = time.Time{} // an unchanged config is rechecked only when stale
 	if err := b.link.Reconfigure(ctx, b.cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -159,6 +159,7 @@ type Link struct {
 	// the device by SyncPeers, updated with what each apply changed.
 	peers       map[wgtypes.Key]Peer
 	peersLoaded time.Time // when peers was last read from the device
+	checked     time.Time // when the node config was last verified against the kernel
 	tc          *shaper
 	fw          *firewall
 }
@@ -244,11 +245,14 @@ func (l *Link) open(ctx context.Context) error {
 	if err := l.fw.setup(ctx, l.cfg, l.nl); err != nil {
 		return fmt.Errorf("firewall setup: %w", err)
 	}
+	l.checked = time.Now()
 	return nil
 }
 
 // Reconfigure applies a changed node configuration (key, port, addresses,
-// MTU, egress, isolation) without touching peers. The interface name,
+// MTU, egress, isolation) without touching peers. An unchanged config is
+// a no-op unless the last check is older than five minutes, when the
+// interface and firewall are verified and repaired again. The interface name,
 // mode and namespace cannot change on a live Link.
 func (l *Link) Reconfigure(ctx context.Context, cfg Config) error {
 	cfg = cfg.withDefaults()
@@ -259,6 +263,12 @@ func (l *Link) Reconfigure(ctx context.Context, cfg Config) error {
 	defer l.mu.Unlock()
 	if cfg.Interface != l.cfg.Interface || cfg.Netns != l.cfg.Netns {
 		return fmt.Errorf("reconfigure %s: interface and namespace cannot change on a live link", l.cfg.Interface)
+	}
+	// The reconciler calls this on every node event and resync; checking
+	// means reading the whole device and running iptables a few times, so
+	// an unchanged config is checked again only every tcRefresh.
+	if cfg == l.cfg && time.Since(l.checked) < tcRefresh {
+		return nil
 	}
 	old := l.cfg
 	l.cfg = cfg
@@ -279,6 +289,9 @@ func (l *Link) Reconfigure(ctx context.Context, cfg Config) error {
 	}
 	if err := l.fw.setup(ctx, cfg, l.nl); err != nil {
 		errs = append(errs, fmt.Errorf("firewall setup: %w", err))
+	}
+	if len(errs) == 0 {
+		l.checked = time.Now()
 	}
 	return errors.Join(errs...)
 }
