@@ -282,6 +282,13 @@ func BenchmarkFullResyncNoChange10k(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64((time.Since(t0)/runs).Microseconds())/1000, "stats-10k-ms")
+	t0 = time.Now()
+	for range runs {
+		if _, _, err := ip.store.Snapshot(ctx, e.nodeID); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((time.Since(t0)/runs).Microseconds())/1000, "snapshot-10k-ms")
 }
 
 // countingPlane is a data plane whose 10,000 peers' counters all move
@@ -361,6 +368,24 @@ func BenchmarkUsageFlush10k(b *testing.B) {
 	}
 	b.ReportMetric(float64((wall/runs).Microseconds())/1000, "flush-wall-ms")
 	b.ReportMetric(float64((cpu/runs).Microseconds())/1000, "flush-cpu-ms")
+
+	// The store's share: the same transaction written directly.
+	sts, err := store.PeerStatuses(ctx, nodeID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	end := time.Now()
+	usage := make([]events.Usage, len(sts))
+	for i := range sts {
+		sts[i].UploadBytes += 1000
+		sts[i].RxBaseline += 1000
+		usage[i] = events.Usage{PeerID: sts[i].PeerID, PeriodStart: end.Add(-time.Second), PeriodEnd: end, UploadBytes: 1000}
+	}
+	t0 := time.Now()
+	if err := store.WriteStatus(ctx, nodeID, usage, sts); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(time.Since(t0).Microseconds())/1000, "writestatus-10k-ms")
 }
 
 // BenchmarkNodeRSS: resident memory of the waylume-node process with the

@@ -309,7 +309,8 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 	if !start.Before(now) {
 		start = now.Add(-time.Microsecond) // period_end > period_start
 	}
-	b := &batch{end: now}
+	b := &batch{end: now, entries: make([]entry, 0, len(r.peers)), status: make([]events.PeerStatus, 0, len(r.peers)),
+		usage: make([]events.Usage, 0, len(r.peers))}
 	byKey := make(map[Key]PeerStats, len(stats))
 	for _, s := range stats {
 		byKey[s.PublicKey] = s
