@@ -43,7 +43,9 @@ func OpenStore(ctx context.Context, url string, opts StoreOptions) (*Store, erro
 			cfg.MaxConns = opts.MaxConns
 		}
 	}
-	cfg.ConnConfig.RuntimeParams["application_name"] = "waylume-node"
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "waylume-node"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, opError("open store", err)

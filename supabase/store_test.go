@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -208,6 +209,23 @@ func TestStoreSnapshot10k(t *testing.T) {
 	}
 	if node.ID != f.a || len(peers) != 10000 {
 		t.Fatalf("snapshot: node %s, %d peers; want %s, 10000", node.ID, len(peers), f.a)
+	}
+	// The pool never holds more than 4 connections, however many callers.
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, err := s.Snapshot(f.ctx, f.a); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	var conns int
+	dbfix.QueryRow(t, f.db, `SELECT count(*) FROM pg_stat_activity WHERE usename = $1`, []any{f.role}, &conns)
+	if conns < 1 || conns > 4 {
+		t.Fatalf("%d connections of the node's role, want 1..4", conns)
 	}
 	seen := map[netip.Prefix]bool{}
 	for _, p := range peers {
