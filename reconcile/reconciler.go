@@ -76,8 +76,8 @@ type Reconciler struct {
 	// For the partial path: what each row claims (raw key, addresses),
 	// the rows changed since the last converge, the last decisions, and
 	// which peer holds each key on the device.
-	byKey     map[string]map[string]bool
-	byAddr    map[netip.Addr]map[string]bool
+	byKey     map[string][]string // usually one id: a slice is far smaller than a map
+	byAddr    map[netip.Addr][]string
 	dirty     map[string]bool
 	retry     map[string]bool // rows whose action waits (a key still leaving, a zero baseline, a failed apply)
 	decideAll bool
@@ -141,7 +141,7 @@ func New(cfg Config) (*Reconciler, error) {
 		kick:  make(chan struct{}, 1),
 		rows:  map[string]events.Peer{},
 		peers: map[string]*peerState{},
-		byKey: map[string]map[string]bool{}, byAddr: map[netip.Addr]map[string]bool{},
+		byKey: map[string][]string{}, byAddr: map[netip.Addr][]string{},
 		dirty: map[string]bool{}, retry: map[string]bool{}, held: map[Key]*peerState{},
 	}
 	r.queue = events.NewQueue(events.QueueOptions{MaxBatch: 4096, OnCoalesce: func(n int) { m.coalesced.Add(float64(n)) }})
@@ -245,7 +245,7 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 	r.contact = r.now()
 	r.node = node
 	r.rows = make(map[string]events.Peer, len(peers))
-	r.byKey, r.byAddr = map[string]map[string]bool{}, map[netip.Addr]map[string]bool{}
+	r.byKey, r.byAddr = make(map[string][]string, len(peers)), make(map[netip.Addr][]string, len(peers))
 	for _, p := range peers {
 		if p.NodeID == r.cfg.NodeID {
 			r.putRow(p)
@@ -423,13 +423,13 @@ func (r *Reconciler) dropRow(id string) {
 		r.decideAll = true // overlaps are not indexed
 	}
 	// Rows sharing a claim with the old version may gain what it let go.
-	for other := range r.byKey[p.PublicKey] {
+	for _, other := range r.byKey[p.PublicKey] {
 		r.dirty[other] = true
 	}
 	index(r.byKey, p.PublicKey, id, false)
 	for _, a := range []netip.Prefix{p.Address, p.Address6} {
 		if a.IsValid() {
-			for other := range r.byAddr[a.Addr()] {
+			for _, other := range r.byAddr[a.Addr()] {
 				r.dirty[other] = true
 			}
 			index(r.byAddr, a.Addr(), id, false)
@@ -437,17 +437,18 @@ func (r *Reconciler) dropRow(id string) {
 	}
 }
 
-func index[K comparable](m map[K]map[string]bool, k K, id string, add bool) {
-	if add {
-		if m[k] == nil {
-			m[k] = map[string]bool{}
+func index[K comparable](m map[K][]string, k K, id string, add bool) {
+	ids := m[k]
+	i := slices.Index(ids, id)
+	switch {
+	case add && i < 0:
+		m[k] = append(ids, id)
+	case !add && i >= 0:
+		if len(ids) == 1 {
+			delete(m, k)
+		} else {
+			m[k] = slices.Delete(slices.Clone(ids), i, i+1)
 		}
-		m[k][id] = true
-		return
-	}
-	delete(m[k], id)
-	if len(m[k]) == 0 {
-		delete(m, k)
 	}
 }
 
@@ -473,7 +474,7 @@ func (r *Reconciler) closure(changed map[string]bool) (ids map[string]bool, ok b
 		if len(p.AllowedIPs) > 0 {
 			return nil, false
 		}
-		var linked []map[string]bool
+		var linked [][]string
 		linked = append(linked, r.byKey[p.PublicKey])
 		for _, a := range []netip.Prefix{p.Address, p.Address6} {
 			if a.IsValid() {
@@ -481,7 +482,7 @@ func (r *Reconciler) closure(changed map[string]bool) (ids map[string]bool, ok b
 			}
 		}
 		for _, set := range linked {
-			for other := range set {
+			for _, other := range set {
 				if !ids[other] {
 					ids[other] = true
 					queue = append(queue, other)
