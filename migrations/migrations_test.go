@@ -95,13 +95,17 @@ func TestApplyAfterPlainSQL(t *testing.T) {
 	ctx := context.Background()
 	db := pgtest.New(t)
 	conn := connect(t, db.URL)
-	for _, v := range migrations.Versions() {
-		sql, err := fsRead(v + ".sql")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := conn.Exec(ctx, "BEGIN;\n"+sql+"\nCOMMIT;"); err != nil {
-			t.Fatalf("%s as plain SQL: %v", v, err)
+	// Twice: the files are idempotent SQL, so a second psql run (or a
+	// Supabase CLI deploy after `waylume-node migrate`) is harmless.
+	for round := range 2 {
+		for _, v := range migrations.Versions() {
+			sql, err := fsRead(v + ".sql")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Exec(ctx, "BEGIN;\n"+sql+"\nCOMMIT;"); err != nil {
+				t.Fatalf("round %d: %s as plain SQL: %v", round, v, err)
+			}
 		}
 	}
 	applied, err := migrations.Apply(ctx, conn)
