@@ -256,6 +256,8 @@ BEGIN
 	END IF;
 END $$;
 
+CREATE INDEX IF NOT EXISTS peers_routed_idx ON waylume.peers (node_id) WHERE cardinality(allowed_ips) > 0;
+
 -- BEFORE INSERT/UPDATE on peers: allocate NULL addresses, validate
 -- addresses against the node's pools, keep the allocation state in step.
 -- SECURITY DEFINER: app roles need no rights on the allocator's tables.
@@ -265,6 +267,7 @@ AS $$
 DECLARE
 	n     record;
 	moved boolean := false;
+	other uuid;
 BEGIN
 	IF TG_OP = 'UPDATE' THEN
 		moved := NEW.node_id <> OLD.node_id;
@@ -321,6 +324,19 @@ BEGIN
 	           WHERE x && network(n.address) OR (n.address6 IS NOT NULL AND x && network(n.address6))) THEN
 		RAISE EXCEPTION 'waylume.peers: allowed_ips % overlap the pool of node %', NEW.allowed_ips, NEW.node_id
 			USING ERRCODE = 'check_violation', CONSTRAINT = 'peers_allowed_ips_outside_pool';
+	END IF;
+	-- Routed subnets must not overlap another peer's on the node: the
+	-- kernel would route them to one of the two. Only peers with routes
+	-- are read (partial index peers_routed_idx).
+	IF cardinality(NEW.allowed_ips) > 0
+	   AND (TG_OP = 'INSERT' OR moved OR NEW.allowed_ips IS DISTINCT FROM OLD.allowed_ips) THEN
+		SELECT p.id INTO other FROM waylume.peers p, unnest(p.allowed_ips) x, unnest(NEW.allowed_ips) y
+		WHERE p.node_id = NEW.node_id AND p.id <> NEW.id AND cardinality(p.allowed_ips) > 0 AND x && y
+		LIMIT 1;
+		IF other IS NOT NULL THEN
+			RAISE EXCEPTION 'waylume.peers: allowed_ips % overlap those of peer % on node %', NEW.allowed_ips, other, NEW.node_id
+				USING ERRCODE = 'check_violation', CONSTRAINT = 'peers_allowed_ips_unique';
+		END IF;
 	END IF;
 	RETURN NEW;
 END $$;

@@ -26,6 +26,7 @@ func TestConstraints(t *testing.T) {
 	node := dbfix.CreateNode(t, db, "n4", "10.20.0.1/24")
 	node6 := dbfix.CreateNode6(t, db, "n6", "10.21.0.1/24", "fd00:21::1/64")
 	peer := dbfix.AddPeers(t, db, node, 1)[0]
+	dbfix.Exec(t, db, `INSERT INTO waylume.peers (node_id, public_key, allowed_ips) VALUES ($1, $2, '{192.168.60.0/24}')`, node, goodKey)
 
 	peerSQL := func(nodeID, col, val string) string {
 		return fmt.Sprintf(`INSERT INTO waylume.peers (node_id, public_key, %s) VALUES ('%s', '%s', %s)`, col, nodeID, goodKey2, val)
@@ -66,6 +67,7 @@ func TestConstraints(t *testing.T) {
 		{"peer allowed_ips overlap pool", peerSQL(node, "allowed_ips", "'{192.168.50.0/24}'"), peerSQL(node, "allowed_ips", "'{192.168.50.0/24,10.20.0.0/16}'"), "peers_allowed_ips_outside_pool"},
 		{"peer allowed_ips default route", peerSQL(node, "allowed_ips", "'{192.168.51.0/24}'"), peerSQL(node, "allowed_ips", "'{0.0.0.0/0}'"), "peers_allowed_ips_outside_pool"},
 		{"peer allowed_ips overlap v6 pool", peerSQL(node6, "allowed_ips", "'{fd00:22::/64}'"), peerSQL(node6, "allowed_ips", "'{fd00:21::/48}'"), "peers_allowed_ips_outside_pool"},
+		{"peer allowed_ips overlap another peer's", peerSQL(node, "allowed_ips", "'{192.168.61.0/24}'"), peerSQL(node, "allowed_ips", "'{192.168.61.0/24,192.168.60.128/25}'"), "peers_allowed_ips_unique"},
 		{"peer allowed_ips too many", peerSQL(node, "allowed_ips", "(SELECT array_agg(('172.16.' || i || '.0/24')::cidr) FROM generate_series(1, 128) i)"),
 			peerSQL(node, "allowed_ips", "(SELECT array_agg(('172.16.' || i || '.0/24')::cidr) FROM generate_series(1, 129) i)"), "peers_allowed_ips_check"},
 		{"peer keepalive high", peerSQL(node, "persistent_keepalive", "65535"), peerSQL(node, "persistent_keepalive", "65536"), "peers_persistent_keepalive_check"},
