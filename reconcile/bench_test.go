@@ -3,6 +3,7 @@ package reconcile
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -87,4 +88,29 @@ func BenchmarkEventOnePeer10k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Live heap the reconciler keeps per peer (rows, state, decisions, index),
+// after a resync and a flush, on the in-memory store and data plane.
+func BenchmarkHeapPerPeer10k(b *testing.B) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	h := newBenchHarness(b, 10_000)
+	for i := range 10_000 {
+		h.plane.traffic(benchKey(i), 1, 1)
+	}
+	h.clk.add(time.Second)
+	if err := h.r.Flush(h.ctx); err != nil {
+		b.Fatal(err)
+	}
+	// The fakes hold rows and counters too: drop them from the count.
+	h.store.set(func(s *fakeStore) { s.peers, s.status, s.usage = nil, nil, nil })
+	h.plane.mu.Lock()
+	h.plane.peers = nil
+	h.plane.mu.Unlock()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/10_000, "heap-B/peer")
+	runtime.KeepAlive(h.r)
 }
