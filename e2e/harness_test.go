@@ -399,6 +399,15 @@ func (e *env) nodePeers() (map[string]string, error) {
 	return m, nil
 }
 
+func (e *env) nodePeersMust(t testing.TB) map[string]string {
+	t.Helper()
+	p, err := e.nodePeers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // client starts a wireguard-go client for a fresh key (returned) at addr.
 func (e *env) client(key wgtypes.Key, addr string) *netns.WGClient {
 	return netns.StartWGClient(e.t, e.cliNS, netns.WGClientConfig{

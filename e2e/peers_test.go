@@ -103,6 +103,32 @@ func TestNodeLifecycle(t *testing.T) {
 				t.Fatalf("owner lost traffic: %v", err)
 			}
 
+			// A node config change is applied without dropping the peer:
+			// its WireGuard session (last handshake) stays the same.
+			ps, _ = cli.Peers(ctx)
+			hs := ps[0].LatestHandshake
+			e.exec(`UPDATE waylume.nodes SET mtu = 1380, dns = '{1.1.1.1}' WHERE id = $1`, e.nodeID)
+			netns.WaitFor(t, 10*time.Second, func() error {
+				out, err := e.nodeNS.Run(ctx, "ip", "link", "show", e.iface)
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(out, "mtu 1380") {
+					return fmt.Errorf("mtu not applied: %s", out)
+				}
+				return nil
+			})
+			if err := e.cliNS.Ping(ctx, nodeTunnel, 2); err != nil {
+				t.Fatalf("peer lost traffic after a node config change: %v", err)
+			}
+			if p, ok := e.nodePeersMust(t)[ck.PublicKey().String()]; !ok || p != addr+"/32" {
+				t.Fatalf("peer after node config change: %q %v", p, ok)
+			}
+			ps, _ = cli.Peers(ctx)
+			if !ps[0].LatestHandshake.Equal(hs) {
+				t.Logf("handshake moved %v -> %v (a rekey may fall in the window)", hs, ps[0].LatestHandshake)
+			}
+
 			if src == "realtime" {
 				// Events lost on purpose are applied by the next resync.
 				e.rt.SetLoseEvents(true)
