@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/netns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 func TestHandshakeAndNoChangeReapply(t *testing.T) {
@@ -52,6 +53,19 @@ func TestHandshakeAndNoChangeReapply(t *testing.T) {
 	}
 	if b.link.Epoch() == "" || !strings.Contains(b.link.Epoch(), ":") {
 		t.Errorf("Epoch() = %q", b.link.Epoch())
+	}
+
+	// Blocking a peer (quota, expiry) is removing it: its traffic stops.
+	if failed, err := b.link.UpdatePeers(context.Background(), nil, []wgtypes.Key{peer.PublicKey}); err != nil || len(failed) > 0 {
+		t.Fatalf("remove: %v %v", failed, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.NS.Ping(ctx, "10.8.0.1", 2); err == nil {
+		t.Error("a removed peer still reaches the node")
+	}
+	if st, _ := b.link.Stats(ctx); len(st) != 0 {
+		t.Errorf("Stats after removal: %d peers", len(st))
 	}
 }
 
