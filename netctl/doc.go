@@ -49,8 +49,9 @@
 // /16 pool, three for /13 to /15), handles derived from the peer address,
 // explicit quantum and burst, HTB's default pfifo leaves. Only limited
 // peers get classes. IPv6 traffic is not shaped. Pools wider than /13
-// cannot be shaped (peers with limits fail; unlimited ones work), and in
-// /13../15 pools two limited addresses with the same low 16 bits collide.
+// cannot be shaped (peers with limits fail; unlimited ones work). In
+// /13../15 pools two addresses can share a class id (the low 16 bits): the
+// second to ask for limits gets a per-peer error until the first lets go.
 // Classes are added before filters and removed after them: the kernel
 // walks every filter on each class add/delete.
 //

@@ -72,14 +72,19 @@ type shaper struct {
 	layout  layout
 	dirs    [2]direction // 0 download, 1 upload
 	classes map[netip.Addr]limits
-	loaded  time.Time // when classes was last read from the kernel
-	ops     int       // kernel modifications, counted for tests
+	// owners maps a class minor to the address holding (or about to
+	// hold) it. Pools wider than /16 have addresses sharing their low 16
+	// bits; the second one asking for limits gets an error instead of
+	// silently sharing the first one's class.
+	owners map[uint16]netip.Addr
+	loaded time.Time // when classes was last read from the kernel
+	ops    int       // kernel modifications, counted for tests
 }
 
 func newShaper(h *netlink.Handle, cfg Config, log *slog.Logger) *shaper {
 	return &shaper{
 		nl: h, log: log, pool: cfg.Pool(), iface: cfg.Interface, ifb: ifbName(cfg.Interface),
-		layout: newLayout(cfg.Pool()), classes: map[netip.Addr]limits{},
+		layout: newLayout(cfg.Pool()), classes: map[netip.Addr]limits{}, owners: map[uint16]netip.Addr{},
 	}
 }
 
@@ -426,6 +431,7 @@ func (s *shaper) filterHandles(d direction) (map[uint32]bool, error) {
 // direction when its leaf filter and the class it points to both exist.
 func (s *shaper) load() error {
 	s.classes = map[netip.Addr]limits{}
+	s.owners = map[uint16]netip.Addr{}
 	s.loaded = time.Time{}
 	for i, d := range s.dirs {
 		link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}}
@@ -462,6 +468,9 @@ func (s *shaper) load() error {
 			s.classes[a] = l
 		}
 	}
+	for a := range s.classes {
+		s.owners[classMinor(a)] = a
+	}
 	s.loaded = time.Now()
 	return nil
 }
@@ -490,7 +499,11 @@ func (s *shaper) set(a netip.Addr, dir int, kbps int64) {
 	}
 	if l == (limits{}) {
 		delete(s.classes, a)
+		if s.owners[classMinor(a)] == a {
+			delete(s.owners, classMinor(a))
+		}
 	} else {
+		s.owners[classMinor(a)] = a
 		s.classes[a] = l
 	}
 }
@@ -505,6 +518,10 @@ func (s *shaper) diff(a netip.Addr, want limits) ([]tcOp, error) {
 		if err := s.layout.check(a); err != nil {
 			return nil, err
 		}
+		if o, taken := s.owners[classMinor(a)]; taken && o != a {
+			return nil, fmt.Errorf("class 1:%x is %v's (addresses share their low 16 bits in this pool)", classMinor(a), o)
+		}
+		s.owners[classMinor(a)] = a
 	}
 	var ops []tcOp
 	for dir := range s.dirs {
@@ -619,5 +636,6 @@ func (s *shaper) teardown() error {
 		}
 	}
 	s.classes = map[netip.Addr]limits{}
+	s.owners = map[uint16]netip.Addr{}
 	return errors.Join(errs...)
 }

@@ -212,3 +212,34 @@ func firstLines(s string, n int) string {
 	}
 	return strings.Join(l, "\n")
 }
+
+// In pools wider than /16 two addresses can share a class id; the second
+// one's limits fail loudly instead of sharing the first one's class.
+func TestClassCollisionInWidePool(t *testing.T) {
+	b := newBed(t, func(c *Config) { c.Address = netip.MustParsePrefix("10.8.0.1/15") })
+	first := Peer{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.8.0.5/32"), DownloadKbps: 1000}
+	second := Peer{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.9.0.5/32"), DownloadKbps: 2000}
+	failed, err := b.link.SyncPeers(context.Background(), []Peer{first, second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(failed) != 1 || failed[second.PublicKey] == nil {
+		t.Fatalf("failed = %v, want only the second peer", failed)
+	}
+	if got := classOf(t, b.link, b.link.tc.dirs[0], netip.MustParseAddr("10.8.0.5")); got == nil || got.Rate*8/1000 != 1000 {
+		t.Errorf("first peer's class = %+v, want 1000 kbit/s", got)
+	}
+	if f := filterOf(t, b.link, b.link.tc.dirs[0], netip.MustParseAddr("10.9.0.5")); f != nil && f.Sel.Keys[0].Val == addrU32(netip.MustParseAddr("10.9.0.5")) {
+		t.Error("second peer got a filter into the first peer's class")
+	}
+	// Once the first has let go of its limit, the second gets the class
+	// (on the apply after the one that removed the first one's class).
+	first.DownloadKbps = 0
+	if _, err := b.link.SyncPeers(context.Background(), []Peer{first, second}); err != nil {
+		t.Fatal(err)
+	}
+	b.sync(first, second)
+	if got := classOf(t, b.link, b.link.tc.dirs[0], netip.MustParseAddr("10.9.0.5")); got == nil || got.Rate*8/1000 != 2000 {
+		t.Errorf("second peer's class = %+v, want 2000 kbit/s", got)
+	}
+}
