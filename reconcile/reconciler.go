@@ -244,11 +244,23 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 	}
 	r.contact = r.now()
 	r.node = node
-	r.rows = make(map[string]events.Peer, len(peers))
-	r.byKey, r.byAddr = make(map[string][]string, len(peers)), make(map[netip.Addr][]string, len(peers))
+	// Only what differs from the known rows touches the index: a
+	// no-change resync of 10,000 peers rewrites nothing.
+	seen := make(map[string]bool, len(peers))
 	for _, p := range peers {
-		if p.NodeID == r.cfg.NodeID {
-			r.putRow(p)
+		if p.NodeID != r.cfg.NodeID {
+			continue
+		}
+		seen[p.ID] = true
+		if old, ok := r.rows[p.ID]; ok && samePeer(old, p) {
+			continue
+		}
+		r.dropRow(p.ID)
+		r.putRow(p)
+	}
+	for id := range r.rows {
+		if !seen[id] {
+			r.dropRow(id)
 		}
 	}
 	if !r.adopted {
@@ -398,6 +410,14 @@ func (r *Reconciler) setRow(p events.Peer, hint bool) {
 	}
 	r.dropRow(p.ID)
 	r.putRow(p)
+}
+
+func samePeer(a, b events.Peer) bool {
+	return a.ID == b.ID && a.NodeID == b.NodeID && a.PublicKey == b.PublicKey && a.PresharedKey == b.PresharedKey &&
+		a.Address == b.Address && a.Address6 == b.Address6 && slices.Equal(a.AllowedIPs, b.AllowedIPs) &&
+		a.PersistentKeepalive == b.PersistentKeepalive && a.DownloadKbps == b.DownloadKbps && a.UploadKbps == b.UploadKbps &&
+		a.QuotaBytes == b.QuotaBytes && a.QuotaResetAt.Equal(b.QuotaResetAt) && a.ExpiresAt.Equal(b.ExpiresAt) &&
+		a.Enabled == b.Enabled && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt)
 }
 
 // putRow and dropRow keep rows, the claim index and the dirty set together.

@@ -44,10 +44,15 @@ type decision struct {
 // Rejected rows claim nothing; blocked rows keep their claims (they may
 // come back). quotaUsed reports a peer's bytes since its quota reset.
 func decide(node events.Node, rows map[string]events.Peer, now time.Time, quotaUsed func(id string) int64) map[string]decision {
-	order := make([]*events.Peer, 0, len(rows))
-	for id := range rows {
-		p := rows[id]
-		order = append(order, &p)
+	// One copy of the rows, sorted through pointers into it: two
+	// allocations at 10,000 peers instead of 10,000.
+	vals := make([]events.Peer, 0, len(rows))
+	for _, p := range rows {
+		vals = append(vals, p)
+	}
+	order := make([]*events.Peer, len(vals))
+	for i := range vals {
+		order[i] = &vals[i]
 	}
 	slices.SortFunc(order, func(a, b *events.Peer) int {
 		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
