@@ -55,6 +55,7 @@ type Reconciler struct {
 	queue *events.Queue
 	m     *metrics
 	kick  chan struct{} // capacity 1: flush soon (a peer is leaving, a status changed)
+	rearm chan struct{} // capacity 1: the next expiry changed
 
 	flushMu sync.Mutex // one usage flush at a time; taken before mu
 
@@ -139,6 +140,7 @@ func New(cfg Config) (*Reconciler, error) {
 	r := &Reconciler{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, m: m,
 		kick:  make(chan struct{}, 1),
+		rearm: make(chan struct{}, 1),
 		rows:  map[string]events.Peer{},
 		peers: map[string]*peerState{},
 		byKey: map[string][]string{}, byAddr: map[netip.Addr][]string{},
@@ -733,6 +735,7 @@ func (r *Reconciler) convergeLocked(ctx context.Context, fullApply, decideAll bo
 			if d, ok := dec[id]; ok && d.state == events.StateActive {
 				if exp := r.rows[id].ExpiresAt; !exp.IsZero() && exp.After(now) && (r.nextExpiry.IsZero() || exp.Before(r.nextExpiry)) {
 					r.nextExpiry = exp
+					poke(r.rearm)
 				}
 			}
 		}
@@ -757,12 +760,17 @@ func (r *Reconciler) scheduleExpiry(dec map[string]decision, now time.Time) {
 			next = exp
 		}
 	}
-	r.nextExpiry = next
+	if !next.Equal(r.nextExpiry) {
+		r.nextExpiry = next
+		poke(r.rearm)
+	}
 }
 
-func (r *Reconciler) kickFlush() {
+func (r *Reconciler) kickFlush() { poke(r.kick) }
+
+func poke(c chan struct{}) {
 	select {
-	case r.kick <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }
@@ -864,6 +872,8 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.rearm:
+			// armExpiry at the top of the loop picks the new instant.
 		case <-retry.C:
 			doResync()
 			if err := r.heartbeat(ctx, "online"); err != nil && ctx.Err() == nil {

@@ -145,3 +145,28 @@ func TestMetricsRegistered(t *testing.T) {
 		t.Errorf("download bytes %v, want 20", v)
 	}
 }
+
+// An expiry that arrives by event is enforced at its instant, not at the
+// next tick of some other timer.
+func TestRunExpiryArrivesByEvent(t *testing.T) {
+	store, plane := newFakeStore(testNodeRow()), newFakePlane()
+	r, err := New(Config{NodeID: testNode, Store: store, DataPlane: plane,
+		ResyncInterval: time.Hour, UsageInterval: time.Hour, HeartbeatInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	waitFor(t, "first resync", func() bool { return r.Ready(time.Minute) == nil })
+	p := peerRow(1)
+	p.ExpiresAt = time.Now().Add(700 * time.Millisecond)
+	store.put(p)
+	r.Sink().Add(events.Event{Kind: events.PeerChanged, ID: p.ID, Peer: &p})
+	waitFor(t, "peer applied", func() bool { c, ok := plane.has(key(1)); return ok && len(c.AllowedIPs) > 0 })
+	start := time.Now()
+	waitFor(t, "peer cut at expiry", func() bool { c, ok := plane.has(key(1)); return !ok || len(c.AllowedIPs) == 0 })
+	if late := time.Since(p.ExpiresAt); late > 2*time.Second {
+		t.Fatalf("cut %v after expires_at (waited %v)", late, time.Since(start))
+	}
+}
