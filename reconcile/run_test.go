@@ -160,10 +160,14 @@ func TestRunExpiryArrivesByEvent(t *testing.T) {
 	go r.Run(ctx)
 	waitFor(t, "first resync", func() bool { return r.Ready(time.Minute) == nil })
 	p := peerRow(1)
-	p.ExpiresAt = time.Now().Add(700 * time.Millisecond)
 	store.put(p)
 	r.Sink().Add(events.Event{Kind: events.PeerChanged, ID: p.ID, Peer: &p})
-	waitFor(t, "peer applied", func() bool { c, ok := plane.has(key(1)); return ok && len(c.AllowedIPs) > 0 })
+	waitFor(t, "peer applied and its status written", func() bool { return store.statusOf(p.ID).State == events.StateActive })
+	// Only the expiry changes: no state change, nothing else wakes the timers.
+	p.ExpiresAt = time.Now().Add(700 * time.Millisecond)
+	p.UpdatedAt = p.UpdatedAt.Add(time.Second)
+	store.put(p)
+	r.Sink().Add(events.Event{Kind: events.PeerChanged, ID: p.ID, Peer: &p})
 	start := time.Now()
 	waitFor(t, "peer cut at expiry", func() bool { c, ok := plane.has(key(1)); return !ok || len(c.AllowedIPs) == 0 })
 	if late := time.Since(p.ExpiresAt); late > 2*time.Second {
