@@ -40,6 +40,9 @@ func (r *Reconciler) heartbeat(ctx context.Context, status string) error {
 	if err := r.cfg.Store.Heartbeat(sctx, r.cfg.NodeID, hb); err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
+	r.mu.Lock()
+	r.contact = r.now()
+	r.mu.Unlock()
 	return nil
 }
 
