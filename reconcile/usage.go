@@ -38,9 +38,10 @@ package reconcile
 // key changed) must not lose its last bytes, and a later re-add starts its
 // counters at zero. So:
 //
-//  a. the peer is cut first (no allowed IPs: the kernel routes nothing to
-//     it and accepts no data from it; only handshakes and keepalives still
-//     move its counters) and marked leaving; a flush is requested;
+//  a. the peer is cut first (no allowed IPs: nothing is routed to it and
+//     what it sends is dropped; its counters then move only by handshakes,
+//     keepalives and packets it still sends, which are counted before
+//     WireGuard drops them) and marked leaving; a flush is requested;
 //  b. that flush reads its counters and commits them with everyone else's;
 //  c. only then is it removed from WireGuard (removeLeaving).
 //  d. Its baselines in the database now describe counters that no longer
@@ -56,8 +57,8 @@ package reconcile
 // committed baselines; needsZero holds it back until zero is written, so
 // its fresh counters are never measured against the old baseline.
 //
-// What cannot be counted: the handshake/keepalive bytes between the last
-// read (b) and removal (c); bytes of a peer whose row was deleted while the
+// What cannot be counted: the bytes counted between the last read (b) and
+// removal (c), milliseconds during which the peer is already cut; bytes of a peer whose row was deleted while the
 // node was down (no row maps its key to a peer id when the node adopts the
 // device); bytes after the last flush when the device itself is destroyed
 // (counters gone with it; a clean shutdown flushes first).
@@ -84,11 +85,10 @@ type batch struct {
 }
 
 type entry struct {
-	ps     *peerState
-	com    events.PeerStatus // the peer's committed state after this batch
-	gen    uint64
-	delta  int64
-	hasRow bool
+	ps    *peerState
+	com   events.PeerStatus // the peer's committed state after this batch
+	gen   uint64
+	delta int64
 }
 
 // delta is what the counters add to the committed baselines.
@@ -387,7 +387,7 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 		if hasRow && com.State != "" {
 			b.status = append(b.status, com)
 		}
-		b.entries = append(b.entries, entry{ps: ps, com: com, gen: ps.gen, delta: drx + dtx, hasRow: hasRow})
+		b.entries = append(b.entries, entry{ps: ps, com: com, gen: ps.gen, delta: drx + dtx})
 	}
 	return b
 }
