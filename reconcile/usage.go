@@ -349,6 +349,7 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 				// Gone from the device behind our back (recreated, removed
 				// by hand): its bytes since the last flush went with it.
 				r.log.Warn("peer vanished from the data plane", "peer_id", id)
+				r.retry[id] = true // the next converge adds it back
 				r.setPlane(ps, false, ps.key)
 				ps.leaving, ps.read = false, false
 				ps.applied = PeerConfig{}

@@ -257,3 +257,22 @@ func TestQuotaAcrossRestart(t *testing.T) {
 	h.wantInPlane(1, false)
 	h.wantStatus(1, events.StateBlocked, "quota_exceeded")
 }
+
+// The device is recreated under a running node (new epoch, no peers):
+// the next flush notices, and the peers come back at once, counted from
+// zero.
+func TestDeviceRecreatedUnderRunningNode(t *testing.T) {
+	h := newHarness(t, peerRow(1), peerRow(2))
+	h.resync()
+	h.plane.traffic(key(1), 100, 100)
+	h.flush()
+	h.plane.recreate("boot1/99")
+	h.flush()
+	h.wantInPlane(1, true)
+	h.wantInPlane(2, true)
+	h.plane.traffic(key(1), 7, 7)
+	h.flush()
+	if up, _ := h.store.usageSum(peerRow(1).ID); up != 107 {
+		t.Fatalf("usage %d, want 107", up)
+	}
+}
