@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -27,7 +28,8 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestMetricsEndpoint(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var logBuf safeBuffer
+	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	reg := newRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -37,6 +39,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	watchAccessToken(ctx, tok, reg, log)
+	if l := logBuf.String(); !strings.Contains(l, "access token expires soon") || strings.Contains(l, tok) {
+		t.Errorf("a token 3 days from exp: log %q", l)
+	}
 	h := &Health{}
 	// The default host, any free port: the server binds loopback only.
 	host, _, _ := net.SplitHostPort(defaultMetricsAddr)
@@ -104,6 +109,23 @@ func TestMetricsEndpoint(t *testing.T) {
 	if c, _, _ := runCLI(t, map[string]string{"WAYLUME_METRICS_ADDR": ms.Addr()}, "healthcheck", "--ready"); c != exitFail {
 		t.Errorf("healthcheck --ready while not ready: code %d, want %d", c, exitFail)
 	}
+}
+
+type safeBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *safeBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *safeBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func TestHealthcheckNothingListening(t *testing.T) {
