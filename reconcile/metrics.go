@@ -57,6 +57,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		downDesc:    prometheus.NewDesc("waylume_peer_download_bytes_total", "Client download (WireGuard transmit) bytes, lifetime.", []string{"peer_id"}, nil),
 		hsAgeDesc:   prometheus.NewDesc("waylume_peer_handshake_age_seconds", "Seconds since the peer's last handshake.", []string{"peer_id"}, nil),
 	}
+	// Known sources start at zero so the series exist before the first
+	// event: absent series break rate() and alerting on them.
+	for _, src := range []string{"listen", "realtime"} {
+		m.received.WithLabelValues(src)
+	}
 	if reg == nil {
 		return m, nil
 	}
