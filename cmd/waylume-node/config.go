@@ -28,6 +28,7 @@ type Config struct {
 	RealtimeURL     string // empty: LISTEN/NOTIFY on the database connection
 	SupabaseKey     string // Realtime apikey; a secret
 	AccessToken     string // Realtime JWT; defaults to SupabaseKey; a secret
+	AccessTokenFile string // file holding AccessToken, reread while running (rotation)
 	Interface       string
 	WGMode          string // "auto", "kernel" or "userspace"
 	PrivateKeyFile  string
@@ -44,6 +45,9 @@ type Config struct {
 	// setting: the run command creates it; nil (tests) makes its methods
 	// no-ops. See health.go.
 	Health *Health
+	// Token follows the access token (file) while running; set by the run
+	// command, nil elsewhere.
+	Token *accessToken
 
 	// need lists the settings the running subcommand requires.
 	need map[string]bool
@@ -95,6 +99,9 @@ func settings() []setting {
 		{flag: "access-token", env: "WAYLUME_ACCESS_TOKEN", def: "", scope: forRun | forCheck,
 			help: "JWT for Realtime RLS, from `waylume-node token` (default: the Supabase key)",
 			set:  func(c *Config, v string) error { c.AccessToken = v; return nil }},
+		{flag: "access-token-file", env: "WAYLUME_ACCESS_TOKEN_FILE", def: "", scope: forRun | forCheck,
+			help: "file holding the Realtime JWT instead of --access-token; reread every 30s, a new token is pushed to the live channel",
+			set:  func(c *Config, v string) error { c.AccessTokenFile = v; return nil }},
 		{flag: "interface", env: "WAYLUME_INTERFACE", def: defaultInterface, scope: forRun | forCheck | forStatus,
 			help: "WireGuard interface name",
 			set:  func(c *Config, v string) error { c.Interface = v; return nil }},
@@ -194,6 +201,16 @@ func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) 
 		if err := s.set(&c, v); err != nil {
 			return Config{}, settingErr(s, "%v", err)
 		}
+	}
+	if c.AccessTokenFile != "" {
+		if c.AccessToken != "" {
+			return Config{}, &configError{"invalid --access-token-file (WAYLUME_ACCESS_TOKEN_FILE): set either it or --access-token (WAYLUME_ACCESS_TOKEN), not both"}
+		}
+		tok, err := readTokenFile(c.AccessTokenFile)
+		if err != nil {
+			return Config{}, &configError{"invalid --access-token-file (WAYLUME_ACCESS_TOKEN_FILE): " + err.Error()}
+		}
+		c.AccessToken = tok
 	}
 	if c.AccessToken == "" {
 		c.AccessToken = c.SupabaseKey

@@ -185,7 +185,7 @@ func TestHelpListsEveryEnvVar(t *testing.T) {
 	}
 	contract := map[string]string{
 		"WAYLUME_DATABASE_URL": `""`, "WAYLUME_NODE_ID": `""`, "WAYLUME_REALTIME_URL": `""`,
-		"WAYLUME_SUPABASE_KEY": `""`, "WAYLUME_ACCESS_TOKEN": `""`, "WAYLUME_INTERFACE": "wg0",
+		"WAYLUME_SUPABASE_KEY": `""`, "WAYLUME_ACCESS_TOKEN": `""`, "WAYLUME_ACCESS_TOKEN_FILE": `""`, "WAYLUME_INTERFACE": "wg0",
 		"WAYLUME_WG_MODE": "auto", "WAYLUME_PRIVATE_KEY_FILE": "/var/lib/waylume/private.key",
 		"WAYLUME_EGRESS_INTERFACE": `""`, "WAYLUME_RESYNC_INTERVAL": "60s", "WAYLUME_USAGE_INTERVAL": "60s",
 		"WAYLUME_METRICS_ADDR": "127.0.0.1:9586", "WAYLUME_LOG_LEVEL": "info", "WAYLUME_LOG_FORMAT": "json",

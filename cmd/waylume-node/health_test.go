@@ -38,7 +38,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	watchAccessToken(ctx, tok, reg, log)
+	watchAccessToken(ctx, Config{AccessToken: tok}, reg, log)
 	if l := logBuf.String(); !strings.Contains(l, "access token expires soon") || strings.Contains(l, tok) {
 		t.Errorf("a token 3 days from exp: log %q", l)
 	}

@@ -148,6 +148,7 @@ func eventSource(cfg Config, sink events.Sink, reg prometheus.Registerer, log *s
 	if err != nil {
 		return nil, fmt.Errorf("realtime: %w", err)
 	}
+	cfg.Token.OnChange(rt.SetAccessToken)
 	return rt.Run, nil
 }
 

@@ -31,7 +31,7 @@ func (c *cli) runCmd(args []string) int {
 	reg := newRegistry()
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	watchAccessToken(ctx, cfg.AccessToken, reg, log)
+	cfg.Token = watchAccessToken(ctx, cfg, reg, log)
 
 	if cfg.MetricsAddr != "" {
 		ms, err := startMetrics(cfg.MetricsAddr, reg, cfg.Health, log)

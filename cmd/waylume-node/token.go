@@ -13,8 +13,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -135,39 +137,149 @@ func tokenExpiry(token string) (exp time.Time, ok bool) {
 	return time.Unix(int64(f), 0), true
 }
 
-// watchAccessToken exports waylume_access_token_expiry_seconds (seconds
-// until the access token's exp; negative once expired) and logs a warning
-// at start and then daily while the token is within expiryWarning of its
-// end. Tokens without exp register no metric.
-func watchAccessToken(ctx context.Context, token string, reg prometheus.Registerer, log *slog.Logger) {
-	exp, ok := tokenExpiry(token)
+// tokenFilePoll is how often a token file is reread: far below any sane
+// token lifetime, and a stat plus a small read each time.
+const tokenFilePoll = 30 * time.Second
+
+// readTokenFile reads a JWT (or key) from path: one line, surrounding space
+// trimmed. The error never includes the content.
+func readTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("%s: want one token on one line", path)
+	}
+	return tok, nil
+}
+
+// accessToken is the Realtime access token the node presents. With a token
+// file it follows the file, so an operator rotates a node's token by
+// replacing the file: the new token is pushed to the live channel (and
+// used on every rejoin) without a restart that would cost an event gap.
+type accessToken struct {
+	path string
+	log  *slog.Logger
+	poll time.Duration
+
+	mu       sync.Mutex
+	token    string
+	exp      time.Time
+	hasExp   bool
+	onChange func(string)
+}
+
+// watchAccessToken starts following cfg's access token: it exports
+// waylume_access_token_expiry_seconds (seconds until the current token's
+// exp; negative once expired), warns at start and daily while the token is
+// within expiryWarning of its end, and rereads cfg.AccessTokenFile.
+// Tokens without exp register no metric unless a file may bring one.
+func watchAccessToken(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) *accessToken {
+	a := &accessToken{path: cfg.AccessTokenFile, log: log, poll: tokenFilePoll}
+	a.set(cfg.AccessToken)
+	if a.hasExp || a.path != "" {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "waylume_access_token_expiry_seconds",
+			Help: "Seconds until the Realtime access token expires (negative: expired). Mint a new one with `waylume-node token`.",
+		}, a.secondsLeft))
+	}
+	a.warn()
+	go a.run(ctx)
+	return a
+}
+
+func (a *accessToken) set(tok string) {
+	exp, ok := tokenExpiry(tok)
+	a.mu.Lock()
+	a.token, a.exp, a.hasExp = tok, exp, ok
+	a.mu.Unlock()
+}
+
+func (a *accessToken) secondsLeft() float64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.hasExp {
+		return math.Inf(1)
+	}
+	return time.Until(a.exp).Seconds()
+}
+
+// OnChange registers f to receive each new token read from the file. Nil
+// receivers (tests without a watcher) do nothing.
+func (a *accessToken) OnChange(f func(string)) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	a.onChange = f
+	a.mu.Unlock()
+}
+
+func (a *accessToken) warn() {
+	a.mu.Lock()
+	exp, ok := a.exp, a.hasExp
+	a.mu.Unlock()
 	if !ok {
 		return
 	}
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "waylume_access_token_expiry_seconds",
-		Help: "Seconds until the Realtime access token expires (negative: expired). Mint a new one with `waylume-node token`.",
-	}, func() float64 { return time.Until(exp).Seconds() }))
-	warn := func() {
-		left := time.Until(exp)
-		switch {
-		case left <= 0:
-			log.Error("access token expired: Realtime will refuse it; mint a new one with `waylume-node token`", "expired_at", exp.UTC())
-		case left < expiryWarning:
-			log.Warn("access token expires soon; mint a new one with `waylume-node token`", "expires_at", exp.UTC(), "left", left.Round(time.Minute).String())
+	left := time.Until(exp)
+	switch {
+	case left <= 0:
+		a.log.Error("access token expired: Realtime will refuse it; mint a new one with `waylume-node token`", "expired_at", exp.UTC())
+	case left < expiryWarning:
+		a.log.Warn("access token expires soon; mint a new one with `waylume-node token`", "expires_at", exp.UTC(), "left", left.Round(time.Minute).String())
+	}
+}
+
+// reload rereads the token file and reports whether the token changed. A
+// file that cannot be read keeps the current token: a half-written or
+// briefly missing file must not cut the node off.
+func (a *accessToken) reload() bool {
+	if a.path == "" {
+		return false
+	}
+	tok, err := readTokenFile(a.path)
+	if err != nil {
+		a.log.Warn("cannot reread the access token file; keeping the current token", "err", err)
+		return false
+	}
+	a.mu.Lock()
+	same := tok == a.token
+	a.mu.Unlock()
+	if same {
+		return false
+	}
+	a.set(tok)
+	a.mu.Lock()
+	f := a.onChange
+	a.mu.Unlock()
+	a.log.Info("access token file changed; using the new token", "path", a.path)
+	if f != nil {
+		f(tok)
+	}
+	a.warn()
+	return true
+}
+
+func (a *accessToken) run(ctx context.Context) {
+	daily := time.NewTicker(24 * time.Hour)
+	defer daily.Stop()
+	var poll <-chan time.Time
+	if a.path != "" {
+		t := time.NewTicker(a.poll)
+		defer t.Stop()
+		poll = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-daily.C:
+			a.warn()
+		case <-poll:
+			a.reload()
 		}
 	}
-	warn()
-	go func() {
-		t := time.NewTicker(24 * time.Hour)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				warn()
-			}
-		}
-	}()
 }
