@@ -79,8 +79,6 @@ type env struct {
 	rtURL    string // as seen from inside the node's namespace
 }
 
-var rolesOnce sync.Once
-
 func newEnv(t testing.TB) *env { return newEnvPool(t, nodeAddr) }
 
 // newEnvPool is newEnv with the node address (and pool) given.
@@ -89,21 +87,7 @@ func newEnvPool(t testing.TB, address string) *env {
 	netns.Require(t, "wireguard-go", "wg", "iperf3", "tc", "iptables", "ss")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	rolesOnce.Do(func() {
-		// Supabase's roles exist before the migrations run.
-		c, err := pgx.Connect(ctx, pgtest.Current(t).URL("postgres", "postgres"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, `DO $$ BEGIN
-			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-				CREATE ROLE service_role NOLOGIN BYPASSRLS; END IF;
-			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_admin') THEN
-				CREATE ROLE realtime_admin LOGIN REPLICATION; END IF; END $$`); err != nil {
-			t.Fatal(err)
-		}
-	})
+	dbfix.SupabaseRoles(t)
 	e := &env{t: t, db: dbfix.Migrated(t)}
 	e.nodeID = dbfix.CreateNode(t, e.db, netns.Name("node"), address)
 	e.nodeURL = dbfix.NodeLogin(t, e.db, e.nodeID)

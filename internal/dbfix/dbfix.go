@@ -43,6 +43,31 @@ func Migrated(t testing.TB) *pgtest.DB {
 	return db
 }
 
+// SupabaseRoles creates, once per cluster, the roles a Supabase project
+// has before the migrations run: service_role (BYPASSRLS, the app
+// backend's admin path, which the migrations grant) and realtime_admin
+// (LOGIN REPLICATION, the Realtime server's connection). Call it before
+// Migrated so the grants land as they would on a project.
+func SupabaseRoles(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pgtest.Current(t).URL("postgres", "postgres"))
+	if err != nil {
+		t.Fatalf("dbfix: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	migrateMu.Lock()
+	defer migrateMu.Unlock()
+	if _, err := conn.Exec(ctx, `DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+			CREATE ROLE service_role NOLOGIN BYPASSRLS; END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_admin') THEN
+			CREATE ROLE realtime_admin LOGIN REPLICATION; END IF; END $$`); err != nil {
+		t.Fatalf("dbfix: supabase roles: %v", err)
+	}
+}
+
 // Exec runs sql as the superuser and fails the test on error.
 func Exec(t testing.TB, db *pgtest.DB, sql string, args ...any) {
 	t.Helper()

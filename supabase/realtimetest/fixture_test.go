@@ -32,8 +32,6 @@ type fixture struct {
 	nodeA, nodeB string
 }
 
-var serviceRoleOnce sync.Once
-
 func newFixture(t *testing.T, mod func(*realtimetest.Config)) *fixture {
 	t.Helper()
 	return newFixtureTB(t, mod)
@@ -43,22 +41,7 @@ func newFixtureTB(t testing.TB, mod func(*realtimetest.Config)) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	// Supabase's service_role (BYPASSRLS) exists before the migrations run,
-	// so they grant it the admin path as they would on a project.
-	serviceRoleOnce.Do(func() {
-		c, err := pgx.Connect(ctx, pgtest.Current(t).URL("postgres", "postgres"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, `DO $$ BEGIN
-			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-				CREATE ROLE service_role NOLOGIN BYPASSRLS; END IF;
-			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_admin') THEN
-				CREATE ROLE realtime_admin LOGIN REPLICATION; END IF; END $$`); err != nil {
-			t.Fatal(err)
-		}
-	})
+	dbfix.SupabaseRoles(t)
 	db := dbfix.Migrated(t)
 	// The server connects as a non-superuser that may switch to the tokens'
 	// roles (REPLICATION for the slot); TestSuperuserServer covers the
