@@ -133,8 +133,11 @@ CREATE TABLE IF NOT EXISTS waylume.peer_usage (
 	upload_bytes   bigint NOT NULL,
 	download_bytes bigint NOT NULL,
 	recorded_at    timestamptz NOT NULL DEFAULT now(),
-	-- The idempotency key: a retried flush inserts nothing twice.
-	CONSTRAINT peer_usage_pkey PRIMARY KEY (node_id, peer_id, period_end),
+	-- The idempotency key: a retried flush inserts nothing twice. Ordered
+	-- (node, period_end, peer): a flush's rows share one period_end, so
+	-- they append at one edge of the index and the writer's duplicate
+	-- check reads only the batch's time range, not the node's history.
+	CONSTRAINT peer_usage_pkey PRIMARY KEY (node_id, period_end, peer_id),
 	CONSTRAINT peer_usage_period_check CHECK (period_end > period_start),
 	CONSTRAINT peer_usage_bytes_check CHECK (upload_bytes >= 0 AND download_bytes >= 0)
 );
@@ -151,7 +154,11 @@ CREATE OR REPLACE TRIGGER nodes_touch BEFORE UPDATE ON waylume.nodes
 	FOR EACH ROW EXECUTE FUNCTION waylume.touch_updated_at();
 CREATE OR REPLACE TRIGGER peers_touch BEFORE UPDATE ON waylume.peers
 	FOR EACH ROW EXECUTE FUNCTION waylume.touch_updated_at();
+-- A usage flush rewrites every status row of a node: a writer that sets
+-- updated_at = now() itself skips one PL/pgSQL call per row. Any other
+-- value still fires the trigger, so updated_at is now() after every update
+-- whoever writes it.
 CREATE OR REPLACE TRIGGER peer_status_touch BEFORE UPDATE ON waylume.peer_status
-	FOR EACH ROW EXECUTE FUNCTION waylume.touch_updated_at();
+	FOR EACH ROW WHEN (NEW.updated_at IS DISTINCT FROM now()) EXECUTE FUNCTION waylume.touch_updated_at();
 
 INSERT INTO waylume.schema_migrations (version) VALUES ('0001_schema') ON CONFLICT DO NOTHING;

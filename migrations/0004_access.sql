@@ -107,17 +107,24 @@ CREATE POLICY node_update_status ON waylume.peer_status FOR UPDATE TO waylume_no
 -- Usage may name a peer that is the node's own or already deleted (a last
 -- delta after the delete), never another node's current peer. Checked once
 -- per statement over the inserted rows (a per-row policy function cost
--- ~40 us a row), for sessions acting as a node.
+-- ~40 us a row), for sessions acting as a node. The node's own peers are
+-- taken out set-wise first (EXCEPT: hashed, never one index probe per
+-- row); only the rest, normally none, are looked up by id.
 CREATE OR REPLACE FUNCTION waylume.peer_usage_check_peers() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	bad uuid;
+	node uuid := waylume.current_node_id();
+	bad  uuid;
 BEGIN
-	IF waylume.current_node_id() IS NULL THEN
+	IF node IS NULL THEN
 		RETURN NULL;
 	END IF;
-	SELECT n.peer_id INTO bad FROM new_rows n JOIN waylume.peers p ON p.id = n.peer_id AND p.node_id <> n.node_id LIMIT 1;
+	SELECT p.id INTO bad
+	FROM (SELECT n.node_id, n.peer_id FROM new_rows n
+	      EXCEPT SELECT o.node_id, o.id FROM waylume.peers o WHERE o.node_id = node) n
+	JOIN waylume.peers p ON p.id = n.peer_id AND p.node_id <> n.node_id
+	LIMIT 1;
 	IF bad IS NOT NULL THEN
 		RAISE EXCEPTION 'waylume.peer_usage: peer % belongs to another node', bad
 			USING ERRCODE = 'insufficient_privilege';
@@ -130,10 +137,16 @@ CREATE OR REPLACE TRIGGER peer_usage_check_peers AFTER INSERT ON waylume.peer_us
 	FOR EACH STATEMENT EXECUTE FUNCTION waylume.peer_usage_check_peers();
 
 -- The subset of peer ids p_peers that belong to nodes other than p_node:
--- writers drop their usage instead of failing the batch.
+-- writers drop their usage instead of failing the batch. Same shape as the
+-- check above: p_node's own peers are removed by a hashed EXCEPT, the
+-- remainder is looked up by id.
 CREATE OR REPLACE FUNCTION waylume.foreign_peers(p_node uuid, p_peers uuid[]) RETURNS uuid[]
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ SELECT coalesce(array_agg(p.id), '{}') FROM unnest(p_peers) x JOIN waylume.peers p ON p.id = x WHERE p.node_id <> p_node $$;
+AS $$
+	SELECT coalesce(array_agg(p.id), '{}') FROM waylume.peers p
+	WHERE p.id IN (SELECT x FROM unnest(p_peers) x EXCEPT SELECT o.id FROM waylume.peers o WHERE o.node_id = p_node)
+	  AND p.node_id <> p_node
+$$;
 
 DROP POLICY IF EXISTS node_read_usage ON waylume.peer_usage;
 CREATE POLICY node_read_usage ON waylume.peer_usage FOR SELECT TO waylume_node
@@ -150,8 +163,10 @@ GRANT SELECT ON waylume.nodes, waylume.peers TO waylume_node;
 GRANT SELECT ON waylume.schema_migrations TO waylume_node;
 GRANT UPDATE (public_key, status, last_seen_at, version, peer_count, active_sessions) ON waylume.nodes TO waylume_node;
 GRANT SELECT, INSERT ON waylume.peer_status TO waylume_node;
+-- updated_at: whatever a writer sets, the touch trigger makes it now();
+-- setting now() itself spares the trigger call per row.
 GRANT UPDATE (state, reason, last_handshake_at, endpoint, upload_bytes, download_bytes,
-              rx_baseline, tx_baseline, counter_epoch, applied_at) ON waylume.peer_status TO waylume_node;
+              rx_baseline, tx_baseline, counter_epoch, applied_at, updated_at) ON waylume.peer_status TO waylume_node;
 GRANT SELECT, INSERT ON waylume.peer_usage TO waylume_node;
 GRANT EXECUTE ON FUNCTION waylume.current_node_id(), waylume.foreign_peers(uuid, uuid[]) TO waylume_node;
 -- Pure helpers; CHECK constraints call the first two as the writing role.

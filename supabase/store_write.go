@@ -59,12 +59,21 @@ func writeUsage(ctx context.Context, tx pgx.Tx, nodeID string, usage []events.Us
 		ids, starts, ends = append(ids, u.PeerID), append(starts, u.PeriodStart), append(ends, u.PeriodEnd)
 		ups, downs = append(ups, u.UploadBytes), append(downs, u.DownloadBytes)
 	}
-	_, err := tx.Exec(ctx, `WITH f AS MATERIALIZED (SELECT waylume.foreign_peers($1::uuid, $2::uuid[]) AS ids)
+	// The duplicate check reads only the batch's period_end range of the
+	// key index (node_id, period_end, peer_id): its cost follows the batch,
+	// not the node's usage history.
+	_, err := tx.Exec(ctx, `WITH u AS MATERIALIZED (
+			SELECT * FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[])
+				AS u (peer_id, ps, pe, up, down)
+		), f AS MATERIALIZED (SELECT waylume.foreign_peers($1::uuid, $2::uuid[]) AS ids)
 		INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
 		SELECT $1::uuid, u.peer_id, u.ps, u.pe, u.up, u.down
-		FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[]) AS u (peer_id, ps, pe, up, down), f
+		FROM u, f
 		WHERE u.peer_id <> ALL (f.ids)
-		  AND NOT EXISTS (SELECT 1 FROM waylume.peer_usage x WHERE x.node_id = $1::uuid AND x.peer_id = u.peer_id AND x.period_end = u.pe)`, nodeID, ids, starts, ends, ups, downs)
+		  AND NOT EXISTS (SELECT 1 FROM waylume.peer_usage x
+		                  WHERE x.node_id = $1::uuid AND x.period_end = u.pe AND x.peer_id = u.peer_id
+		                    AND x.period_end BETWEEN (SELECT min(pe) FROM u) AND (SELECT max(pe) FROM u))`,
+		nodeID, ids, starts, ends, ups, downs)
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
@@ -107,8 +116,11 @@ func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.
 	// Existing rows are updated (only when something changed: no dead
 	// tuples for idle peers), missing ones inserted; cheaper than
 	// INSERT ... ON CONFLICT DO UPDATE, which takes the speculative
-	// insertion path for every row. The join drops peers that are gone or
-	// another node's.
+	// insertion path for every row. The missing rows are found by a hashed
+	// EXCEPT against the node's status rows rather than one index probe per
+	// row; the join drops peers that are gone or another node's.
+	// updated_at = now() spares the touch trigger's call per row (it fires
+	// only for other values).
 	const upsert = `WITH u AS MATERIALIZED (
 			SELECT u.peer_id, u.state, u.reason, u.hs, nullif(u.endpoint, '') AS endpoint, u.up, u.down, u.rxb, u.txb,
 				u.epoch, coalesce(u.applied, now()) AS applied
@@ -118,7 +130,7 @@ func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.
 		), upd AS (
 			UPDATE waylume.peer_status s SET state = u.state, reason = u.reason, last_handshake_at = u.hs,
 				endpoint = u.endpoint, upload_bytes = u.up, download_bytes = u.down, rx_baseline = u.rxb,
-				tx_baseline = u.txb, counter_epoch = u.epoch, applied_at = u.applied
+				tx_baseline = u.txb, counter_epoch = u.epoch, applied_at = u.applied, updated_at = now()
 			FROM u
 			WHERE s.peer_id = u.peer_id AND s.node_id = $1::uuid
 			  AND (s.state, s.reason, s.last_handshake_at, s.endpoint, s.upload_bytes, s.download_bytes,
@@ -126,12 +138,13 @@ func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.
 			      IS DISTINCT FROM
 			      (u.state, u.reason, u.hs, u.endpoint, u.up, u.down, u.rxb, u.txb, u.epoch, u.applied)
 			RETURNING 1
+		), missing AS (
+			SELECT peer_id FROM u EXCEPT SELECT s.peer_id FROM waylume.peer_status s WHERE s.node_id = $1::uuid
 		)
 		INSERT INTO waylume.peer_status (peer_id, node_id, state, reason, last_handshake_at, endpoint,
 			upload_bytes, download_bytes, rx_baseline, tx_baseline, counter_epoch, applied_at)
 		SELECT u.peer_id, p.node_id, u.state, u.reason, u.hs, u.endpoint, u.up, u.down, u.rxb, u.txb, u.epoch, u.applied
-		FROM u JOIN waylume.peers p ON p.id = u.peer_id AND p.node_id = $1::uuid
-		WHERE NOT EXISTS (SELECT 1 FROM waylume.peer_status s WHERE s.peer_id = u.peer_id)
+		FROM missing m JOIN u ON u.peer_id = m.peer_id JOIN waylume.peers p ON p.id = m.peer_id AND p.node_id = $1::uuid
 		ON CONFLICT (peer_id) DO NOTHING`
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
