@@ -157,7 +157,7 @@ type Link struct {
 	epoch   string
 	// peers mirrors what the device holds, by public key: refreshed from
 	// the device by SyncPeers, updated with what each apply changed.
-	peers       map[wgtypes.Key]Peer
+	peers       map[wgtypes.Key]held
 	peersLoaded time.Time // when peers was last read from the device
 	checked     time.Time // when the node config was last verified against the kernel
 	tc          *shaper
@@ -347,6 +347,6 @@ func (l *Link) Teardown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("delete interface %s: %w", l.cfg.Interface, err))
 		}
 	}
-	l.peers = map[wgtypes.Key]Peer{}
+	l.peers = map[wgtypes.Key]held{}
 	return errors.Join(errs...)
 }

@@ -136,7 +136,8 @@ func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, left
 		if failed[p.PublicKey] != nil {
 			continue
 		}
-		have, exists := l.peers[p.PublicKey]
+		h, exists := l.peers[p.PublicKey]
+		have := h.peer(p.PublicKey)
 		if old, had := have.ShapingAddr(); exists && had {
 			release(old, p.PublicKey)
 		}
@@ -158,7 +159,8 @@ func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, left
 		}
 	}
 	for _, k := range remove {
-		have, exists := l.peers[k]
+		h, exists := l.peers[k]
+		have := h.peer(k)
 		if !exists {
 			continue
 		}
@@ -270,9 +272,7 @@ func (l *Link) record(c peerChange) {
 		return
 	}
 	p := c.want
-	p.DownloadKbps, p.UploadKbps = 0, 0 // the mirror holds WireGuard state only
-	p.AllowedIPs = normalize(p.AllowedIPs)
-	l.peers[c.key] = p
+	l.peers[c.key] = held{psk: p.PresharedKey, keepalive: p.Keepalive, allowedIPs: normalize(p.AllowedIPs)}
 }
 
 // chunkChanges groups changes so no call carries more than maxPeersPerCall

@@ -181,21 +181,82 @@ func (l *Link) loadPeers() error {
 	return nil
 }
 
-// mirror replaces the peer mirror with what the device reported.
+// held is what the mirror keeps of one device peer: the WireGuard state
+// only (limits live in the shaper's mirror), without repeating the key
+// that indexes it. At 10,000 peers the mirror is one of the node's largest
+// structures, so it holds no more than the diff needs.
+type held struct {
+	psk        wgtypes.Key
+	keepalive  time.Duration
+	allowedIPs []netip.Prefix
+}
+
+func (h held) peer(k wgtypes.Key) Peer {
+	return Peer{PublicKey: k, PresharedKey: h.psk, Keepalive: h.keepalive, AllowedIPs: h.allowedIPs}
+}
+
+// mirror makes the peer mirror equal to what the device reported. It runs
+// on every Stats read, so it updates in place: an unchanged peer costs a
+// lookup and a comparison, not an allocation.
 func (l *Link) mirror(dev *wgtypes.Device) {
-	l.peers = make(map[wgtypes.Key]Peer, len(dev.Peers))
-	for _, p := range dev.Peers {
-		l.peers[p.PublicKey] = fromWG(p)
+	if l.peers == nil {
+		l.peers = make(map[wgtypes.Key]held, len(dev.Peers))
+	}
+	for i := range dev.Peers {
+		p := &dev.Peers[i]
+		h, ok := l.peers[p.PublicKey]
+		if ok && h.psk == p.PresharedKey && h.keepalive == p.PersistentKeepaliveInterval && sameIPs(h.allowedIPs, p.AllowedIPs) {
+			continue
+		}
+		l.peers[p.PublicKey] = held{psk: p.PresharedKey, keepalive: p.PersistentKeepaliveInterval, allowedIPs: prefixes(p.AllowedIPs)}
+	}
+	if len(l.peers) > len(dev.Peers) {
+		// Peers removed behind our back: rare, so the set is built only then.
+		on := make(map[wgtypes.Key]struct{}, len(dev.Peers))
+		for i := range dev.Peers {
+			on[dev.Peers[i].PublicKey] = struct{}{}
+		}
+		for k := range l.peers {
+			if _, ok := on[k]; !ok {
+				delete(l.peers, k)
+			}
+		}
 	}
 	l.peersLoaded = time.Now()
 }
 
-func fromWG(p wgtypes.Peer) Peer {
-	out := Peer{PublicKey: p.PublicKey, PresharedKey: p.PresharedKey, Keepalive: p.PersistentKeepaliveInterval}
-	for _, n := range p.AllowedIPs {
-		out.AllowedIPs = append(out.AllowedIPs, ipNetPrefix(&n))
+// sameIPs compares mirrored prefixes with the device's without allocating.
+func sameIPs(have []netip.Prefix, dev []net.IPNet) bool {
+	if len(have) != len(dev) {
+		return false
+	}
+	for i := range dev {
+		if have[i] != ipNetPrefix(&dev[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func prefixes(ns []net.IPNet) []netip.Prefix {
+	if len(ns) == 0 {
+		return nil
+	}
+	out := make([]netip.Prefix, len(ns))
+	for i := range ns {
+		out[i] = ipNetPrefix(&ns[i])
 	}
 	return out
+}
+
+// shapingAddr is Peer.ShapingAddr for a device peer, without converting it.
+func shapingAddr(ns []net.IPNet) (netip.Addr, bool) {
+	for i := range ns {
+		if p := ipNetPrefix(&ns[i]); p.Addr().Is4() && p.Bits() == 32 {
+			return p.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func ipNetPrefix(n *net.IPNet) netip.Prefix {

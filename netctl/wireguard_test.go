@@ -2,6 +2,8 @@ package netctl
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -186,5 +188,57 @@ func TestKernelModeCreatesOnlyThroughKernel(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "mode kernel") {
 		t.Errorf("error does not say why: %v", err)
+	}
+}
+
+// The mirror is updated in place by every Stats read: a peer removed and
+// one changed behind the Link's back must both be noticed there, so the
+// next SyncPeers of the same set repairs them (and sends nothing more).
+func TestStatsMirrorFollowsDevice(t *testing.T) {
+	b := newBed(t, nil)
+	var peers []Peer
+	for i := range 3 {
+		k := mustKey(t)
+		peers = append(peers, Peer{PublicKey: k.PublicKey(), AllowedIPs: mustPrefixes("10.8.2." + itoa(i+2) + "/32")})
+	}
+	b.sync(peers...)
+	ctx := context.Background()
+	// Behind the Link's back: the inner client, not the Link.
+	other := netip.MustParsePrefix("10.8.3.9/32")
+	if err := b.wg.wgClient.ConfigureDevice(b.cfg.Interface, wgtypes.Config{Peers: []wgtypes.PeerConfig{
+		{PublicKey: peers[0].PublicKey, Remove: true},
+		{PublicKey: peers[1].PublicKey, UpdateOnly: true, ReplaceAllowedIPs: true, AllowedIPs: []net.IPNet{*prefixIPNet(other)}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.link.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 2 {
+		t.Fatalf("Stats after a removal behind our back: %d peers, want 2", len(st))
+	}
+	calls := b.wg.configures.Load()
+	b.sync(peers...)
+	if got := b.wg.configures.Load() - calls; got != 1 {
+		t.Errorf("repair sent %d ConfigureDevice calls, want 1 (both peers in one)", got)
+	}
+	st, err = b.link.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[wgtypes.Key][]netip.Prefix{}
+	for _, s := range st {
+		got[s.PublicKey] = s.AllowedIPs
+	}
+	for _, p := range peers {
+		if ips, ok := got[p.PublicKey]; !ok || len(ips) != 1 || ips[0] != p.AllowedIPs[0] {
+			t.Errorf("peer %s after repair: %v (present %v), want %v", p.PublicKey, ips, ok, p.AllowedIPs)
+		}
+	}
+	calls = b.wg.configures.Load()
+	b.sync(peers...)
+	if got := b.wg.configures.Load() - calls; got != 0 {
+		t.Errorf("no-change sync after repair sent %d ConfigureDevice calls, want 0", got)
 	}
 }
