@@ -13,12 +13,9 @@ func (r *Reconciler) heartbeat(ctx context.Context, status string) error {
 	hb := events.Heartbeat{PublicKey: r.cfg.PublicKey, Status: status, Version: r.cfg.Version}
 	r.mu.Lock()
 	if st, err := r.cfg.DataPlane.Stats(ctx); err == nil {
-		byKey := make(map[Key]PeerStats, len(st))
+		// held maps every key on the device to the one peer holding it.
 		for _, s := range st {
-			byKey[s.PublicKey] = s
-		}
-		for _, ps := range r.peers {
-			if s, ok := byKey[ps.key]; ok && ps.inPlane {
+			if ps := r.held[s.PublicKey]; ps != nil && ps.inPlane {
 				ps.observe(s)
 			}
 		}

@@ -23,7 +23,9 @@ type metrics struct {
 	backlog       prometheus.Gauge
 
 	// Per-peer series come from a copy taken after each flush, so a scrape
-	// never waits for the reconciler's lock.
+	// never waits for the reconciler's lock. The copy is refilled in place:
+	// a new 10,000-entry map per flush and heartbeat was garbage the heap
+	// had to make room for.
 	mu        sync.Mutex
 	perPeer   map[string]peerMetric
 	upDesc    *prometheus.Desc
@@ -106,10 +108,17 @@ const activeWindow = 3 * time.Minute
 
 // updatePeerMetrics copies the per-peer figures; the caller holds r.mu.
 func (r *Reconciler) updatePeerMetrics() {
-	snap := make(map[string]peerMetric, len(r.peers))
 	var backlog int64
 	sessions := 0
 	now := r.now()
+	r.m.mu.Lock()
+	snap := r.m.perPeer
+	if len(snap) > 2*len(r.peers)+64 {
+		snap = make(map[string]peerMetric, len(r.peers)) // maps never shrink: let a much larger one go
+		r.m.perPeer = snap
+	} else {
+		clear(snap)
+	}
 	for id, ps := range r.peers {
 		drx, dtx := r.unflushed(ps)
 		backlog += drx + dtx
@@ -118,8 +127,6 @@ func (r *Reconciler) updatePeerMetrics() {
 			sessions++
 		}
 	}
-	r.m.mu.Lock()
-	r.m.perPeer = snap
 	r.m.mu.Unlock()
 	r.m.backlog.Set(float64(backlog))
 	r.m.sessions.Set(float64(sessions))

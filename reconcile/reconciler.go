@@ -86,14 +86,21 @@ type Reconciler struct {
 	held      map[Key]*peerState
 }
 
-// peerState is everything the node tracks for one peer id.
+// peerState is everything the node tracks for one peer id. The bools sit
+// together before key (a byte array, no alignment): scattered, their
+// padding took the struct past the 512-byte size class, 64 bytes more per
+// peer.
 type peerState struct {
 	id string
 	// Data plane.
 	inPlane bool // WireGuard holds key for this peer
-	key     Key
-	applied PeerConfig // last config programmed
-	leaving bool       // cut; removed after its final usage is committed
+	leaving bool // cut; removed after its final usage is committed
+	// Accounting flags (see rx/tx and quotaBase below).
+	read         bool // rx/tx were read from the current key's counters
+	quotaKnown   bool // quotaBase is meaningful
+	quotaRowSeen bool // quotaResetAt came from the row
+	key          Key
+	applied      PeerConfig // last config programmed
 	// Evaluation, written to peer_status.
 	state, reason string
 	appliedAt     time.Time
@@ -103,13 +110,10 @@ type peerState struct {
 	// baselines are the counters already accounted for); rx/tx the last read.
 	com          events.PeerStatus
 	rx, tx       int64
-	read         bool // rx/tx were read from the current key's counters
 	handshake    time.Time
 	endpoint     string
 	quotaBase    int64 // bytes since quota reset as of com
 	quotaResetAt time.Time
-	quotaKnown   bool // quotaBase is meaningful
-	quotaRowSeen bool // quotaResetAt came from the row
 }
 
 // New returns a Reconciler; Run starts it.
@@ -148,6 +152,17 @@ func New(cfg Config) (*Reconciler, error) {
 	}
 	r.queue = events.NewQueue(events.QueueOptions{MaxBatch: 4096, OnCoalesce: func(n int) { m.coalesced.Add(float64(n)) }})
 	return r, nil
+}
+
+// interner keeps one copy of strings that repeat across peers.
+type interner map[string]string
+
+func (in interner) get(s string) string {
+	if v, ok := in[s]; ok {
+		return v
+	}
+	in[s] = s
+	return s
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -193,8 +208,12 @@ func (r *Reconciler) loadLocked(ctx context.Context) error {
 			return fmt.Errorf("load quota usage: %w", err)
 		}
 	}
+	// Rows repeat the same few strings (node id, epoch, state, reason):
+	// one copy each instead of one per peer.
+	in := interner{r.cfg.NodeID: r.cfg.NodeID}
 	for _, s := range st {
 		ps := r.peer(s.PeerID)
+		s.NodeID, s.CounterEpoch, s.State, s.Reason = in.get(s.NodeID), in.get(s.CounterEpoch), in.get(s.State), in.get(s.Reason)
 		ps.com = s
 		ps.state, ps.reason, ps.appliedAt = s.State, s.Reason, s.AppliedAt
 		ps.handshake, ps.endpoint = s.LastHandshakeAt, s.Endpoint
@@ -330,7 +349,12 @@ func (ps *peerState) observe(s PeerStats) {
 		ps.handshake = s.LastHandshake.Truncate(time.Microsecond) // as the database keeps it
 	}
 	if s.Endpoint.IsValid() {
-		ps.endpoint = s.Endpoint.String()
+		// Formatted on the stack and compared first: a string per peer
+		// per read would be garbage at every flush.
+		var buf [64]byte
+		if b := s.Endpoint.AppendTo(buf[:0]); string(b) != ps.endpoint {
+			ps.endpoint = string(b)
+		}
 	}
 }
 
@@ -424,6 +448,9 @@ func samePeer(a, b events.Peer) bool {
 
 // putRow and dropRow keep rows, the claim index and the dirty set together.
 func (r *Reconciler) putRow(p events.Peer) {
+	if p.NodeID == r.cfg.NodeID {
+		p.NodeID = r.cfg.NodeID // one copy, not one per row
+	}
 	r.rows[p.ID] = p
 	r.dirty[p.ID] = true
 	index(r.byKey, p.PublicKey, p.ID, true)
@@ -591,8 +618,11 @@ func (r *Reconciler) convergeLocked(ctx context.Context, fullApply, decideAll bo
 		for id, row := range r.rows {
 			r.trackQuotaReset(r.peer(id), row)
 		}
-		dec = decide(r.node, r.rows, now, r.quotaUsed)
-		r.lastDec = dec
+		if r.lastDec == nil || len(r.lastDec) > 2*len(r.rows)+64 {
+			r.lastDec = make(map[string]decision, len(r.rows)) // maps never shrink
+		}
+		decideInto(r.lastDec, r.node, r.rows, now, r.quotaUsed)
+		dec = r.lastDec
 		ids = make([]string, 0, len(r.peers)+len(dec))
 		for id := range r.peers {
 			ids = append(ids, id)

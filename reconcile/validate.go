@@ -44,28 +44,39 @@ type decision struct {
 // Rejected rows claim nothing; blocked rows keep their claims (they may
 // come back). quotaUsed reports a peer's bytes since its quota reset.
 func decide(node events.Node, rows map[string]events.Peer, now time.Time, quotaUsed func(id string) int64) map[string]decision {
-	// One copy of the rows, sorted through pointers into it: two
-	// allocations at 10,000 peers instead of 10,000.
-	vals := make([]events.Peer, 0, len(rows))
-	for _, p := range rows {
-		vals = append(vals, p)
+	out := make(map[string]decision, len(rows))
+	decideInto(out, node, rows, now, quotaUsed)
+	return out
+}
+
+// decideInto is decide writing into out, which it clears first: the full
+// path reuses one map instead of leaving a 10,000-entry one as garbage at
+// every resync.
+func decideInto(out map[string]decision, node events.Node, rows map[string]events.Peer, now time.Time, quotaUsed func(id string) int64) {
+	clear(out)
+	// Sorted as small (created_at, id) pairs and each row then read from
+	// the map once: a sorted copy of 10,000 rows was 2.9 MB of garbage.
+	type ref struct {
+		created time.Time
+		id      string
 	}
-	order := make([]*events.Peer, len(vals))
-	for i := range vals {
-		order[i] = &vals[i]
+	order := make([]ref, 0, len(rows))
+	for id, p := range rows {
+		order = append(order, ref{p.CreatedAt, id})
 	}
-	slices.SortFunc(order, func(a, b *events.Peer) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+	slices.SortFunc(order, func(a, b ref) int {
+		if c := a.created.Compare(b.created); c != 0 {
 			return c
 		}
-		return cmp.Compare(a.ID, b.ID)
+		return cmp.Compare(a.id, b.id)
 	})
 
-	out := make(map[string]decision, len(rows))
 	keys := make(map[Key]string, len(rows))
 	addrs := make(map[netip.Addr]string, len(rows))
 	var extras []claim // allowed_ips beyond the pool: rare, checked pairwise
-	for _, p := range order {
+	for _, o := range order {
+		row := rows[o.id]
+		p := &row
 		d := decision{}
 		cfg, err := validRow(node, p)
 		if k, kerr := parseKey(p.PublicKey); kerr == nil {
@@ -104,7 +115,6 @@ func decide(node events.Node, rows map[string]events.Peer, now time.Time, quotaU
 		}
 		out[p.ID] = d
 	}
-	return out
 }
 
 type claim struct {
