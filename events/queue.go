@@ -56,6 +56,10 @@ type QueueOptions struct {
 	OnCoalesce func(n int) // called (under the queue's lock) when n events were merged away
 }
 
+// shrinkAbove is the size past which the queue's maps and slice are
+// replaced instead of reused once drained.
+const shrinkAbove = 1024
+
 // NewQueue returns an empty queue.
 func NewQueue(o QueueOptions) *Queue {
 	if o.MaxBatch <= 0 {
@@ -185,6 +189,11 @@ func (q *Queue) take() []Event {
 		batch = append(batch, e)
 	}
 	q.order = append(q.order[:0], q.order[i:]...)
+	if len(q.pending) == 0 && cap(q.order) > shrinkAbove {
+		// A burst is over. Maps never shrink: drop the ones it grew so
+		// they do not stay resident between bursts.
+		q.pending, q.order = map[queueKey]Event{}, nil
+	}
 	if len(q.pending) > 0 {
 		q.signal() // more for another Get
 	}
@@ -196,6 +205,9 @@ func (q *Queue) take() []Event {
 func (q *Queue) Done(batch []Event) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if len(batch) > shrinkAbove && len(q.processing) == len(batch) {
+		q.processing = map[queueKey]bool{} // the same, for a large batch's keys
+	}
 	for _, e := range batch {
 		k := keyOf(e)
 		delete(q.processing, k)
