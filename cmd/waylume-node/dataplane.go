@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"sync"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -24,9 +23,6 @@ type linkPlane struct {
 var _ reconcile.DataPlane = (*linkPlane)(nil)
 
 func newLinkPlane(link *netctl.Link, base netctl.Config) *linkPlane {
-	// The per-peer state this adapter feeds is most of the node's memory;
-	// its GC target is set here, where run wires it (memory.go).
-	tuneMemory(os.LookupEnv)
 	return &linkPlane{link: link, base: base}
 }
 

@@ -6,7 +6,7 @@ import "runtime/debug"
 // set: the heap may grow 25% past the live data between collections, not
 // Go's default 100%.
 //
-// Why (BenchmarkNodeRSS, /work/team/reconcile-bench.md): at 10,000 peers
+// Why (e2e BenchmarkNodeRSS, README "Benchmarks"): at 10,000 peers
 // the node keeps ~23 MB live (rows, peer state, the device mirror). With
 // GOGC=100 the heap grows to twice that before each collection, and what
 // a resync or a usage flush holds while a collection runs counts as live
@@ -22,8 +22,8 @@ import "runtime/debug"
 const defaultGCPercent = 25
 
 // tuneMemory applies defaultGCPercent unless the operator set GOGC. It
-// is process-wide and runs once, when run wires the data plane
-// (newLinkPlane): only the node holds per-peer state worth tuning for.
+// is process-wide and set by the run command only: the other commands hold
+// no per-peer state worth tuning for.
 func tuneMemory(getenv func(string) (string, bool)) {
 	if v, ok := getenv("GOGC"); ok && v != "" {
 		return

@@ -27,6 +27,7 @@ func (c *cli) runCmd(args []string) int {
 	}
 	log := newLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)
 	cfg.Health = &Health{}
+	tuneMemory(c.getenv)
 
 	reg := newRegistry()
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
