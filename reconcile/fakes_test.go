@@ -22,6 +22,7 @@ type fakePlane struct {
 	epoch   string
 	node    NodeConfig
 	fail    error // every call fails with it when set
+	panics  int   // the next this many ApplyPeers calls panic (a bug tripped by a row)
 	adds    int   // peers created
 	updates int   // existing peers reprogrammed
 	removes int
@@ -54,6 +55,10 @@ func (f *fakePlane) ApplyPeers(ctx context.Context, set []PeerConfig, remove []K
 	f.calls++
 	if f.fail != nil {
 		return nil, f.fail
+	}
+	if f.panics > 0 {
+		f.panics--
+		panic("fake: tripped")
 	}
 	failed := map[Key]error{}
 	if full {

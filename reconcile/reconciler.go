@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/waylume/waylume-node/events"
 )
@@ -247,9 +248,10 @@ func (r *Reconciler) peer(id string) *peerState {
 
 // Resync rereads the node and all its peers and converges fully. A read
 // failure changes nothing.
-func (r *Reconciler) Resync(ctx context.Context) error {
+func (r *Reconciler) Resync(ctx context.Context) (err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.contain("resync", &err)
 	return r.resyncLocked(ctx)
 }
 
@@ -359,9 +361,10 @@ func (ps *peerState) observe(s PeerStats) {
 }
 
 // Handle applies one batch of events; Resync events reread everything.
-func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
+func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) (err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.contain("handle events", &err)
 	start := r.now()
 	resync := !r.synced
 	var errs []error
@@ -405,7 +408,6 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) error {
 			r.node, r.decideAll = n, true
 		}
 	}
-	var err error
 	if resync {
 		err = r.resyncLocked(ctx)
 	} else {
@@ -555,9 +557,10 @@ func (r *Reconciler) setPlane(ps *peerState, in bool, k Key) {
 
 // Converge applies the known rows to the data plane without rereading the
 // store (the expiry timer and tests use it).
-func (r *Reconciler) Converge(ctx context.Context) error {
+func (r *Reconciler) Converge(ctx context.Context) (err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.contain("converge", &err)
 	// Time and counters only change the state of rows that expire or
 	// have a quota.
 	for id, row := range r.rows {
@@ -885,10 +888,21 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 		}
 		expiry.Reset(d)
 	}
+	// A failed resync is retried with jittered exponential backoff: soon
+	// after a blip, but a fleet of nodes does not hammer a database that is
+	// coming back from an outage in lockstep.
+	retryBackoff := backoff.NewExponentialBackOff()
+	retryBackoff.InitialInterval, retryBackoff.MaxInterval, retryBackoff.MaxElapsedTime = time.Second, min(r.cfg.ResyncInterval, time.Minute), 0
 	doResync := func() {
-		if err := r.Resync(ctx); err != nil && ctx.Err() == nil {
-			r.log.Warn("resync failed; keeping the applied state", "err", err)
-			retry.Reset(2 * time.Second)
+		err := r.Resync(ctx)
+		if err == nil {
+			retryBackoff.Reset()
+			return
+		}
+		if ctx.Err() == nil {
+			d := retryBackoff.NextBackOff()
+			r.log.Warn("resync failed; keeping the applied state", "err", err, "retry_in", d.Round(time.Millisecond).String())
+			retry.Reset(d)
 		}
 	}
 	doFlush := func() {
