@@ -37,43 +37,78 @@ func writeUsage(ctx context.Context, tx pgx.Tx, nodeID string, usage []events.Us
 	if len(usage) == 0 {
 		return nil
 	}
-	// The key appears once (the first wins): the insert below relies on
-	// NOT EXISTS rather than ON CONFLICT, which would take the costly
-	// speculative insertion path for every row.
+	// The key (node_id, peer_id, period_end) is inserted once: the first
+	// row of a key in the batch wins, and keys already in the table (a
+	// retried batch whose commit was lost) are left out. Plain INSERT, not
+	// ON CONFLICT, which would take the costly speculative insertion path
+	// for every row. Times are cut to the microseconds the database keeps,
+	// so keys compare alike here and there whatever the wire format.
 	type key struct {
-		peer string
+		peer [16]byte
 		end  int64
 	}
-	seen := make(map[key]bool, len(usage))
 	var (
-		ids          []string
-		starts, ends []time.Time
-		ups, downs   []int64
+		seen = make(map[key]bool, len(usage))
+		keys = make([]key, 0, len(usage))
+		kept = make([]events.Usage, 0, len(usage))
+		ends []time.Time
 	)
+	endSeen := map[int64]bool{}
 	for _, u := range usage {
-		k := key{u.PeerID, u.PeriodEnd.UnixMicro()}
+		u.PeriodStart, u.PeriodEnd = u.PeriodStart.Truncate(time.Microsecond), u.PeriodEnd.Truncate(time.Microsecond)
+		var id pgtype.UUID
+		if err := id.Scan(u.PeerID); err != nil {
+			return fmt.Errorf("usage: peer id %q: %w", u.PeerID, err)
+		}
+		k := key{id.Bytes, u.PeriodEnd.UnixMicro()}
 		if seen[k] {
 			continue
 		}
 		seen[k] = true
-		ids, starts, ends = append(ids, u.PeerID), append(starts, u.PeriodStart), append(ends, u.PeriodEnd)
+		keys, kept = append(keys, k), append(kept, u)
+		if !endSeen[k.end] {
+			endSeen[k.end] = true
+			ends = append(ends, u.PeriodEnd)
+		}
+	}
+	// Keys already written: one range of the key index per period_end in
+	// the batch (a flush has one), whatever the size of the node's history.
+	rows, err := tx.Query(ctx, `SELECT peer_id, period_end FROM waylume.peer_usage
+		WHERE node_id = $1::uuid AND period_end = ANY ($2::timestamptz[])`, nodeID, ends)
+	if err != nil {
+		return fmt.Errorf("usage: existing keys: %w", err)
+	}
+	var (
+		peer pgtype.UUID
+		end  time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&peer, &end}, func() error {
+		delete(seen, key{peer.Bytes, end.UnixMicro()})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("usage: existing keys: %w", err)
+	}
+	var (
+		ids          []pgtype.UUID
+		starts, pend []time.Time
+		ups, downs   []int64
+	)
+	for i, u := range kept {
+		if !seen[keys[i]] {
+			continue // already in the table
+		}
+		ids, starts, pend = append(ids, pgtype.UUID{Bytes: keys[i].peer, Valid: true}), append(starts, u.PeriodStart), append(pend, u.PeriodEnd)
 		ups, downs = append(ups, u.UploadBytes), append(downs, u.DownloadBytes)
 	}
-	// The duplicate check reads only the batch's period_end range of the
-	// key index (node_id, period_end, peer_id): its cost follows the batch,
-	// not the node's usage history.
-	_, err := tx.Exec(ctx, `WITH u AS MATERIALIZED (
-			SELECT * FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[])
-				AS u (peer_id, ps, pe, up, down)
-		), f AS MATERIALIZED (SELECT waylume.foreign_peers($1::uuid, $2::uuid[]) AS ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err = tx.Exec(ctx, `WITH f AS MATERIALIZED (SELECT waylume.foreign_peers($1::uuid, $2::uuid[]) AS ids)
 		INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
 		SELECT $1::uuid, u.peer_id, u.ps, u.pe, u.up, u.down
-		FROM u, f
-		WHERE u.peer_id <> ALL (f.ids)
-		  AND NOT EXISTS (SELECT 1 FROM waylume.peer_usage x
-		                  WHERE x.node_id = $1::uuid AND x.period_end = u.pe AND x.peer_id = u.peer_id
-		                    AND x.period_end BETWEEN (SELECT min(pe) FROM u) AND (SELECT max(pe) FROM u))`,
-		nodeID, ids, starts, ends, ups, downs)
+		FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[]) AS u (peer_id, ps, pe, up, down), f
+		WHERE u.peer_id <> ALL (f.ids)`, nodeID, ids, starts, pend, ups, downs)
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
