@@ -124,6 +124,14 @@ func TestRLS(t *testing.T) {
 					if n := affected(t, tx, `UPDATE waylume.peer_status SET state = 'blocked', reason = 'expired' WHERE peer_id = $1`, aPeers[0]); n != 1 {
 						t.Errorf("updated %d own status rows, want 1", n)
 					}
+					// updated_at ends as now() whatever the writer sets (the
+					// touch trigger is skipped only when it already is now()).
+					for _, set := range []string{"state = 'active'", "updated_at = '2000-01-01'", "updated_at = now()"} {
+						if n := count(t, tx, `WITH u AS (UPDATE waylume.peer_status SET `+set+` WHERE peer_id = $1 RETURNING updated_at)
+							SELECT count(*) FROM u WHERE updated_at = now()`, aPeers[0]); n != 1 {
+							t.Errorf("SET %s: updated_at is not now()", set)
+						}
+					}
 					affected(t, tx, `INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
 						VALUES ($1, $2, now() - interval '2 minutes', now() - interval '1 minute', 10, 20)`, a, aPeers[1])
 					// A last delta for a peer deleted meanwhile is still accepted (billing).

@@ -269,6 +269,20 @@ func TestStoreWriteStatus10k(t *testing.T) {
 			t.Fatalf("attempt %d: %d usage rows (want 10000), %d status rows (want 9999), upload sum %d", attempt, nUsage, nStatus, sumUp)
 		}
 	}
+	// A batch mixing written keys (one spelled in upper case) with a new
+	// one: only the new key is inserted.
+	next := events.Usage{PeerID: ids[0], PeriodStart: end, PeriodEnd: end.Add(time.Minute), UploadBytes: 7, DownloadBytes: 7}
+	upper := usage[1]
+	upper.PeerID = strings.ToUpper(upper.PeerID)
+	if err := s.WriteStatus(f.ctx, f.a, append([]events.Usage{upper, next}, usage[:100]...), nil); err != nil {
+		t.Fatalf("mixed batch: %v", err)
+	}
+	var nUsage int
+	var sumUp int64
+	dbfix.QueryRow(t, f.db, `SELECT count(*), sum(upload_bytes)::bigint FROM waylume.peer_usage`, nil, &nUsage, &sumUp)
+	if nUsage != 10001 || sumUp != 10000*1000+7 {
+		t.Fatalf("mixed batch: %d usage rows (want 10001), upload sum %d", nUsage, sumUp)
+	}
 	var goneUsage int
 	dbfix.QueryRow(t, f.db, `SELECT count(*) FROM waylume.peer_usage WHERE peer_id = $1`, []any{gone}, &goneUsage)
 	if goneUsage != 1 {
