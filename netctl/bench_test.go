@@ -69,7 +69,7 @@ type benchResults map[string]float64 // ms per peer
 func BenchmarkApply(b *testing.B) {
 	res := benchResults{}
 	// netctl and the bulk baseline alternate, twice each, and the best of
-	// each counts: other helpers' builds and tests come and go on the same
+	// each counts: other builds and tests may come and go on the same
 	// two cores, and a load swing between two back-to-back runs would
 	// otherwise decide the ratio.
 	for _, n := range []int{1000, 10000} {
