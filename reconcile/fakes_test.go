@@ -161,6 +161,8 @@ type fakeStore struct {
 	ambiguous  bool
 	refuse     map[string]bool // usage for these peers is refused for good (RLS)
 	writes     int
+	peerReads  int // single-row reads (Peer)
+	snapshots  int
 	heartbeats []events.Heartbeat
 }
 
@@ -176,6 +178,7 @@ func newFakeStore(node events.Node) *fakeStore {
 func (s *fakeStore) Snapshot(ctx context.Context, nodeID string) (events.Node, []events.Peer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.snapshots++
 	if s.failReads {
 		return events.Node{}, nil, errFake
 	}
@@ -200,6 +203,7 @@ func (s *fakeStore) Node(ctx context.Context, nodeID string) (events.Node, error
 func (s *fakeStore) Peer(ctx context.Context, nodeID, id string) (events.Peer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.peerReads++
 	if s.failReads {
 		return events.Peer{}, errFake
 	}

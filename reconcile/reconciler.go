@@ -360,6 +360,10 @@ func (ps *peerState) observe(s PeerStats) {
 	}
 }
 
+// maxFetchesPerBatch: a batch needing more single-row reads than this
+// (LISTEN events carry no rows) is served by one snapshot instead.
+const maxFetchesPerBatch = 64
+
 // Handle applies one batch of events; Resync events reread everything.
 func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) (err error) {
 	r.mu.Lock()
@@ -367,6 +371,17 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) (err erro
 	defer r.contain("handle events", &err)
 	start := r.now()
 	resync := !r.synced
+	// Rows to fetch one by one are fetched under the lock: past a handful,
+	// one snapshot is cheaper and bounds the time the lock is held.
+	fetches := 0
+	for _, e := range batch {
+		if (e.Kind == events.PeerChanged && e.Peer == nil) || (e.Kind == events.NodeChanged && e.Node == nil) {
+			fetches++
+		}
+	}
+	if fetches > maxFetchesPerBatch {
+		resync = true
+	}
 	var errs []error
 	for _, e := range batch {
 		switch e.Kind {
@@ -377,6 +392,9 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) (err erro
 		case events.PeerChanged:
 			if e.Peer != nil {
 				r.setRow(*e.Peer, true)
+				continue
+			}
+			if resync { // the snapshot rereads it
 				continue
 			}
 			sctx, cancel := r.storeCtx(ctx)
@@ -395,6 +413,9 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) (err erro
 		case events.NodeChanged:
 			if e.Node != nil {
 				r.node, r.decideAll = *e.Node, true
+				continue
+			}
+			if resync {
 				continue
 			}
 			sctx, cancel := r.storeCtx(ctx)

@@ -488,3 +488,41 @@ func TestPartialDecideEqualsFull(t *testing.T) {
 		}
 	}
 }
+
+// A burst of row-less events (LISTEN) is served by one snapshot, not one
+// read per row under the reconciler's lock; with the database down that
+// is one failed read, not one timeout per event.
+func TestRowlessBurstUsesOneSnapshot(t *testing.T) {
+	h := newHarness(t)
+	h.resync()
+	var batch []events.Event
+	for i := 1; i <= maxFetchesPerBatch+1; i++ {
+		h.store.put(peerRow(i))
+		batch = append(batch, events.Event{Kind: events.PeerChanged, ID: peerRow(i).ID})
+	}
+	reads, snaps := h.store.peerReads, h.store.snapshots
+	if err := h.r.Handle(h.ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.store.peerReads - reads; got != 0 {
+		t.Errorf("%d single-row reads for a burst of %d, want 0 (one snapshot)", got, len(batch))
+	}
+	if got := h.store.snapshots - snaps; got != 1 {
+		t.Errorf("%d snapshots, want 1", got)
+	}
+	h.wantInPlane(1, true)
+	h.wantInPlane(maxFetchesPerBatch+1, true)
+
+	h.store.set(func(s *fakeStore) { s.failReads = true })
+	reads, snaps = h.store.peerReads, h.store.snapshots
+	if err := h.r.Handle(h.ctx, batch); err == nil {
+		t.Fatal("a failed snapshot was not reported")
+	}
+	if got := h.store.peerReads - reads; got != 0 {
+		t.Errorf("database down: %d single-row reads, want 0", got)
+	}
+	if got := h.store.snapshots - snaps; got != 1 {
+		t.Errorf("database down: %d snapshots, want 1", got)
+	}
+	h.wantInPlane(1, true)
+}

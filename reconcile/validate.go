@@ -196,6 +196,10 @@ func validRow(node events.Node, p *events.Peer) (PeerConfig, error) {
 		switch {
 		case !a.IsValid():
 			return cfg, errors.New("allowed_ips holds an invalid prefix")
+		case a.Addr().Is4In6():
+			// Unmapped it is an IPv4 address with an IPv6 length: no
+			// valid route, and WireGuard would drop the peer's others.
+			return cfg, fmt.Errorf("allowed_ips %s is an IPv4-mapped IPv6 prefix: write it as IPv4", a)
 		case a.Bits() == 0:
 			return cfg, fmt.Errorf("allowed_ips %s would route everything to one peer", a)
 		case a.Overlaps(node.Address.Masked()) || (node.Address6.IsValid() && a.Overlaps(node.Address6.Masked())):

@@ -38,6 +38,7 @@ func TestValidateRules(t *testing.T) {
 		{"address6 outside", func(p *events.Peer) { p.Address6 = netip.MustParsePrefix("fd00:9::9/128") }, "invalid: address6 fd00:9::9 outside"},
 		{"allowed ips overlap pool", func(p *events.Peer) { p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("10.8.0.0/16")} }, "invalid: allowed_ips 10.8.0.0/16 overlap the node's pool"},
 		{"allowed ips overlap pool6", func(p *events.Peer) { p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("fd00:8::/48")} }, "invalid: allowed_ips fd00:8::/48 overlap the node's pool"},
+		{"allowed ips v4-mapped v6", func(p *events.Peer) { p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("::ffff:192.168.7.0/120")} }, "invalid: allowed_ips ::ffff:192.168.7.0/120 is an IPv4-mapped IPv6 prefix"},
 		{"allowed ips default route", func(p *events.Peer) { p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")} }, "invalid: allowed_ips 0.0.0.0/0 would route everything"},
 		{"too many allowed ips", func(p *events.Peer) {
 			for i := range maxAllowedIPs + 1 {

@@ -99,7 +99,7 @@ func listenSession(ctx context.Context, url, nodeID string, sink events.Sink, lo
 		if err != nil {
 			return true, opError("listen: wait", err)
 		}
-		ev, ok := listenEvent(nodeID, n.Payload)
+		ev, ok := listenEvent(n.Payload)
 		if !ok {
 			log.Warn("listen: unreadable notification; resyncing", "channel", n.Channel, "payload_bytes", len(n.Payload))
 			ev = events.Event{Kind: events.Resync, Source: "listen"}
@@ -108,20 +108,22 @@ func listenSession(ctx context.Context, url, nodeID string, sink events.Sink, lo
 	}
 }
 
-// listenEvent turns a payload into an event for node nodeID. A peer row
-// whose node_id is not nodeID left this node (moved): PeerDeleted.
-func listenEvent(nodeID, payload string) (events.Event, bool) {
+// listenEvent turns a payload into an event. The payload is only a hint:
+// NOTIFY needs no privilege, so any database login can send one on this
+// node's channel. Every peer notification (insert, update, delete, move)
+// therefore becomes "reread this row": the consumer fetches it through the
+// store, which returns only this node's rows, and drops the peer only when
+// the database says the row is gone or another node's.
+func listenEvent(payload string) (events.Event, bool) {
 	var p listenPayload
 	if err := json.Unmarshal([]byte(payload), &p); err != nil || p.ID == "" {
 		return events.Event{}, false
 	}
 	ev := events.Event{ID: p.ID, Source: "listen"}
-	switch {
-	case p.Table == "peers" && (p.Op == "DELETE" || p.NodeID != nodeID):
-		ev.Kind = events.PeerDeleted
-	case p.Table == "peers":
+	switch p.Table {
+	case "peers":
 		ev.Kind = events.PeerChanged
-	case p.Table == "nodes":
+	case "nodes":
 		ev.Kind = events.NodeChanged
 	default:
 		return events.Event{}, false

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/supabase"
@@ -66,9 +68,10 @@ func TestListen(t *testing.T) {
 	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET download_kbps = 5000 WHERE id = $1`, p1)
 	sink.expect(t, events.PeerChanged, p1)
 
-	// Moved away: A hears a delete; moved back: a change.
+	// Moved away and back, deleted: A hears "reread this row" each time;
+	// the payload is a hint, never the verdict (anyone may NOTIFY).
 	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET node_id = $1 WHERE id = $2`, f.b, p1)
-	sink.expect(t, events.PeerDeleted, p1)
+	sink.expect(t, events.PeerChanged, p1)
 	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET node_id = $1 WHERE id = $2`, f.a, p1)
 	sink.expect(t, events.PeerChanged, p1)
 
@@ -79,7 +82,22 @@ func TestListen(t *testing.T) {
 	sink.expect(t, events.NodeChanged, f.a)
 
 	dbfix.Exec(t, f.db, `DELETE FROM waylume.peers WHERE id = $1`, p1)
-	sink.expect(t, events.PeerDeleted, p1)
+	sink.expect(t, events.PeerChanged, p1)
+
+	// A forged notification on A's channel (NOTIFY needs no privilege:
+	// node B's login can send it) claiming a delete is still only a reread.
+	var forged string
+	dbfix.QueryRow(t, f.db, `INSERT INTO waylume.peers (node_id, public_key) VALUES ($1, `+dbfix.RandomKeySQL+`) RETURNING id::text`, []any{f.a}, &forged)
+	sink.expect(t, events.PeerChanged, forged)
+	forger, err := pgx.Connect(ctx, dbfix.NodeLogin(t, f.db, f.b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forger.Close(ctx)
+	if _, err := forger.Exec(ctx, `SELECT pg_notify(waylume.node_channel($1), json_build_object('table', 'peers', 'op', 'DELETE', 'id', $2::text, 'node_id', $1::text)::text)`, f.a, forged); err != nil {
+		t.Fatal(err)
+	}
+	sink.expect(t, events.PeerChanged, forged)
 
 	// Killing the server connection: Listen reconnects and says Resync.
 	var killed int
