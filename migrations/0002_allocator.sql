@@ -320,6 +320,12 @@ BEGIN
 		END IF;
 	END IF;
 
+	-- IPv4-mapped IPv6 prefixes slip past the overlap checks (families
+	-- differ) and mean an IPv4 route WireGuard cannot take: write IPv4.
+	IF EXISTS (SELECT 1 FROM unnest(NEW.allowed_ips) x WHERE family(x) = 6 AND x <<= '::ffff:0.0.0.0/96'::cidr) THEN
+		RAISE EXCEPTION 'waylume.peers: allowed_ips % hold an IPv4-mapped IPv6 prefix; write it as IPv4', NEW.allowed_ips
+			USING ERRCODE = 'check_violation', CONSTRAINT = 'peers_allowed_ips_not_mapped';
+	END IF;
 	IF EXISTS (SELECT 1 FROM unnest(NEW.allowed_ips) x
 	           WHERE x && network(n.address) OR (n.address6 IS NOT NULL AND x && network(n.address6))) THEN
 		RAISE EXCEPTION 'waylume.peers: allowed_ips % overlap the pool of node %', NEW.allowed_ips, NEW.node_id

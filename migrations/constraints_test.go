@@ -67,6 +67,7 @@ func TestConstraints(t *testing.T) {
 		{"peer allowed_ips overlap pool", peerSQL(node, "allowed_ips", "'{192.168.50.0/24}'"), peerSQL(node, "allowed_ips", "'{192.168.50.0/24,10.20.0.0/16}'"), "peers_allowed_ips_outside_pool"},
 		{"peer allowed_ips default route", peerSQL(node, "allowed_ips", "'{192.168.51.0/24}'"), peerSQL(node, "allowed_ips", "'{0.0.0.0/0}'"), "peers_allowed_ips_outside_pool"},
 		{"peer allowed_ips overlap v6 pool", peerSQL(node6, "allowed_ips", "'{fd00:22::/64}'"), peerSQL(node6, "allowed_ips", "'{fd00:21::/48}'"), "peers_allowed_ips_outside_pool"},
+		{"peer allowed_ips v4-mapped v6", peerSQL(node, "allowed_ips", "'{192.168.52.0/24}'"), peerSQL(node, "allowed_ips", "'{::ffff:192.168.53.0/120}'"), "peers_allowed_ips_not_mapped"},
 		{"peer allowed_ips overlap another peer's", peerSQL(node, "allowed_ips", "'{192.168.61.0/24}'"), peerSQL(node, "allowed_ips", "'{192.168.61.0/24,192.168.60.128/25}'"), "peers_allowed_ips_unique"},
 		{"peer allowed_ips too many", peerSQL(node, "allowed_ips", "(SELECT array_agg(('172.16.' || i || '.0/24')::cidr) FROM generate_series(1, 128) i)"),
 			peerSQL(node, "allowed_ips", "(SELECT array_agg(('172.16.' || i || '.0/24')::cidr) FROM generate_series(1, 129) i)"), "peers_allowed_ips_check"},
