@@ -57,6 +57,7 @@ type Reconciler struct {
 	m     *metrics
 	kick  chan struct{} // capacity 1: flush soon (a peer is leaving, a status changed)
 	rearm chan struct{} // capacity 1: the next expiry changed
+	self  Key           // the node's public key, which no peer row may use
 
 	flushMu sync.Mutex // one usage flush at a time; taken before mu
 
@@ -138,12 +139,20 @@ func New(cfg Config) (*Reconciler, error) {
 	cfg.UsageInterval = orDefault(cfg.UsageInterval, 60*time.Second)
 	cfg.HeartbeatInterval = orDefault(cfg.HeartbeatInterval, 30*time.Second)
 	cfg.StoreTimeout = orDefault(cfg.StoreTimeout, 10*time.Second)
+	var self Key
+	if cfg.PublicKey != "" {
+		k, err := parseKey(cfg.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("reconcile: node public key %w", err)
+		}
+		self = k
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	r := &Reconciler{
-		cfg: cfg, log: cfg.Log, now: cfg.Now, m: m,
+		cfg: cfg, log: cfg.Log, now: cfg.Now, m: m, self: self,
 		kick:  make(chan struct{}, 1),
 		rearm: make(chan struct{}, 1),
 		rows:  map[string]events.Peer{},
@@ -310,7 +319,7 @@ func (r *Reconciler) adoptLocked(ctx context.Context) error {
 	for _, s := range st {
 		inKernel[s.PublicKey] = s
 	}
-	dec := decide(r.node, r.rows, r.now(), r.quotaUsed)
+	dec := decide(r.node, r.self, r.rows, r.now(), r.quotaUsed)
 	ids := make([]string, 0, len(dec))
 	for id := range dec {
 		ids = append(ids, id)
@@ -645,7 +654,7 @@ func (r *Reconciler) convergeLocked(ctx context.Context, fullApply, decideAll bo
 		if r.lastDec == nil || len(r.lastDec) > 2*len(r.rows)+64 {
 			r.lastDec = make(map[string]decision, len(r.rows)) // maps never shrink
 		}
-		decideInto(r.lastDec, r.node, r.rows, now, r.quotaUsed)
+		decideInto(r.lastDec, r.node, r.self, r.rows, now, r.quotaUsed)
 		dec = r.lastDec
 		ids = make([]string, 0, len(r.peers)+len(dec))
 		for id := range r.peers {
@@ -665,7 +674,7 @@ func (r *Reconciler) convergeLocked(ctx context.Context, fullApply, decideAll bo
 				r.trackQuotaReset(r.peer(id), row)
 			}
 		}
-		part := decide(r.node, sub, now, r.quotaUsed)
+		part := decide(r.node, r.self, sub, now, r.quotaUsed)
 		for id := range subset {
 			if d, ok := part[id]; ok {
 				dec[id] = d

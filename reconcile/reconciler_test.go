@@ -434,7 +434,7 @@ func TestPartialDecideEqualsFull(t *testing.T) {
 				p = peerRow(n)
 			}
 			h.change(p)
-			want := decide(h.r.node, h.r.rows, h.clk.Now(), h.r.quotaUsed)
+			want := decide(h.r.node, h.r.self, h.r.rows, h.clk.Now(), h.r.quotaUsed)
 			got := h.r.lastDec
 			if len(got) != len(want) {
 				t.Fatalf("seed %d step %d: %d decisions, want %d", seed, step, len(got), len(want))

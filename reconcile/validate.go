@@ -43,16 +43,16 @@ type decision struct {
 // last: an event carrying the newer row can never take the owner's traffic.
 // Rejected rows claim nothing; blocked rows keep their claims (they may
 // come back). quotaUsed reports a peer's bytes since its quota reset.
-func decide(node events.Node, rows map[string]events.Peer, now time.Time, quotaUsed func(id string) int64) map[string]decision {
+func decide(node events.Node, self Key, rows map[string]events.Peer, now time.Time, quotaUsed func(id string) int64) map[string]decision {
 	out := make(map[string]decision, len(rows))
-	decideInto(out, node, rows, now, quotaUsed)
+	decideInto(out, node, self, rows, now, quotaUsed)
 	return out
 }
 
 // decideInto is decide writing into out, which it clears first: the full
 // path reuses one map instead of leaving a 10,000-entry one as garbage at
 // every resync.
-func decideInto(out map[string]decision, node events.Node, rows map[string]events.Peer, now time.Time, quotaUsed func(id string) int64) {
+func decideInto(out map[string]decision, node events.Node, self Key, rows map[string]events.Peer, now time.Time, quotaUsed func(id string) int64) {
 	clear(out)
 	// Sorted as small (created_at, id) pairs and each row then read from
 	// the map once: a sorted copy of 10,000 rows was 2.9 MB of garbage.
@@ -78,7 +78,7 @@ func decideInto(out map[string]decision, node events.Node, rows map[string]event
 		row := rows[o.id]
 		p := &row
 		d := decision{}
-		cfg, err := validRow(node, p)
+		cfg, err := validRow(node, self, p)
 		if k, kerr := parseKey(p.PublicKey); kerr == nil {
 			d.key, d.keyOK = k, true
 		}
@@ -158,7 +158,8 @@ func parseKey(s string) (Key, error) {
 }
 
 // validRow checks one row on its own and returns the peer it programs.
-func validRow(node events.Node, p *events.Peer) (PeerConfig, error) {
+// self is the node's own public key (zero: unknown).
+func validRow(node events.Node, self Key, p *events.Peer) (PeerConfig, error) {
 	var cfg PeerConfig
 	k, err := parseKey(p.PublicKey)
 	if err != nil {
@@ -166,6 +167,11 @@ func validRow(node events.Node, p *events.Peer) (PeerConfig, error) {
 	}
 	if k.IsZero() {
 		return cfg, errors.New("public_key is all zeros")
+	}
+	if !self.IsZero() && k == self {
+		// WireGuard ignores a peer with its own key: it would look
+		// applied and never work.
+		return cfg, errors.New("public_key is the node's own key")
 	}
 	cfg.PublicKey = k
 	if p.PresharedKey != "" {

@@ -58,7 +58,7 @@ func TestValidateRules(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := peerRow(5)
 			c.edit(&p)
-			d := decide(node, map[string]events.Peer{p.ID: p}, now, func(string) int64 { return 0 })[p.ID]
+			d := decide(node, Key{}, map[string]events.Peer{p.ID: p}, now, func(string) int64 { return 0 })[p.ID]
 			if c.reason == "" {
 				if d.state != events.StateActive {
 					t.Fatalf("state %s %q, want active", d.state, d.reason)
@@ -85,7 +85,7 @@ func TestValidateRules(t *testing.T) {
 func TestValidateNoSecretInReason(t *testing.T) {
 	p := peerRow(1)
 	p.PresharedKey = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=" // base64 but 21 bytes
-	d := decide(testNodeRow(), map[string]events.Peer{p.ID: p}, time.Now(), func(string) int64 { return 0 })[p.ID]
+	d := decide(testNodeRow(), Key{}, map[string]events.Peer{p.ID: p}, time.Now(), func(string) int64 { return 0 })[p.ID]
 	if d.state != events.StateRejected || strings.Contains(d.reason, p.PresharedKey) {
 		t.Fatalf("reason %q", d.reason)
 	}
@@ -113,7 +113,7 @@ func TestValidateConflictsOlderWins(t *testing.T) {
 			older, newer = peerRow(1), peerRow(2)
 			edit()
 			for range 20 { // map iteration order varies
-				d := decide(testNodeRow(), map[string]events.Peer{older.ID: older, newer.ID: newer}, now, func(string) int64 { return 0 })
+				d := decide(testNodeRow(), Key{}, map[string]events.Peer{older.ID: older, newer.ID: newer}, now, func(string) int64 { return 0 })
 				if d[older.ID].state != events.StateActive {
 					t.Fatalf("older: %s %q", d[older.ID].state, d[older.ID].reason)
 				}
@@ -127,13 +127,28 @@ func TestValidateConflictsOlderWins(t *testing.T) {
 	older, newer = peerRow(1), peerRow(2)
 	newer.Address = older.Address
 	older.Enabled = false
-	d := decide(testNodeRow(), map[string]events.Peer{older.ID: older, newer.ID: newer}, now, func(string) int64 { return 0 })
+	d := decide(testNodeRow(), Key{}, map[string]events.Peer{older.ID: older, newer.ID: newer}, now, func(string) int64 { return 0 })
 	if d[newer.ID].state != events.StateRejected {
 		t.Fatalf("newer took a disabled peer's address: %s", d[newer.ID].state)
 	}
 	older.Enabled, older.DownloadKbps = true, -1
-	d = decide(testNodeRow(), map[string]events.Peer{older.ID: older, newer.ID: newer}, now, func(string) int64 { return 0 })
+	d = decide(testNodeRow(), Key{}, map[string]events.Peer{older.ID: older, newer.ID: newer}, now, func(string) int64 { return 0 })
 	if d[newer.ID].state != events.StateActive {
 		t.Fatalf("an invalid row blocked the address: %s %q", d[newer.ID].state, d[newer.ID].reason)
+	}
+}
+
+// A row may not use the node's own key: WireGuard would silently ignore
+// the peer while the node reported it active.
+func TestRowWithNodesOwnKeyRejected(t *testing.T) {
+	p := peerRow(5)
+	self := key(5)
+	d := decide(testNodeRow(), self, map[string]events.Peer{p.ID: p}, time.Now(), func(string) int64 { return 0 })[p.ID]
+	if d.state != events.StateRejected || d.reason != "invalid: public_key is the node's own key" {
+		t.Fatalf("row with the node's key: %s %q", d.state, d.reason)
+	}
+	d = decide(testNodeRow(), key(6), map[string]events.Peer{p.ID: p}, time.Now(), func(string) int64 { return 0 })[p.ID]
+	if d.state != events.StateActive {
+		t.Fatalf("row with another key: %s %q", d.state, d.reason)
 	}
 }
