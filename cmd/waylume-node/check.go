@@ -48,9 +48,7 @@ func (c *cli) checkCmd(args []string) int {
 	if !ok {
 		return code
 	}
-	cfg.requireFor("interface")
-	if err := cfg.Validate(); err != nil {
-		c.configFail(err)
+	if !c.validate(&cfg, "interface") {
 		return exitConfig
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 60*time.Second)

@@ -21,9 +21,7 @@ func (c *cli) healthcheckCmd(args []string) int {
 	if !ok {
 		return code
 	}
-	cfg.requireFor()
-	if err := cfg.Validate(); err != nil {
-		c.configFail(err)
+	if !c.validate(&cfg) {
 		return exitConfig
 	}
 	if cfg.MetricsAddr == "" {

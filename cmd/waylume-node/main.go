@@ -144,6 +144,17 @@ func (c *cli) parse(fs *flag.FlagSet, cf *configFlags, args []string) (cfg Confi
 	return cfg, exitOK, true
 }
 
+// validate marks the settings the subcommand needs and checks the whole
+// config; a bad one is reported as its one line.
+func (c *cli) validate(cfg *Config, need ...string) bool {
+	cfg.requireFor(need...)
+	if err := cfg.Validate(); err != nil {
+		c.configFail(err)
+		return false
+	}
+	return true
+}
+
 func (c *cli) configFail(err error) {
 	fmt.Fprintf(c.stderr, "waylume-node: %s\n", oneLine(err.Error()))
 }

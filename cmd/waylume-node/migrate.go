@@ -33,9 +33,7 @@ func (c *cli) migrateCmd(args []string) int {
 		}
 		return exitOK
 	}
-	cfg.requireFor("database-url")
-	if err := cfg.Validate(); err != nil {
-		c.configFail(err)
+	if !c.validate(&cfg, "database-url") {
 		return exitConfig
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Minute)

@@ -61,9 +61,7 @@ func (c *cli) nodeCreate(args []string) int {
 	if !ok {
 		return code
 	}
-	cfg.requireFor("database-url")
-	if err := cfg.Validate(); err != nil {
-		c.configFail(err)
+	if !c.validate(&cfg, "database-url") {
 		return exitConfig
 	}
 	bad := func(msg string) int { fmt.Fprintf(c.stderr, "waylume-node: %s\n", msg); return exitConfig }
@@ -133,9 +131,7 @@ func (c *cli) nodeLogin(args []string) int {
 	if !ok {
 		return code
 	}
-	cfg.requireFor("database-url")
-	if err := cfg.Validate(); err != nil {
-		c.configFail(err)
+	if !c.validate(&cfg, "database-url") {
 		return exitConfig
 	}
 	if !uuidRE.MatchString(strings.ToLower(*nodeID)) {

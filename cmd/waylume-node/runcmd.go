@@ -20,9 +20,7 @@ func (c *cli) runCmd(args []string) int {
 	if !ok {
 		return code
 	}
-	cfg.requireFor("database-url", "node-id", "private-key-file", "interface")
-	if err := cfg.Validate(); err != nil {
-		c.configFail(err)
+	if !c.validate(&cfg, "database-url", "node-id", "private-key-file", "interface") {
 		return exitConfig
 	}
 	log := newLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)

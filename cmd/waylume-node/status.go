@@ -71,9 +71,7 @@ func (c *cli) statusCmd(args []string) int {
 	if !ok {
 		return code
 	}
-	cfg.requireFor("interface")
-	if err := cfg.Validate(); err != nil {
-		c.configFail(err)
+	if !c.validate(&cfg, "interface") {
 		return exitConfig
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
