@@ -68,16 +68,24 @@ func SupabaseRoles(t testing.TB) {
 	}
 }
 
+// superuser connects to db as the superuser for one statement; done
+// closes the connection.
+func superuser(t testing.TB, db *pgtest.DB) (ctx context.Context, conn *pgx.Conn, done func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		cancel()
+		t.Fatalf("dbfix: connect: %v", err)
+	}
+	return ctx, conn, func() { conn.Close(ctx); cancel() }
+}
+
 // Exec runs sql as the superuser and fails the test on error.
 func Exec(t testing.TB, db *pgtest.DB, sql string, args ...any) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatalf("dbfix: connect: %v", err)
-	}
-	defer conn.Close(ctx)
+	ctx, conn, done := superuser(t, db)
+	defer done()
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
 		t.Fatalf("dbfix: %s: %v", sql, err)
 	}
@@ -86,13 +94,8 @@ func Exec(t testing.TB, db *pgtest.DB, sql string, args ...any) {
 // QueryRow runs sql as the superuser and scans its one row into dest.
 func QueryRow(t testing.TB, db *pgtest.DB, sql string, args []any, dest ...any) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatalf("dbfix: connect: %v", err)
-	}
-	defer conn.Close(ctx)
+	ctx, conn, done := superuser(t, db)
+	defer done()
 	if err := conn.QueryRow(ctx, sql, args...).Scan(dest...); err != nil {
 		t.Fatalf("dbfix: %s: %v", sql, err)
 	}
