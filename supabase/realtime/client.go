@@ -236,6 +236,13 @@ func (c *Client) token() (string, uint64) {
 	return c.mu.token, c.mu.tokenGen
 }
 
+// setPush installs the current session's token wake-up (nil: none).
+func (c *Client) setPush(push chan struct{}) {
+	c.mu.Lock()
+	c.mu.push = push
+	c.mu.Unlock()
+}
+
 func (c *Client) state(s State) {
 	if c.cfg.OnState != nil {
 		c.cfg.OnState(s)

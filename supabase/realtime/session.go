@@ -21,6 +21,8 @@ import (
 type session struct {
 	c       *Client
 	conn    *websocket.Conn
+	frames  <-chan []byte // text frames from the reader
+	readErr <-chan error  // the reader's final error
 	refs    refCounter
 	joinRef string
 	ids     map[string]int // binding id from the join reply -> index in c.binds
@@ -30,6 +32,9 @@ type session struct {
 	live    bool           // subscribed at least once in this session
 	n       int            // session number, for OnState
 	sysErr  string         // last system error text, explains a following phx_close
+	// pendingHB is the ref of the heartbeat awaiting its reply, "" when
+	// none is outstanding.
+	pendingHB string
 }
 
 // session runs one connection until it fails or ctx ends. live reports
@@ -45,38 +50,13 @@ func (c *Client) session(ctx context.Context, n int) (live bool, err error) {
 	conn.SetReadLimit(readLimit)
 
 	sctx, cancel := context.WithCancel(ctx)
-	frames := make(chan []byte, 64)
-	readErr := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			typ, data, err := conn.Read(sctx)
-			if err != nil {
-				readErr <- err
-				return
-			}
-			if typ != websocket.MessageText {
-				continue // v2 binary frames carry broadcasts only
-			}
-			select {
-			case frames <- data:
-			case <-sctx.Done():
-				return
-			}
-		}
-	}()
-
+	frames, readErr, done := read(sctx, conn)
 	push := make(chan struct{}, 1)
-	c.mu.Lock()
-	c.mu.push = push
-	c.mu.Unlock()
+	c.setPush(push)
 
-	s := &session{c: c, conn: conn, n: n, ids: map[string]int{}}
+	s := &session{c: c, conn: conn, frames: frames, readErr: readErr, n: n, ids: map[string]int{}}
 	defer func() {
-		c.mu.Lock()
-		c.mu.push = nil
-		c.mu.Unlock()
+		c.setPush(nil)
 		if ctx.Err() != nil {
 			conn.Close(websocket.StatusNormalClosure, "")
 		}
@@ -90,64 +70,77 @@ func (c *Client) session(ctx context.Context, n int) (live bool, err error) {
 		return false, err
 	}
 	c.state(State{Phase: Joining, Sessions: n})
+	err = s.loop(ctx, sctx, push)
+	return s.live, err
+}
 
-	joinTimer := time.NewTimer(c.cfg.JoinTimeout)
+// read runs conn's only reader until a read fails or ctx ends: text frames
+// go to frames, the failure to readErr; done closes when it has returned.
+func read(ctx context.Context, conn *websocket.Conn) (frames <-chan []byte, readErr <-chan error, done <-chan struct{}) {
+	fc := make(chan []byte, 64)
+	ec := make(chan error, 1)
+	dc := make(chan struct{})
+	go func() {
+		defer close(dc)
+		for {
+			typ, data, err := conn.Read(ctx)
+			if err != nil {
+				ec <- err
+				return
+			}
+			if typ != websocket.MessageText {
+				continue // v2 binary frames carry broadcasts only
+			}
+			select {
+			case fc <- data:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return fc, ec, dc
+}
+
+// loop serves the joined socket until something fails: ctx is Run's
+// context, sctx the session's (it also ends when the session does).
+func (s *session) loop(ctx, sctx context.Context, push <-chan struct{}) error {
+	cfg := &s.c.cfg
+	joinTimer := time.NewTimer(cfg.JoinTimeout)
 	defer joinTimer.Stop()
 	// Armed while joined but not subscribed: a server that never sends
 	// "Subscribed" (nor retries) would otherwise leave us joined and deaf.
-	subTimer := time.NewTimer(c.cfg.SubscribeTimeout)
+	subTimer := time.NewTimer(cfg.SubscribeTimeout)
 	defer subTimer.Stop()
 	subArmed := true
-	hb := time.NewTicker(c.cfg.HeartbeatInterval)
+	hb := time.NewTicker(cfg.HeartbeatInterval)
 	defer hb.Stop()
-	pendingHB := ""
 
 	for {
 		select {
 		case <-ctx.Done():
-			return s.live, ctx.Err()
-		case err := <-readErr:
-			if ctx.Err() != nil {
-				return s.live, ctx.Err()
-			}
-			// Frames read before the error (a system error and phx_close
-			// before the server hangs up) explain it better: handle them.
-			for {
-				select {
-				case data := <-frames:
-					if ferr := s.receive(sctx, data, &pendingHB); ferr != nil {
-						return s.live, ferr
-					}
-					continue
-				default:
-				}
-				break
-			}
-			return s.live, fmt.Errorf("realtime read: %w", err)
+			return ctx.Err()
+		case err := <-s.readErr:
+			return s.readFailed(ctx, sctx, err)
 		case <-joinTimer.C:
 			if !s.joined {
-				return s.live, &Error{Op: "join", Reason: fmt.Sprintf("no reply within %v", c.cfg.JoinTimeout)}
+				return &Error{Op: "join", Reason: fmt.Sprintf("no reply within %v", cfg.JoinTimeout)}
 			}
 		case <-subTimer.C:
 			subArmed = false
 			if !s.subbed {
-				return s.live, &Error{Op: "subscribe", Reason: fmt.Sprintf("not subscribed to PostgreSQL within %v", c.cfg.SubscribeTimeout)}
+				return &Error{Op: "subscribe", Reason: fmt.Sprintf("not subscribed to PostgreSQL within %v", cfg.SubscribeTimeout)}
 			}
 		case <-hb.C:
-			if pendingHB != "" {
-				return s.live, &Error{Op: "heartbeat", Reason: fmt.Sprintf("no reply within %v", c.cfg.HeartbeatInterval)}
-			}
-			pendingHB = s.refs.next()
-			if err := s.send(sctx, frame{Topic: topicPhoenix, Event: eventHeartbeat, Ref: pendingHB}); err != nil {
-				return s.live, err
+			if err := s.heartbeat(sctx); err != nil {
+				return err
 			}
 		case <-push:
 			if err := s.pushToken(sctx); err != nil {
-				return s.live, err
+				return err
 			}
-		case data := <-frames:
-			if err := s.receive(sctx, data, &pendingHB); err != nil {
-				return s.live, err
+		case data := <-s.frames:
+			if err := s.receive(sctx, data); err != nil {
+				return err
 			}
 			if s.joined {
 				joinTimer.Stop()
@@ -157,15 +150,44 @@ func (c *Client) session(ctx context.Context, n int) (live bool, err error) {
 				subTimer.Stop()
 				subArmed = false
 			case !s.subbed && !subArmed:
-				subTimer.Reset(c.cfg.SubscribeTimeout)
+				subTimer.Reset(cfg.SubscribeTimeout)
 				subArmed = true
 			}
 		}
 	}
 }
 
+// readFailed ends the session after the reader's error. Frames read before
+// it (a system error and phx_close before the server hangs up) explain it
+// better, so they are handled first.
+func (s *session) readFailed(ctx, sctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	for {
+		select {
+		case data := <-s.frames:
+			if ferr := s.receive(sctx, data); ferr != nil {
+				return ferr
+			}
+		default:
+			return fmt.Errorf("realtime read: %w", err)
+		}
+	}
+}
+
+// heartbeat sends the next heartbeat; the previous one still unanswered
+// means the server (or the path to it) is gone.
+func (s *session) heartbeat(ctx context.Context) error {
+	if s.pendingHB != "" {
+		return &Error{Op: "heartbeat", Reason: fmt.Sprintf("no reply within %v", s.c.cfg.HeartbeatInterval)}
+	}
+	s.pendingHB = s.refs.next()
+	return s.send(ctx, frame{Topic: topicPhoenix, Event: eventHeartbeat, Ref: s.pendingHB})
+}
+
 // receive handles one text frame from the server.
-func (s *session) receive(ctx context.Context, data []byte, pendingHB *string) error {
+func (s *session) receive(ctx context.Context, data []byte) error {
 	c := s.c
 	f, err := decodeFrame(data)
 	if err != nil {
@@ -173,8 +195,8 @@ func (s *session) receive(ctx context.Context, data []byte, pendingHB *string) e
 		return nil
 	}
 	if f.Topic == topicPhoenix {
-		if f.Event == eventReply && f.Ref != "" && f.Ref == *pendingHB {
-			*pendingHB = ""
+		if f.Event == eventReply && f.Ref != "" && f.Ref == s.pendingHB {
+			s.pendingHB = ""
 		}
 		return nil
 	}
@@ -247,39 +269,19 @@ func (s *session) ours(f frame) bool {
 	return f.Ref == s.joinRef
 }
 
+// handle acts on one message of the node's channel.
 func (s *session) handle(ctx context.Context, f frame) error {
-	c := s.c
 	switch f.Event {
 	case eventReply:
 		if s.joined || f.Ref != s.joinRef {
 			return nil
 		}
-		var rp replyPayload
-		if err := unmarshal(f.Payload, &rp); err != nil {
-			return &Error{Op: "join", Reason: "malformed reply: " + err.Error()}
-		}
-		if rp.Status != "ok" {
-			var why struct {
-				Reason string `json:"reason"`
-			}
-			_ = unmarshal(rp.Response, &why)
-			if why.Reason == "" {
-				why.Reason = "status " + rp.Status
-			}
-			return joinError(why.Reason)
-		}
-		if err := s.checkBindings(rp.Response); err != nil {
-			return err
-		}
-		s.joined = true
-		c.log.Debug("realtime: joined; waiting for the subscription", "topic", c.topic)
-		// A token set while the join was in flight goes out now.
-		return s.pushToken(ctx)
+		return s.joinReply(ctx, f.Payload)
 
 	case eventSystem:
 		var sp systemPayload
 		if err := unmarshal(f.Payload, &sp); err != nil {
-			c.log.Warn("realtime: malformed system message", "err", err)
+			s.c.log.Warn("realtime: malformed system message", "err", err)
 			return nil
 		}
 		return s.system(sp)
@@ -304,8 +306,34 @@ func (s *session) handle(ctx context.Context, f frame) error {
 		s.changes(f.Payload)
 		return nil
 	}
-	c.log.Debug("realtime: ignoring event", "event", f.Event)
+	s.c.log.Debug("realtime: ignoring event", "event", f.Event)
 	return nil
+}
+
+// joinReply handles the reply to our join: an error reply ends the
+// session, an ok one must echo our bindings.
+func (s *session) joinReply(ctx context.Context, payload json.RawMessage) error {
+	var rp replyPayload
+	if err := unmarshal(payload, &rp); err != nil {
+		return &Error{Op: "join", Reason: "malformed reply: " + err.Error()}
+	}
+	if rp.Status != "ok" {
+		var why struct {
+			Reason string `json:"reason"`
+		}
+		_ = unmarshal(rp.Response, &why)
+		if why.Reason == "" {
+			why.Reason = "status " + rp.Status
+		}
+		return joinError(why.Reason)
+	}
+	if err := s.checkBindings(rp.Response); err != nil {
+		return err
+	}
+	s.joined = true
+	s.c.log.Debug("realtime: joined; waiting for the subscription", "topic", s.c.topic)
+	// A token set while the join was in flight goes out now.
+	return s.pushToken(ctx)
 }
 
 func (s *session) checkBindings(raw json.RawMessage) error {
