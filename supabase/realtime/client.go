@@ -9,9 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/retry"
 )
 
 // Defaults follow realtime-js.
@@ -253,13 +252,7 @@ func (c *Client) state(s State) {
 // It never gives up on its own: errors are logged, reported through
 // OnState and retried.
 func (c *Client) Run(ctx context.Context) error {
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(c.cfg.MinBackoff),
-		backoff.WithMaxInterval(c.cfg.MaxBackoff),
-		backoff.WithMultiplier(2),
-		backoff.WithRandomizationFactor(0.3),
-		backoff.WithMaxElapsedTime(0),
-	)
+	bo := retry.Policy{Initial: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}.New()
 	sessions := 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -278,7 +271,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		var rerr *Error
 		permanent := errors.As(err, &rerr) && rerr.Permanent
-		wait := bo.NextBackOff()
+		wait := bo.Next()
 		if permanent {
 			wait = c.cfg.PermanentRetry
 			c.log.Error("realtime subscription refused; retrying slowly: fix the cause (token, key, publication)",
