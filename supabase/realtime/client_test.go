@@ -1,6 +1,8 @@
 package realtime
 
 import (
+	"errors"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +48,15 @@ func TestDialErrorRedactsKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = c.session(t.Context(), 1)
-	if err == nil || strings.Contains(err.Error(), "secret-key-value") {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		t.Fatalf("dial error %v: want a *url.Error", err)
+	}
+	if u, perr := url.Parse(ue.URL); perr != nil || u.RawQuery != "" {
+		t.Errorf("dial error names %q: want the URL without its query", ue.URL)
+	}
+	// The text is what reaches the logs: the key must not be in it.
+	if strings.Contains(err.Error(), "secret-key-value") {
 		t.Fatalf("dial error %v: want an error without the key", err)
 	}
 }

@@ -11,7 +11,7 @@ import (
 )
 
 // Error is a protocol-level failure: a refused upgrade, a join error
-// reply, a system error or a server-side channel close.
+// reply, a system error, a server-side channel end or a missed deadline.
 type Error struct {
 	Op string // "upgrade", "join", "subscribe", "channel", "heartbeat"
 	// Status is the HTTP status of a refused upgrade, else 0.
@@ -22,7 +22,17 @@ type Error struct {
 	// Permanent errors are not fixed by retrying soon; the client retries
 	// them only every PermanentRetry (or when a new token is set).
 	Permanent bool
+
+	kind error // ErrChannelClosed or ErrChannelCrashed for Op "channel"
 }
+
+// How the server ended the channel (Op "channel"): a close is deliberate
+// (a token problem, a second join), a crash is the channel process dying;
+// both are answered with a rejoin.
+var (
+	ErrChannelClosed  = errors.New("channel closed by the server (phx_close)")
+	ErrChannelCrashed = errors.New("channel crashed on the server (phx_error)")
+)
 
 func (e *Error) Error() string {
 	s := "realtime " + e.Op
@@ -34,6 +44,9 @@ func (e *Error) Error() string {
 	}
 	return s
 }
+
+// Unwrap makes errors.Is find ErrChannelClosed and ErrChannelCrashed.
+func (e *Error) Unwrap() error { return e.kind }
 
 // upgradeError turns a refused websocket upgrade into an Error with the
 // server's JSON error text.

@@ -294,13 +294,13 @@ func (s *session) handle(ctx context.Context, f frame) error {
 		if s.sysErr != "" {
 			reason += " after: " + s.sysErr
 		}
-		return &Error{Op: "channel", Reason: reason, Permanent: tokenProblem(s.sysErr)}
+		return &Error{Op: "channel", Reason: reason, Permanent: tokenProblem(s.sysErr), kind: ErrChannelClosed}
 
 	case eventError:
 		if !s.ours(f) {
 			return nil
 		}
-		return &Error{Op: "channel", Reason: "channel crashed on the server (phx_error)"}
+		return &Error{Op: "channel", Reason: "channel crashed on the server (phx_error)", kind: ErrChannelCrashed}
 
 	case eventChanges:
 		s.changes(f.Payload)

@@ -289,7 +289,7 @@ func TestLostEventsResync(t *testing.T) {
 	s := c.rec.nextState(t, &st, wait, "disconnect after phx_error", func(s realtime.State) bool {
 		return s.Phase == realtime.Disconnected
 	})
-	if s.Err == nil || !strings.Contains(s.Err.Error(), "phx_error") {
+	if !errors.Is(s.Err, realtime.ErrChannelCrashed) {
 		t.Errorf("session ended with %v, want the phx_error", s.Err)
 	}
 	c.rec.nextState(t, &st, wait, "joining", func(s realtime.State) bool { return s.Phase == realtime.Joining })
@@ -332,7 +332,8 @@ func TestTokenRefresh(t *testing.T) {
 		return s.Phase == realtime.Disconnected
 	})
 	var rerr *realtime.Error
-	if !errors.As(s.Err, &rerr) || !rerr.Permanent || !strings.Contains(rerr.Reason, "Token has expired") {
+	if !errors.As(s.Err, &rerr) || !errors.Is(s.Err, realtime.ErrChannelClosed) || !rerr.Permanent ||
+		!strings.Contains(rerr.Reason, "Token has expired") {
 		t.Fatalf("got %v, want a permanent token error", s.Err)
 	}
 	if s.Retry != time.Minute {
@@ -352,7 +353,7 @@ func TestTokenRefresh(t *testing.T) {
 	// The server's own token-error close (expiry check) is reported too.
 	f.srv.KickWithTokenError()
 	s = c.rec.nextState(t, &st, wait, "kick", func(s realtime.State) bool { return s.Phase == realtime.Disconnected })
-	if !errors.As(s.Err, &rerr) || rerr.Op != "channel" || !rerr.Permanent {
+	if !errors.As(s.Err, &rerr) || rerr.Op != "channel" || !errors.Is(s.Err, realtime.ErrChannelClosed) || !rerr.Permanent {
 		t.Errorf("kick reported as %v", s.Err)
 	}
 }
@@ -430,6 +431,7 @@ func TestRefusedUpgrade(t *testing.T) {
 	if !errors.As(s.Err, &rerr) || rerr.Status != 403 || !rerr.Permanent || !strings.Contains(rerr.Reason, "JwtSignatureError") {
 		t.Fatalf("got %#v", s.Err)
 	}
+	// The text is what reaches the logs: the key must not be in it.
 	if strings.Contains(s.Err.Error(), realtimetest.AnonKey("another-secret")) {
 		t.Errorf("error text carries the key")
 	}
