@@ -22,7 +22,8 @@ import (
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 // plane adapts *netctl.Link to reconcile.DataPlane the way
@@ -142,7 +143,7 @@ func (e *env) inProcessTap(tb testing.TB, src string, resync time.Duration, tap 
 		case "listen":
 			supabase.Listen(ctx, e.nodeURL, e.nodeID, sink, log)
 		case "realtime":
-			rt, err := supabase.NewRealtime(supabase.RealtimeConfig{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, sink)
+			rt, err := realtime.New(realtime.Config{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, sink)
 			if err != nil {
 				tb.Error(err)
 				return

@@ -17,6 +17,7 @@ import (
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/realtime"
 )
 
 // readyGrace is how long the control plane may be unreachable before
@@ -129,10 +130,10 @@ func eventSource(cfg Config, sink events.Sink, reg prometheus.Registerer, log *s
 		}
 	}
 	sessions := 0
-	rt, err := supabase.NewRealtime(supabase.RealtimeConfig{
+	rt, err := realtime.New(realtime.Config{
 		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID, Logger: log,
-		OnState: func(s supabase.RealtimeState) {
-			if s.Phase == supabase.RealtimeLive {
+		OnState: func(s realtime.State) {
+			if s.Phase == realtime.Live {
 				connected.Set(1)
 			} else {
 				connected.Set(0)
