@@ -13,16 +13,18 @@ import (
 	"github.com/waylume/waylume-node/events"
 )
 
-// fakePlane is an in-memory WireGuard device with counters: it fails on
-// removing unknown keys, keeps counters across updates, restarts them at
-// zero when a peer is re-added, and counts what it was asked to do.
+// fakePlane is an in-memory WireGuard device with counters: it keeps
+// counters across updates, restarts them at zero when a peer is re-added,
+// and counts what it was asked to do. It is stricter than the DataPlane
+// contract in one way: removing a key it does not hold fails, since the
+// reconciler only ever removes keys it believes the device holds.
 type fakePlane struct {
 	mu      sync.Mutex
 	peers   map[Key]*fakePeer
 	epoch   string
 	node    NodeConfig
 	fail    error // every call fails with it when set
-	panics  int   // the next this many ApplyPeers calls panic (a bug tripped by a row)
+	panics  int   // the next this many peer calls panic (a bug tripped by a row)
 	adds    int   // peers created
 	updates int   // existing peers reprogrammed
 	removes int
@@ -49,7 +51,19 @@ func (f *fakePlane) Configure(ctx context.Context, c NodeConfig) error {
 	return nil
 }
 
-func (f *fakePlane) ApplyPeers(ctx context.Context, set []PeerConfig, remove []Key, full bool) (map[Key]error, error) {
+func (f *fakePlane) UpdatePeers(ctx context.Context, peers []PeerConfig) (map[Key]error, error) {
+	return f.apply(ctx, peers, nil, false)
+}
+
+func (f *fakePlane) SyncPeers(ctx context.Context, all []PeerConfig) (map[Key]error, error) {
+	return f.apply(ctx, all, nil, true)
+}
+
+func (f *fakePlane) RemovePeers(ctx context.Context, keys []Key) (map[Key]error, error) {
+	return f.apply(ctx, nil, keys, false)
+}
+
+func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, full bool) (map[Key]error, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
@@ -167,8 +181,8 @@ type fakeStore struct {
 }
 
 var (
-	errNotFound = errors.New("fake: not found")
-	errRefused  = errors.New("fake: new row violates row-level security policy")
+	errNotFound = fmt.Errorf("fake: %w", events.ErrNotFound)
+	errRefused  = fmt.Errorf("fake: new row violates row-level security policy: %w", events.ErrRefused)
 )
 
 func newFakeStore(node events.Node) *fakeStore {
@@ -223,6 +237,22 @@ func (s *fakeStore) PeerStatuses(ctx context.Context, nodeID string) ([]events.P
 	var out []events.PeerStatus
 	for _, st := range s.status {
 		out = append(out, st)
+	}
+	return out, nil
+}
+
+// QuotaUsage sums the usage rows ending after each peer's quota_reset_at.
+func (s *fakeStore) QuotaUsage(ctx context.Context, nodeID string) (map[string]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failReads {
+		return nil, errFake
+	}
+	out := map[string]int64{}
+	for _, u := range s.usage {
+		if p, ok := s.peers[u.PeerID]; ok && u.PeriodEnd.After(p.QuotaResetAt) {
+			out[u.PeerID] += u.UploadBytes + u.DownloadBytes
+		}
 	}
 	return out, nil
 }
@@ -380,9 +410,7 @@ func newHarness(t *testing.T, rows ...events.Peer) *harness {
 // store and the data plane.
 func (h *harness) restart() {
 	h.t.Helper()
-	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now,
-		IsNotFound: func(err error) bool { return errors.Is(err, errNotFound) },
-		IsRejected: func(err error) bool { return errors.Is(err, errRefused) }})
+	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now})
 	if err != nil {
 		h.t.Fatal(err)
 	}

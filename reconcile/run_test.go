@@ -2,7 +2,6 @@ package reconcile
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -29,7 +28,6 @@ func TestRunEventsAndShutdown(t *testing.T) {
 	store, plane := newFakeStore(testNodeRow()), newFakePlane()
 	store.put(peerRow(1))
 	r, err := New(Config{NodeID: testNode, Store: store, DataPlane: plane,
-		IsNotFound:     func(err error) bool { return errors.Is(err, errNotFound) },
 		ResyncInterval: 50 * time.Millisecond, UsageInterval: 30 * time.Millisecond, HeartbeatInterval: 40 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -96,8 +94,8 @@ func TestRunLostEventsRepairedByResync(t *testing.T) {
 	}
 }
 
-// Every metric BRIEF.md names for the reconciler is registered on the
-// injected registry, with values that follow the state.
+// Every metric of the reconciler's interface is registered on the injected
+// registry, with values that follow the state.
 func TestMetricsRegistered(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	store, plane := newFakeStore(testNodeRow()), newFakePlane()
