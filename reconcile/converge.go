@@ -2,8 +2,8 @@ package reconcile
 
 // Converging is the one path from (desired rows, what the data plane holds)
 // to actions. A run configures the node, chooses the rows to decide, plans
-// each peer, applies the plan in one data plane call, and schedules the
-// next expiry. Running it twice is a no-op.
+// each peer, applies the plan in one data plane call, and schedules what
+// comes next (expiry, retries of failed rows). Running it twice is a no-op.
 
 import (
 	"context"
@@ -48,6 +48,30 @@ func (r *Reconciler) Converge(ctx context.Context) (err error) {
 	return r.convergeLocked(ctx, false, false)
 }
 
+// retryFailed converges the rows whose apply failed and whose backoff has
+// run out, through the same path as every other change.
+func (r *Reconciler) retryFailed(ctx context.Context) (err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	defer r.contain("retry failed rows", &err)
+	now := r.now()
+	// Every due row is sent (and failed or forgotten) or forgotten by the
+	// converge; one it leaves unresolved, as a contained panic does, waits
+	// its next delay instead of spinning the timer.
+	defer r.postpone(now)
+	for _, id := range r.failing.Due(now) {
+		r.dirty[id] = true
+	}
+	return r.convergeLocked(ctx, false, false)
+}
+
+func (r *Reconciler) postpone(now time.Time) {
+	for _, id := range r.failing.Due(now) {
+		r.failing.Fail(id, now)
+	}
+	r.scheduleRetry()
+}
+
 // convergeLocked runs one converge. fullApply sends every peer the node
 // should hold (the data plane removes the rest and repairs drift);
 // otherwise only what changed. decideAll evaluates every row
@@ -75,6 +99,7 @@ func (r *Reconciler) convergeLocked(ctx context.Context, fullApply, decideAll bo
 	for _, id := range p.ids {
 		r.planPeer(p, id)
 	}
+	r.forgetUnsent(p)
 	r.applyPlan(ctx, p)
 	r.schedule(p)
 	if p.kick {
@@ -212,13 +237,14 @@ func (r *Reconciler) noteState(p *plan, ps *peerState, d decision) {
 
 // leave cuts a peer the device holds: nothing is routed to or from it
 // while its final usage is flushed, after which the flush removes it
-// (usage.go). A full run sends the cut again.
+// (usage.go). A full run, or the retry of a cut that failed, sends the
+// cut again.
 func (r *Reconciler) leave(p *plan, ps *peerState) {
 	switch {
 	case !ps.leaving:
 		ps.leaving, p.kick = true, true
 		p.send(ps, cut(ps.key))
-	case p.full:
+	case p.full || r.failing.Failing(ps.id):
 		p.send(ps, cut(ps.key))
 	}
 }
@@ -238,9 +264,27 @@ func (r *Reconciler) mustWait(p *plan, ps *peerState, d decision) bool {
 	return false
 }
 
+// forgetUnsent drops the backoff of failing rows this run planned but had
+// nothing to send for: nothing of theirs is left to retry.
+func (r *Reconciler) forgetUnsent(p *plan) {
+	if r.failing.Len() == 0 {
+		return
+	}
+	sent := map[string]bool{}
+	for _, ps := range p.setFor {
+		if r.failing.Failing(ps.id) {
+			sent[ps.id] = true
+		}
+	}
+	for _, id := range p.ids {
+		if !sent[id] {
+			r.failing.Forget(id)
+		}
+	}
+}
+
 // applyPlan sends the plan in one call and records what took; a peer that
-// failed, or all of them when the call did, is decided again at the next
-// converge.
+// failed, or all of them when the call did, is retried on its own backoff.
 func (r *Reconciler) applyPlan(ctx context.Context, p *plan) {
 	if len(p.set) == 0 && !p.full {
 		return
@@ -252,10 +296,11 @@ func (r *Reconciler) applyPlan(ctx context.Context, p *plan) {
 	} else {
 		failed, err = r.cfg.DataPlane.UpdatePeers(ctx, p.set)
 	}
+	now := r.now() // backoff counts from the failure, however long the call took
 	if err != nil {
 		p.errs = append(p.errs, fmt.Errorf("apply %d peers: %w", len(p.set), err))
 		for _, ps := range p.setFor {
-			r.waiting[ps.id] = true
+			r.failing.Fail(ps.id, now)
 		}
 		return
 	}
@@ -263,7 +308,7 @@ func (r *Reconciler) applyPlan(ctx context.Context, p *plan) {
 		ps := p.setFor[i]
 		if ferr, bad := failed[c.PublicKey]; bad {
 			p.errs = append(p.errs, fmt.Errorf("apply peer %s: %w", ps.id, ferr))
-			r.waiting[ps.id] = true
+			r.failing.Fail(ps.id, now)
 			continue
 		}
 		r.applied(p, ps, c)
@@ -285,11 +330,13 @@ func (r *Reconciler) applied(p *plan, ps *peerState, c PeerConfig) {
 		}
 	}
 	ps.applied = c
+	r.failing.Forget(ps.id)
 }
 
-// schedule points the timer at the next expiry. A partial run only ever
-// brings it closer.
+// schedule points the timers at the next expiry and the next row retry.
+// A partial run only ever brings the next expiry closer.
 func (r *Reconciler) schedule(p *plan) {
+	r.scheduleRetry()
 	if p.subset == nil {
 		r.scheduleExpiry(p.dec, p.now)
 		r.updatePeerGauges()
@@ -317,6 +364,15 @@ func (r *Reconciler) scheduleExpiry(dec map[string]decision, now time.Time) {
 	}
 	if !next.Equal(r.nextExpiry) {
 		r.nextExpiry = next
+		poke(r.rearm)
+	}
+}
+
+// scheduleRetry tells the timer loop when the next failed row is due.
+func (r *Reconciler) scheduleRetry() {
+	next, _ := r.failing.Next()
+	if !next.Equal(r.nextRetry) {
+		r.nextRetry = next
 		poke(r.rearm)
 	}
 }

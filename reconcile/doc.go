@@ -15,6 +15,7 @@
 // its locking rules; rows.go keeps the desired rows and who claims what;
 // sync.go reads everything (load, resync, adoption of the device);
 // handle.go takes event batches; converge.go turns decisions into data
-// plane calls; loop.go runs it all on events and timers; usage.go accounts for every byte exactly once;
+// plane calls and retries rows whose apply failed; loop.go runs it all on
+// events and timers; usage.go accounts for every byte exactly once;
 // heartbeat.go and metrics.go report.
 package reconcile

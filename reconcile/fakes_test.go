@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -23,12 +24,14 @@ type fakePlane struct {
 	peers   map[Key]*fakePeer
 	epoch   string
 	node    NodeConfig
-	fail    error // every call fails with it when set
-	panics  int   // the next this many peer calls panic (a bug tripped by a row)
-	adds    int   // peers created
-	updates int   // existing peers reprogrammed
+	fail    error       // every call fails with it when set
+	panics  int         // the next this many peer calls panic (a bug tripped by a row)
+	failKey map[Key]int // the next this many applies of a key fail for that key alone
+	adds    int         // peers created
+	updates int         // existing peers reprogrammed
 	removes int
 	calls   int
+	tries   map[Key][]time.Time // when each key was sent (UpdatePeers, SyncPeers), by the wall clock
 }
 
 type fakePeer struct {
@@ -75,6 +78,16 @@ func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, f
 		panic("fake: tripped")
 	}
 	failed := map[Key]error{}
+	for _, c := range set {
+		if f.tries == nil {
+			f.tries = map[Key][]time.Time{}
+		}
+		f.tries[c.PublicKey] = append(f.tries[c.PublicKey], time.Now())
+		if f.failKey[c.PublicKey] > 0 {
+			f.failKey[c.PublicKey]--
+			failed[c.PublicKey] = fmt.Errorf("fake: peer %s refused", c.PublicKey)
+		}
+	}
 	if full {
 		keep := map[Key]bool{}
 		for _, c := range set {
@@ -88,6 +101,9 @@ func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, f
 		}
 	}
 	for _, c := range set {
+		if failed[c.PublicKey] != nil {
+			continue
+		}
 		if p, ok := f.peers[c.PublicKey]; ok {
 			if !p.cfg.Equal(c) {
 				f.updates++
@@ -141,6 +157,13 @@ func (f *fakePlane) traffic(k Key, rx, tx int64) bool {
 	p.tx += tx
 	p.handshake = time.Unix(1_700_000_000, 0)
 	return true
+}
+
+// sent returns when key k was sent to the device so far.
+func (f *fakePlane) sent(k Key) []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.tries[k])
 }
 
 func (f *fakePlane) has(k Key) (PeerConfig, bool) {

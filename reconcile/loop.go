@@ -1,7 +1,8 @@
 package reconcile
 
 // Run's two loops: one takes event batches from the queue, the other runs
-// everything on a clock (resync, expiry, usage flushes, heartbeats). Both go through the exported entry points, which
+// everything on a clock (resync, expiry, retries of failed rows, usage
+// flushes, heartbeats). Both go through the exported entry points, which
 // take the lock.
 
 import (
@@ -15,7 +16,8 @@ import (
 )
 
 // Run applies events from Sink, resyncs every ResyncInterval, enforces
-// expiry, flushes usage and sends heartbeats until ctx ends. Then it stops taking events, flushes usage once more and marks the
+// expiry, retries failed rows, flushes usage and sends heartbeats until ctx
+// ends. Then it stops taking events, flushes usage once more and marks the
 // node offline; the data plane is left as it is.
 func (r *Reconciler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
@@ -72,6 +74,7 @@ func (r *Reconciler) eventLoop(ctx context.Context) {
 type timers struct {
 	resync, usage, hb *time.Ticker
 	expiry            *time.Timer // the next expiry of an active peer
+	rows              *time.Timer // the next failed row due for a retry
 	again             *time.Timer // a failed resync's retry; the first resync
 	kickDelay         *time.Timer // a flush asked for too soon after the last
 	lastKick          time.Time
@@ -84,6 +87,7 @@ func (r *Reconciler) newTimers() *timers {
 		usage:     time.NewTicker(r.cfg.UsageInterval),
 		hb:        time.NewTicker(r.cfg.HeartbeatInterval),
 		expiry:    time.NewTimer(time.Hour),
+		rows:      time.NewTimer(time.Hour),
 		again:     time.NewTimer(0), // the first resync runs at once
 		kickDelay: time.NewTimer(time.Hour),
 		// A failed resync is retried soon after a blip, but a fleet of
@@ -97,7 +101,7 @@ func (t *timers) stop() {
 	for _, tk := range []*time.Ticker{t.resync, t.usage, t.hb} {
 		tk.Stop()
 	}
-	for _, tm := range []*time.Timer{t.expiry, t.again, t.kickDelay} {
+	for _, tm := range []*time.Timer{t.expiry, t.rows, t.again, t.kickDelay} {
 		tm.Stop()
 	}
 }
@@ -111,7 +115,7 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.rearm:
-			// arm at the top of the loop picks the new instant.
+			// arm at the top of the loop picks the new instants.
 		case <-t.again.C:
 			r.resyncNow(ctx, t)
 			r.warn(ctx, "heartbeat", r.heartbeat(ctx, "online"))
@@ -119,6 +123,8 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 			r.resyncNow(ctx, t)
 		case <-t.expiry.C:
 			r.warn(ctx, "expiry", r.Converge(ctx))
+		case <-t.rows.C:
+			r.warn(ctx, "retry failed rows", r.retryFailed(ctx))
 		case <-t.usage.C:
 			r.flushNow(ctx, t)
 		case <-r.kick:
@@ -136,12 +142,14 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 	}
 }
 
-// arm points the expiry timer at the instant converging last scheduled.
+// arm points the expiry and row retry timers at the instants converging
+// last scheduled.
 func (r *Reconciler) arm(t *timers) {
 	r.mu.Lock()
-	expiry := r.nextExpiry
+	expiry, rows := r.nextExpiry, r.nextRetry
 	r.mu.Unlock()
 	t.expiry.Reset(r.until(expiry))
+	t.rows.Reset(r.until(rows))
 }
 
 // until is the wait for instant at; an hour when nothing is scheduled.

@@ -1,11 +1,11 @@
 package reconcile
 
 // Locking: one mutex (Reconciler.mu) guards all state below it. Event
-// batches, resyncs and the expiry timer take it for their whole run, data
-// plane and store calls included. Usage flushes are serialised by flushMu
-// and take mu for everything but the database write (usage.go says why
-// that is safe). Store calls have their own timeout so a hung database
-// cannot hold mu forever.
+// batches, resyncs, the expiry timer and retries of failed rows take it for
+// their whole run, data plane and store calls included. Usage flushes are
+// serialised by flushMu and take mu for everything but the database write
+// (usage.go says why that is safe). Store calls have their own timeout so
+// a hung database cannot hold mu forever.
 
 import (
 	"cmp"
@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/retry"
 )
 
 // Config wires a Reconciler.
@@ -42,6 +43,10 @@ type Config struct {
 	Version   string
 }
 
+// rowRetry is the backoff of a row whose apply failed: soon after a blip,
+// but a peer the device keeps refusing is not retried at every event.
+var rowRetry = retry.Policy{Initial: time.Second, Max: 5 * time.Minute}
+
 // Reconciler keeps the data plane equal to the node's rows.
 type Reconciler struct {
 	cfg   Config
@@ -50,7 +55,7 @@ type Reconciler struct {
 	queue *events.Queue
 	m     *metrics
 	kick  chan struct{} // capacity 1: flush soon (a peer is leaving, a status changed)
-	rearm chan struct{} // capacity 1: the next expiry changed
+	rearm chan struct{} // capacity 1: the next expiry or row retry changed
 	self  Key           // the node's public key, which no peer row may use
 
 	flushMu sync.Mutex // one usage flush at a time; taken before mu
@@ -76,10 +81,14 @@ type Reconciler struct {
 	byKey     map[string][]string // usually one id: a slice is far smaller than a map
 	byAddr    map[netip.Addr][]string
 	dirty     map[string]bool
-	waiting   map[string]bool // rows whose action waits (a key still leaving, a zero baseline, a failed apply)
+	waiting   map[string]bool // rows whose action waits for the reconciler itself (a key still leaving, a zero baseline)
 	decideAll bool
 	lastDec   map[string]decision
 	held      map[Key]*peerState
+
+	// Rows whose apply failed, each retried on its own backoff.
+	failing   *retry.Keyed[string]
+	nextRetry time.Time // failing's earliest due instant, as the timer loop was told
 }
 
 // peerState is everything the node tracks for one peer id. The bools sit
@@ -147,6 +156,7 @@ func New(cfg Config) (*Reconciler, error) {
 		peers: map[string]*peerState{},
 		byKey: map[string][]string{}, byAddr: map[netip.Addr][]string{},
 		dirty: map[string]bool{}, waiting: map[string]bool{}, held: map[Key]*peerState{},
+		failing: retry.NewKeyed[string](rowRetry),
 	}
 	r.queue = events.NewQueue(events.QueueOptions{MaxBatch: 4096, OnCoalesce: func(n int) { m.coalesced.Add(float64(n)) }})
 	return r, nil

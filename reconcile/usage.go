@@ -441,6 +441,7 @@ func (r *Reconciler) removeLeaving(ctx context.Context, leaving []*peerState) er
 		r.log.Info("peer removed", "peer_id", ps.id, "state", ps.state, "reason", ps.reason)
 		if _, ok := r.rows[ps.id]; !ok {
 			delete(r.peers, ps.id)
+			r.failing.Forget(ps.id)
 			r.m.forget(ps.id)
 		} else if r.needsZero(ps) {
 			r.kickFlush()
