@@ -118,7 +118,9 @@ func (r *Reconciler) configureNode(ctx context.Context, p *plan) {
 	if !r.node.Address.IsValid() || (r.nodeSet && nc.Equal(r.nodeCfg)) {
 		return
 	}
-	if err := r.cfg.DataPlane.Configure(ctx, nc); err != nil {
+	pctx, cancel := r.planeCtx(ctx)
+	defer cancel()
+	if err := r.cfg.DataPlane.Configure(pctx, nc); err != nil {
 		p.errs = append(p.errs, fmt.Errorf("configure node: %w", err))
 		return
 	}
@@ -289,13 +291,15 @@ func (r *Reconciler) applyPlan(ctx context.Context, p *plan) {
 	if len(p.set) == 0 && !p.full {
 		return
 	}
+	pctx, cancel := r.planeCtx(ctx)
 	var failed map[Key]error
 	var err error
 	if p.full {
-		failed, err = r.cfg.DataPlane.SyncPeers(ctx, p.set)
+		failed, err = r.cfg.DataPlane.SyncPeers(pctx, p.set)
 	} else {
-		failed, err = r.cfg.DataPlane.UpdatePeers(ctx, p.set)
+		failed, err = r.cfg.DataPlane.UpdatePeers(pctx, p.set)
 	}
+	cancel()
 	now := r.now() // backoff counts from the failure, however long the call took
 	if err != nil {
 		p.errs = append(p.errs, fmt.Errorf("apply %d peers: %w", len(p.set), err))

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -132,5 +133,67 @@ func TestRetryPanicPostponed(t *testing.T) {
 	}
 	h.clk.add(time.Hour)
 	h.retryDue()
+	h.wantInPlane(2, true)
+}
+
+// Every data plane call made under the reconciler's lock has a deadline:
+// a device that hangs does not keep the lock (nor readiness, events or
+// flushes) past it.
+func TestDataPlaneDeadlineReleasesLock(t *testing.T) {
+	h := newHarness(t, peerRow(1))
+	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now, DataPlaneTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.r = r
+	h.resync()
+	n := 1
+	change := func() error {
+		n++
+		p := peerRow(n)
+		h.store.put(p)
+		return r.Handle(h.ctx, []events.Event{{Kind: events.PeerChanged, ID: p.ID, Peer: &p}})
+	}
+	node := func() error {
+		nr := testNodeRow()
+		nr.MTU = 1300 + n
+		n++
+		return r.Handle(h.ctx, []events.Event{{Kind: events.NodeChanged, ID: nr.ID, Node: &nr}})
+	}
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"SyncPeers", func() error { return r.Resync(h.ctx) }},
+		{"UpdatePeers", change},
+		{"Configure", node},
+		{"Stats", func() error { return r.Flush(h.ctx) }},
+	} {
+		entered := make(chan struct{}, 1)
+		h.plane.mu.Lock()
+		h.plane.block, h.plane.entered = true, entered
+		h.plane.mu.Unlock()
+		done := make(chan error, 1)
+		go func() { done <- c.call() }()
+		select {
+		case <-entered:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the data plane was never called", c.name)
+		}
+		ready := make(chan error, 1)
+		go func() { ready <- r.Ready(time.Hour) }()
+		select {
+		case <-ready:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the lock is still held 10s after a 50ms data plane deadline", c.name)
+		}
+		if err := <-done; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: %v, want the data plane deadline", c.name, err)
+		}
+		h.plane.mu.Lock()
+		h.plane.block, h.plane.entered = false, nil
+		h.plane.mu.Unlock()
+	}
+	h.resync()
 	h.wantInPlane(2, true)
 }

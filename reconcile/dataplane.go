@@ -70,7 +70,8 @@ type PeerStats struct {
 // session. The peer calls report the peers that could not be applied in
 // failed and leave the others applied; err means the call as a whole
 // failed, and some of it may have taken effect (the reconciler trusts the
-// device's counters over its own memory, see usage.go).
+// device's counters over its own memory, see usage.go). Calls get a
+// deadline (Config.DataPlaneTimeout) and must return soon after ctx ends.
 type DataPlane interface {
 	// Configure applies a node config change without dropping peers.
 	Configure(ctx context.Context, cfg NodeConfig) error

@@ -24,11 +24,13 @@ type fakePlane struct {
 	peers   map[Key]*fakePeer
 	epoch   string
 	node    NodeConfig
-	fail    error       // every call fails with it when set
-	panics  int         // the next this many peer calls panic (a bug tripped by a row)
-	failKey map[Key]int // the next this many applies of a key fail for that key alone
-	adds    int         // peers created
-	updates int         // existing peers reprogrammed
+	fail    error         // every call fails with it when set
+	panics  int           // the next this many peer calls panic (a bug tripped by a row)
+	failKey map[Key]int   // the next this many applies of a key fail for that key alone
+	block   bool          // every call blocks until its ctx ends
+	entered chan struct{} // when set, a call that blocks sends on it first
+	adds    int           // peers created
+	updates int           // existing peers reprogrammed
 	removes int
 	calls   int
 	tries   map[Key][]time.Time // when each key was sent (UpdatePeers, SyncPeers), by the wall clock
@@ -44,7 +46,25 @@ var errFake = errors.New("fake: unavailable")
 
 func newFakePlane() *fakePlane { return &fakePlane{peers: map[Key]*fakePeer{}, epoch: "boot1/7"} }
 
+// wait blocks until ctx ends when f.block is set; f.mu is not held meanwhile.
+func (f *fakePlane) wait(ctx context.Context) error {
+	f.mu.Lock()
+	block, entered := f.block, f.entered
+	f.mu.Unlock()
+	if !block {
+		return nil
+	}
+	if entered != nil {
+		entered <- struct{}{}
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
 func (f *fakePlane) Configure(ctx context.Context, c NodeConfig) error {
+	if err := f.wait(ctx); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail != nil {
@@ -67,6 +87,9 @@ func (f *fakePlane) RemovePeers(ctx context.Context, keys []Key) (map[Key]error,
 }
 
 func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, full bool) (map[Key]error, error) {
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
@@ -126,6 +149,9 @@ func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, f
 }
 
 func (f *fakePlane) Stats(ctx context.Context) ([]PeerStats, error) {
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail != nil {

@@ -4,8 +4,8 @@ package reconcile
 // batches, resyncs, the expiry timer and retries of failed rows take it for
 // their whole run, data plane and store calls included. Usage flushes are
 // serialised by flushMu and take mu for everything but the database write
-// (usage.go says why that is safe). Store calls have their own timeout so
-// a hung database cannot hold mu forever.
+// (usage.go says why that is safe). Store and data plane calls have their
+// own timeouts so a hung database or device cannot hold mu forever.
 
 import (
 	"cmp"
@@ -38,6 +38,7 @@ type Config struct {
 	UsageInterval     time.Duration // usage flush; default 60s
 	HeartbeatInterval time.Duration // default 30s
 	StoreTimeout      time.Duration // per store call; default 10s
+	DataPlaneTimeout  time.Duration // per data plane call; default 30s
 
 	PublicKey string // written in the heartbeat
 	Version   string
@@ -136,6 +137,7 @@ func New(cfg Config) (*Reconciler, error) {
 	cfg.UsageInterval = orDefault(cfg.UsageInterval, 60*time.Second)
 	cfg.HeartbeatInterval = orDefault(cfg.HeartbeatInterval, 30*time.Second)
 	cfg.StoreTimeout = orDefault(cfg.StoreTimeout, 10*time.Second)
+	cfg.DataPlaneTimeout = orDefault(cfg.DataPlaneTimeout, 30*time.Second)
 	var self Key
 	if cfg.PublicKey != "" {
 		k, err := parseKey(cfg.PublicKey)
@@ -179,6 +181,19 @@ func (r *Reconciler) Sink() events.Sink {
 
 func (r *Reconciler) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, r.cfg.StoreTimeout)
+}
+
+// planeCtx bounds one data plane call: they run under mu, and a device
+// that hangs must not stall events, flushes and readiness with it.
+func (r *Reconciler) planeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.cfg.DataPlaneTimeout)
+}
+
+// stats reads the data plane's counters within DataPlaneTimeout.
+func (r *Reconciler) stats(ctx context.Context) ([]PeerStats, error) {
+	pctx, cancel := r.planeCtx(ctx)
+	defer cancel()
+	return r.cfg.DataPlane.Stats(pctx)
 }
 
 func (r *Reconciler) peer(id string) *peerState {

@@ -129,7 +129,7 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 // down maps no key to a peer id any more, so their last bytes cannot be
 // attributed to anyone.
 func (r *Reconciler) adoptLocked(ctx context.Context) error {
-	st, err := r.cfg.DataPlane.Stats(ctx)
+	st, err := r.stats(ctx)
 	if err != nil {
 		return fmt.Errorf("adopt: read data plane: %w", err)
 	}

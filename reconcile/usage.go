@@ -205,7 +205,7 @@ func (r *Reconciler) flush(ctx context.Context) error {
 	r.mu.Lock()
 	// Counters and the peers they belong to are read under one lock, so
 	// a peer added meanwhile cannot look vanished.
-	stats, err := r.cfg.DataPlane.Stats(ctx)
+	stats, err := r.stats(ctx)
 	if err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("read counters: %w", err)
@@ -425,7 +425,9 @@ func (r *Reconciler) removeLeaving(ctx context.Context, leaving []*peerState) er
 	if len(keys) == 0 {
 		return nil
 	}
-	failed, err := r.cfg.DataPlane.RemovePeers(ctx, keys)
+	pctx, cancel := r.planeCtx(ctx)
+	failed, err := r.cfg.DataPlane.RemovePeers(pctx, keys)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("remove %d leaving peers: %w", len(keys), err)
 	}
