@@ -39,6 +39,7 @@ func TestFailedPeerRetriedWithBackoff(t *testing.T) {
 			p := peerRow(2)
 			h.store.put(p)
 			h.plane.mu.Lock()
+			h.plane.tries = map[Key][]time.Time{}
 			if whole {
 				h.plane.fail = errFake
 			} else {

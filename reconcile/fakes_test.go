@@ -33,7 +33,7 @@ type fakePlane struct {
 	updates int           // existing peers reprogrammed
 	removes int
 	calls   int
-	tries   map[Key][]time.Time // when each key was sent (UpdatePeers, SyncPeers), by the wall clock
+	tries   map[Key][]time.Time // when set: when each key was sent (UpdatePeers, SyncPeers), by the wall clock
 }
 
 type fakePeer struct {
@@ -105,10 +105,9 @@ func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, f
 	}
 	failed := map[Key]error{}
 	for _, c := range set {
-		if f.tries == nil {
-			f.tries = map[Key][]time.Time{}
+		if f.tries != nil {
+			f.tries[c.PublicKey] = append(f.tries[c.PublicKey], time.Now())
 		}
-		f.tries[c.PublicKey] = append(f.tries[c.PublicKey], time.Now())
 		if f.failKey[c.PublicKey] > 0 {
 			f.failKey[c.PublicKey]--
 			failed[c.PublicKey] = fmt.Errorf("fake: peer %s refused", c.PublicKey)

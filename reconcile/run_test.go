@@ -191,6 +191,7 @@ func TestRunRetriesRefusedPeer(t *testing.T) {
 	waitFor(t, "first resync", func() bool { return r.Ready(time.Minute) == nil })
 	plane.mu.Lock()
 	plane.failKey = map[Key]int{key(1): 3}
+	plane.tries = map[Key][]time.Time{}
 	plane.mu.Unlock()
 	p := peerRow(1)
 	store.put(p)
