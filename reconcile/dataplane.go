@@ -82,8 +82,8 @@ type DataPlane interface {
 	// set: peers not in it are removed, drift made behind the data plane's
 	// back is repaired.
 	SyncPeers(ctx context.Context, all []PeerConfig) (failed map[Key]error, err error)
-	// RemovePeers removes the peers with these keys; a key the device
-	// does not hold is already removed.
+	// RemovePeers removes the peers with these keys; removing a key the
+	// device does not hold is a no-op.
 	RemovePeers(ctx context.Context, keys []Key) (failed map[Key]error, err error)
 	// Stats reads every peer's counters.
 	Stats(ctx context.Context) ([]PeerStats, error)
