@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waylume/waylume-node/events"
@@ -19,6 +17,8 @@ import (
 	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/realtime"
 )
+
+var _ reconcile.Store = (*supabase.Store)(nil)
 
 // readyGrace is how long the control plane may be unreachable before
 // /readyz says so; the node keeps serving its last state meanwhile.
@@ -73,8 +73,6 @@ func runNode(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.
 
 	rec, err := reconcile.New(reconcile.Config{
 		NodeID: cfg.NodeID, Store: store, DataPlane: newLinkPlane(link, base), Log: log, Registerer: reg,
-		IsNotFound:     func(err error) bool { return errors.Is(err, supabase.ErrNotFound) },
-		IsRejected:     refusedForGood,
 		ResyncInterval: cfg.ResyncInterval, UsageInterval: cfg.UsageInterval,
 		PublicKey: link.PublicKey().String(), Version: version,
 	})
@@ -106,13 +104,6 @@ func runNode(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.
 	stopSources()
 	wg.Wait()
 	return runErr
-}
-
-// refusedForGood: the database will refuse this write however often it is
-// retried (RLS or a constraint), as opposed to being unreachable.
-func refusedForGood(err error) bool {
-	var pg *pgconn.PgError
-	return errors.As(err, &pg) && (pg.Code == "42501" || strings.HasPrefix(pg.Code, "23"))
 }
 
 // eventSource picks Realtime when configured, else LISTEN/NOTIFY.
