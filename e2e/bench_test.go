@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"slices"
@@ -14,164 +13,45 @@ import (
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/netns"
-	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/internal/node"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/realtime"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
-// plane adapts *netctl.Link to reconcile.DataPlane the way
-// cmd/waylume-node/dataplane.go does (package main cannot be imported),
-// and reports when a key was applied.
-type plane struct {
-	link    *netctl.Link
-	base    netctl.Config
-	mu      sync.Mutex
-	applied func(reconcile.Key, time.Time)
-}
-
-func (p *plane) Configure(ctx context.Context, n reconcile.NodeConfig) error {
-	cfg := p.base
-	cfg.Address, cfg.Address6, cfg.ListenPort, cfg.MTU = n.Address, n.Address6, n.ListenPort, n.MTU
-	return p.link.Reconfigure(ctx, cfg)
-}
-
-func (p *plane) UpdatePeers(ctx context.Context, peers []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
-	failed, err := p.link.UpdatePeers(ctx, linkPeers(peers), nil)
-	return p.report(peers, failed, err)
-}
-
-func (p *plane) SyncPeers(ctx context.Context, all []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
-	failed, err := p.link.SyncPeers(ctx, linkPeers(all))
-	return p.report(all, failed, err)
-}
-
-func (p *plane) RemovePeers(ctx context.Context, keys []reconcile.Key) (map[reconcile.Key]error, error) {
-	rm := make([]wgtypes.Key, len(keys))
-	for i, k := range keys {
-		rm[i] = wgtypes.Key(k)
-	}
-	failed, err := p.link.UpdatePeers(ctx, nil, rm)
-	return p.report(nil, failed, err)
-}
-
-func linkPeers(cs []reconcile.PeerConfig) []netctl.Peer {
-	peers := make([]netctl.Peer, len(cs))
-	for i, c := range cs {
-		peers[i] = netctl.Peer{PublicKey: wgtypes.Key(c.PublicKey), PresharedKey: wgtypes.Key(c.PresharedKey),
-			AllowedIPs: c.AllowedIPs, Keepalive: c.Keepalive, DownloadKbps: c.DownloadKbps, UploadKbps: c.UploadKbps}
-	}
-	return peers
-}
-
-// report tells applied about the serving peers of set that took, and
-// converts the failures.
-func (p *plane) report(set []reconcile.PeerConfig, failed map[wgtypes.Key]error, err error) (map[reconcile.Key]error, error) {
-	now := time.Now()
-	if p.applied != nil && err == nil {
-		for _, c := range set {
-			if _, bad := failed[wgtypes.Key(c.PublicKey)]; !bad && len(c.AllowedIPs) > 0 {
-				p.applied(c.PublicKey, now)
-			}
-		}
-	}
-	out := map[reconcile.Key]error{}
-	for k, e := range failed {
-		out[reconcile.Key(k)] = e
-	}
-	return out, err
-}
-
-func (p *plane) Stats(ctx context.Context) ([]reconcile.PeerStats, error) {
-	st, err := p.link.Stats(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]reconcile.PeerStats, len(st))
-	for i, s := range st {
-		out[i] = reconcile.PeerStats{PublicKey: reconcile.Key(s.PublicKey), Endpoint: s.Endpoint, LastHandshake: s.LastHandshake, RxBytes: s.RxBytes, TxBytes: s.TxBytes}
-	}
-	return out, nil
-}
-
-func (p *plane) Epoch() string { return p.link.Epoch() }
-
-// inProcess runs store, source and reconciler in this process against a
-// userspace WireGuard device in the node namespace.
-type inProcess struct {
-	store *supabase.Store
-	plane *plane
-	rec   *reconcile.Reconciler
-}
-
-func (e *env) inProcess(tb testing.TB, src string, resync time.Duration) *inProcess {
-	return e.inProcessTap(tb, src, resync, nil)
-}
-
-// inProcessTap is inProcess with tap called on every event a source delivers.
-func (e *env) inProcessTap(tb testing.TB, src string, resync time.Duration, tap func(events.Event)) *inProcess {
+// inProcess runs the production wiring (package node) in this process:
+// store, source and reconciler against a userspace WireGuard device in the
+// node namespace. src is "listen" or "realtime".
+func (e *env) inProcess(tb testing.TB, src string, resync time.Duration, obs node.Observer) *node.Node {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	store, err := supabase.OpenStore(ctx, e.nodeURL, supabase.StoreOptions{})
+	cfg := node.Config{
+		DatabaseURL: e.nodeURL, NodeID: e.nodeID,
+		Interface: e.iface, WGMode: "userspace", PrivateKeyFile: e.keyFile, Netns: e.nodeNS.Path(),
+		EgressInterface: e.uplink, Isolation: true,
+		ResyncInterval: resync, UsageInterval: time.Hour, Version: "e2e",
+	}
+	if src == "realtime" {
+		cfg.RealtimeURL, cfg.SupabaseKey, cfg.AccessToken = e.rt.URL(), anonKey(), nodeToken(e.nodeID)
+	}
+	n, err := node.Open(ctx, cfg, node.Runtime{Observe: obs})
 	if err != nil {
+		cancel()
 		tb.Fatal(err)
 	}
-	node, err := store.Node(ctx, e.nodeID)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	key, err := netctl.LoadOrCreateKey(e.keyFile)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	base := netctl.Config{Interface: e.iface, Mode: netctl.ModeUserspace, PrivateKey: key, ListenPort: node.ListenPort,
-		Address: node.Address, MTU: node.MTU, EgressInterface: e.uplink, Isolation: true, Netns: e.nodeNS.Path()}
-	log := slog.New(slog.DiscardHandler)
-	link, err := netctl.Open(ctx, base, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := &plane{link: link, base: base}
-	rec, err := reconcile.New(reconcile.Config{NodeID: e.nodeID, Store: store, DataPlane: p, Log: log,
-		ResyncInterval: resync, UsageInterval: time.Hour})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	sink := rec.Sink()
-	if tap != nil {
-		inner := sink
-		sink = events.SinkFunc(func(ev events.Event) { tap(ev); inner.Add(ev) })
-	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); rec.Run(ctx) }()
-	go func() {
-		defer wg.Done()
-		switch src {
-		case "listen":
-			supabase.Listen(ctx, e.nodeURL, e.nodeID, sink, log)
-		case "realtime":
-			rt, err := realtime.New(realtime.Config{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, sink)
-			if err != nil {
-				tb.Error(err)
-				return
-			}
-			rt.Run(ctx)
-		}
-	}()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
 	tb.Cleanup(func() {
 		cancel()
-		wg.Wait()
-		link.Close()
-		store.Close()
+		if err := <-done; err != nil {
+			tb.Errorf("node run: %v", err)
+		}
+		n.Close()
 	})
-	return &inProcess{store: store, plane: p, rec: rec}
+	return n
 }
 
 func percentile(d []time.Duration, p float64) time.Duration {
@@ -192,24 +72,26 @@ func BenchmarkEventToKernel(b *testing.B) {
 			var mu sync.Mutex
 			waiting := map[reconcile.Key]chan time.Time{}
 			received := map[string]time.Time{} // row id -> first event for it
-			ip := e.inProcessTap(b, src, time.Hour, func(ev events.Event) {
-				if ev.Kind != events.PeerChanged {
-					return
-				}
-				mu.Lock()
-				if _, ok := received[ev.ID]; !ok {
-					received[ev.ID] = time.Now()
-				}
-				mu.Unlock()
+			e.inProcess(b, src, time.Hour, node.Observer{
+				Event: func(ev events.Event) {
+					if ev.Kind != events.PeerChanged {
+						return
+					}
+					mu.Lock()
+					if _, ok := received[ev.ID]; !ok {
+						received[ev.ID] = time.Now()
+					}
+					mu.Unlock()
+				},
+				Applied: func(k reconcile.Key, at time.Time) {
+					mu.Lock()
+					if c, ok := waiting[k]; ok {
+						c <- at
+						delete(waiting, k)
+					}
+					mu.Unlock()
+				},
 			})
-			ip.plane.applied = func(k reconcile.Key, at time.Time) {
-				mu.Lock()
-				if c, ok := waiting[k]; ok {
-					c <- at
-					delete(waiting, k)
-				}
-				mu.Unlock()
-			}
 			const n = 200
 			var lat, toEvent, toKernel []time.Duration
 			for i := range n + 5 {
@@ -258,10 +140,11 @@ func cpuTime() time.Duration {
 func BenchmarkFullResyncNoChange10k(b *testing.B) {
 	e := newEnvPool(b, "10.8.0.1/16")
 	dbfix.AddPeers(b, e.db, e.nodeID, 10_000)
-	ip := e.inProcess(b, "none", time.Hour)
+	n := e.inProcess(b, "listen", time.Hour, node.Observer{})
+	rec, plane, store := n.Reconciler(), n.DataPlane(), n.Store()
 	ctx := context.Background()
 	netns.WaitFor(b, 5*time.Minute, func() error {
-		st, err := ip.plane.Stats(ctx)
+		st, err := plane.Stats(ctx)
 		if err != nil {
 			return err
 		}
@@ -274,13 +157,13 @@ func BenchmarkFullResyncNoChange10k(b *testing.B) {
 	var wall, cpu, conv, convCPU time.Duration
 	for range runs {
 		c0, t0 := cpuTime(), time.Now()
-		if err := ip.rec.Resync(ctx); err != nil {
+		if err := rec.Resync(ctx); err != nil {
 			b.Fatal(err)
 		}
 		wall += time.Since(t0)
 		cpu += cpuTime() - c0
 		c0, t0 = cpuTime(), time.Now()
-		if err := ip.rec.Converge(ctx); err != nil {
+		if err := rec.Converge(ctx); err != nil {
 			b.Fatal(err)
 		}
 		conv += time.Since(t0)
@@ -292,14 +175,14 @@ func BenchmarkFullResyncNoChange10k(b *testing.B) {
 	b.ReportMetric(float64((convCPU/runs).Microseconds())/1000, "converge-cpu-ms")
 	t0 := time.Now()
 	for range runs {
-		if _, err := ip.plane.Stats(ctx); err != nil {
+		if _, err := plane.Stats(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64((time.Since(t0)/runs).Microseconds())/1000, "stats-10k-ms")
 	t0 = time.Now()
 	for range runs {
-		if _, _, err := ip.store.Snapshot(ctx, e.nodeID); err != nil {
+		if _, _, err := store.Snapshot(ctx, e.nodeID); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -218,8 +218,8 @@ func forwardInto(t testing.TB, ns *netns.NS, target string) string {
 	return ln.Addr().String()
 }
 
-// node is one run of the binary.
-type node struct {
+// process is one run of the binary.
+type process struct {
 	cmd  *exec.Cmd
 	out  *syncBuffer
 	done chan struct{}
@@ -244,7 +244,7 @@ func (b *syncBuffer) String() string {
 }
 
 // startNode runs `waylume-node run` in the node namespace.
-func (e *env) startNode(mode string, resync, usage time.Duration) *node {
+func (e *env) startNode(mode string, resync, usage time.Duration) *process {
 	t := e.t
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", e.nodeNS.Name, binPath, "run")
@@ -268,7 +268,7 @@ func (e *env) startNode(mode string, resync, usage time.Duration) *node {
 			"WAYLUME_ACCESS_TOKEN="+realtimetest.NodeToken(jwtSecret, e.nodeID, time.Hour))
 	}
 	cmd.Env = append(cmd.Env, e.extraEnv...)
-	n := &node{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	n := &process{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = n.out, n.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start node: %v", err)
@@ -291,7 +291,7 @@ func tail(s string, n int) string {
 }
 
 // stop sends SIGTERM and waits for the clean shutdown.
-func (n *node) stop(t testing.TB) error {
+func (n *process) stop(t testing.TB) error {
 	select {
 	case <-n.done:
 		return n.err
@@ -309,7 +309,7 @@ func (n *node) stop(t testing.TB) error {
 }
 
 // kill is SIGKILL: no flush, no goodbye.
-func (n *node) kill() {
+func (n *process) kill() {
 	n.cmd.Process.Kill()
 	<-n.done
 }

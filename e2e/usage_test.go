@@ -36,7 +36,7 @@ func TestUsageExactlyOnceAcrossKills(t *testing.T) {
 		_, err := os.Stat(filepath.Join("/var/run/wireguard", e.iface+".sock"))
 		return err
 	})
-	start := func() *node { return e.startNode("kernel", 2*time.Second, time.Second) }
+	start := func() *process { return e.startNode("kernel", 2*time.Second, time.Second) }
 	n := start()
 	ck := newKey(t)
 	id, addr := e.addPeer(ck.PublicKey(), "")

@@ -20,8 +20,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Config is every setting of the node. run.go reads it; Validate has
-// checked it before anything starts.
+// Config is every setting of the node. Validate has checked it before
+// anything starts; Config.node hands the run command's share to package node.
 type Config struct {
 	DatabaseURL     string
 	NodeID          string
@@ -40,14 +40,6 @@ type Config struct {
 	LogFormat       string
 	Isolation       bool // client-to-client traffic blocked
 	TeardownOnExit  bool // remove interface, tc and chains on exit instead of leaving peers up
-
-	// Health is how runNode reports readiness to /readyz. It is not a
-	// setting: the run command creates it; nil (tests) makes its methods
-	// no-ops. See health.go.
-	Health *Health
-	// Token follows the access token (file) while running; set by the run
-	// command, nil elsewhere.
-	Token *accessToken
 
 	// need lists the settings the running subcommand requires.
 	need map[string]bool

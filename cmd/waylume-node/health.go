@@ -1,7 +1,7 @@
 package main
 
 // The run command's HTTP endpoint: /metrics from the node's own registry,
-// /healthz (the process serves requests) and /readyz (runNode says the data
+// /healthz (the process serves requests) and /readyz (the running node says the data
 // plane is set up and the control plane is reachable or within its grace).
 
 import (
@@ -18,10 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Health carries readiness from runNode to /readyz.
+// Health carries readiness from the running node to /readyz; it is the
+// node.Health the run command hands to node.Run.
 //
-// For run.go: call cfg.Health.SetReadiness(f) once the data plane is up; f is
-// called on every /readyz request and returns nil when ready or an error
+// SetReadiness(f) is called once the data plane is up; f is called on every /readyz request and returns nil when ready or an error
 // saying why not (e.g. "control plane unreachable for 2m"). It must be cheap
 // and safe for concurrent use. Before SetReadiness, /readyz answers 503
 // "starting". All methods are no-ops on a nil *Health.

@@ -8,11 +8,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/waylume/waylume-node/internal/node"
 )
 
-// runCmd is the run subcommand around runNode (run.go): config, logger,
-// registry, metrics endpoint and signals; runNode does the node's work and
-// returns when ctx ends.
+// runCmd is the run subcommand around node.Run: config, logger, registry,
+// metrics endpoint and signals; node.Run does the node's work and returns
+// when ctx ends.
 func (c *cli) runCmd(args []string) int {
 	fs := c.flagSet("run", "", "Run the node until SIGTERM or SIGINT.", forRun)
 	cf := bindConfig(fs, forRun)
@@ -24,16 +26,16 @@ func (c *cli) runCmd(args []string) int {
 		return exitConfig
 	}
 	log := newLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)
-	cfg.Health = &Health{}
+	health := &Health{}
 	tuneMemory(c.getenv)
 
 	reg := newRegistry()
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	cfg.Token = watchAccessToken(ctx, cfg, reg, log)
+	token := watchAccessToken(ctx, cfg, reg, log)
 
 	if cfg.MetricsAddr != "" {
-		ms, err := startMetrics(cfg.MetricsAddr, reg, cfg.Health, log)
+		ms, err := startMetrics(cfg.MetricsAddr, reg, health, log)
 		if err != nil {
 			log.Error("cannot start", "err", err)
 			return exitFail
@@ -47,7 +49,7 @@ func (c *cli) runCmd(args []string) int {
 	}
 
 	log.Info("starting", "version", version, "node_id", cfg.NodeID, "interface", cfg.Interface, "wg_mode", cfg.WGMode)
-	err := runNode(ctx, cfg, log, reg)
+	err := node.Run(ctx, cfg.node(), node.Runtime{Log: log, Registerer: reg, Health: health, Tokens: token})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("stopped", "err", err)
 		return exitFail
@@ -71,4 +73,15 @@ func newRegistry() *prometheus.Registry {
 	bi.WithLabelValues(version).Set(1)
 	reg.MustRegister(bi)
 	return reg
+}
+
+// node is the run command's share of the settings.
+func (c Config) node() node.Config {
+	return node.Config{
+		DatabaseURL: c.DatabaseURL, NodeID: c.NodeID,
+		RealtimeURL: c.RealtimeURL, SupabaseKey: c.SupabaseKey, AccessToken: c.AccessToken,
+		Interface: c.Interface, WGMode: c.WGMode, PrivateKeyFile: c.PrivateKeyFile,
+		EgressInterface: c.EgressInterface, Isolation: c.Isolation, TeardownOnExit: c.TeardownOnExit,
+		ResyncInterval: c.ResyncInterval, UsageInterval: c.UsageInterval, Version: version,
+	}
 }

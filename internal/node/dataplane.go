@@ -1,8 +1,9 @@
-package main
+package node
 
 import (
 	"context"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -12,9 +13,10 @@ import (
 
 // linkPlane adapts *netctl.Link to reconcile.DataPlane. The node-level
 // settings that do not come from the node's row (interface, mode, key,
-// egress, isolation) stay as run opened the link with.
+// egress, isolation) stay as Open opened the link with.
 type linkPlane struct {
-	link *netctl.Link
+	link    *netctl.Link
+	applied func(reconcile.Key, time.Time) // nil: nobody observes
 
 	mu   sync.Mutex
 	base netctl.Config
@@ -22,8 +24,8 @@ type linkPlane struct {
 
 var _ reconcile.DataPlane = (*linkPlane)(nil)
 
-func newLinkPlane(link *netctl.Link, base netctl.Config) *linkPlane {
-	return &linkPlane{link: link, base: base}
+func newLinkPlane(link *netctl.Link, base netctl.Config, applied func(reconcile.Key, time.Time)) *linkPlane {
+	return &linkPlane{link: link, base: base, applied: applied}
 }
 
 func (p *linkPlane) Configure(ctx context.Context, n reconcile.NodeConfig) error {
@@ -41,14 +43,14 @@ func (p *linkPlane) Configure(ctx context.Context, n reconcile.NodeConfig) error
 
 // UpdatePeers adds or changes exactly peers.
 func (p *linkPlane) UpdatePeers(ctx context.Context, peers []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
-	failed, err := p.link.UpdatePeers(ctx, linkPeers(peers), nil)
-	return planeKeys(failed), err
+	failed, err := p.link.UpdatePeers(ctx, toPeers(peers), nil)
+	return p.result(peers, failed, err)
 }
 
 // SyncPeers makes the device hold exactly all.
 func (p *linkPlane) SyncPeers(ctx context.Context, all []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
-	failed, err := p.link.SyncPeers(ctx, linkPeers(all))
-	return planeKeys(failed), err
+	failed, err := p.link.SyncPeers(ctx, toPeers(all))
+	return p.result(all, failed, err)
 }
 
 // RemovePeers removes the peers with these keys.
@@ -58,10 +60,10 @@ func (p *linkPlane) RemovePeers(ctx context.Context, keys []reconcile.Key) (map[
 		rm[i] = wgtypes.Key(k)
 	}
 	failed, err := p.link.UpdatePeers(ctx, nil, rm)
-	return planeKeys(failed), err
+	return p.result(nil, failed, err)
 }
 
-func linkPeers(cs []reconcile.PeerConfig) []netctl.Peer {
+func toPeers(cs []reconcile.PeerConfig) []netctl.Peer {
 	peers := make([]netctl.Peer, len(cs))
 	for i, c := range cs {
 		peers[i] = netctl.Peer{
@@ -73,12 +75,22 @@ func linkPeers(cs []reconcile.PeerConfig) []netctl.Peer {
 	return peers
 }
 
-func planeKeys(failed map[wgtypes.Key]error) map[reconcile.Key]error {
+// result converts the link's per-key failures and tells the observer which
+// routed peers the data plane took.
+func (p *linkPlane) result(sent []reconcile.PeerConfig, failed map[wgtypes.Key]error, err error) (map[reconcile.Key]error, error) {
 	out := make(map[reconcile.Key]error, len(failed))
 	for k, e := range failed {
 		out[reconcile.Key(k)] = e
 	}
-	return out
+	if p.applied != nil && err == nil {
+		now := time.Now()
+		for _, c := range sent {
+			if _, bad := out[c.PublicKey]; !bad && len(c.AllowedIPs) > 0 {
+				p.applied(c.PublicKey, now)
+			}
+		}
+	}
+	return out, err
 }
 
 func (p *linkPlane) Stats(ctx context.Context) ([]reconcile.PeerStats, error) {

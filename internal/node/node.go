@@ -1,0 +1,232 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/retry"
+	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/reconcile"
+	"github.com/waylume/waylume-node/supabase"
+)
+
+// ReadyGrace is how long the control plane may be unreachable before
+// /readyz says so; the node keeps serving its last state meanwhile.
+const ReadyGrace = 3 * time.Minute
+
+// Config is what a node needs to run; cmd/waylume-node fills it from
+// flags and the environment and has validated it.
+type Config struct {
+	DatabaseURL string
+	NodeID      string
+	// RealtimeURL selects Realtime as the event source; empty: LISTEN/NOTIFY
+	// on the database connection.
+	RealtimeURL string
+	SupabaseKey string // Realtime apikey; a secret
+	AccessToken string // Realtime JWT; a secret
+
+	Interface       string
+	WGMode          string // "auto", "kernel" or "userspace"
+	PrivateKeyFile  string
+	EgressInterface string // empty: from the default route
+	Isolation       bool   // client-to-client traffic blocked
+	TeardownOnExit  bool   // remove interface, tc and chains on exit
+	// Netns runs the data plane in the network namespace at this path
+	// (tests); empty: the process's own.
+	Netns string
+
+	ResyncInterval time.Duration
+	UsageInterval  time.Duration
+	Version        string // written in the heartbeat
+}
+
+// Runtime is what the running node reports to and hears from; none of it
+// is a setting. Zero values are fine: no metrics, no readiness, no token
+// changes.
+type Runtime struct {
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
+	// Health receives the readiness check once the data plane is up.
+	Health Health
+	// Tokens delivers new Realtime access tokens while running.
+	Tokens TokenSource
+	// Observe, when set, sees what the node does (tests and benchmarks).
+	Observe Observer
+}
+
+// Health is where the node reports readiness; cmd's /readyz reads it.
+type Health interface {
+	SetReadiness(func() error)
+}
+
+// TokenSource calls f with every new access token.
+type TokenSource interface {
+	OnChange(f func(token string))
+}
+
+// Observer sees events as sources deliver them and peers as the data plane
+// takes them. Either field may be nil.
+type Observer struct {
+	Event   func(events.Event)
+	Applied func(key reconcile.Key, at time.Time)
+}
+
+// Node is an opened node: store, link and reconciler, not yet running.
+type Node struct {
+	cfg   Config
+	rt    Runtime
+	log   *slog.Logger
+	store *supabase.Store
+	link  *netctl.Link
+	plane *linkPlane
+	rec   *reconcile.Reconciler
+}
+
+var _ reconcile.Store = (*supabase.Store)(nil)
+
+// Run opens the node, runs it until ctx ends and closes it.
+func Run(ctx context.Context, cfg Config, rt Runtime) error {
+	n, err := Open(ctx, cfg, rt)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return n.Run(ctx)
+}
+
+// Open connects to the store, waits for the node's row and opens the link
+// with its address.
+func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
+	if rt.Log == nil {
+		rt.Log = slog.New(slog.DiscardHandler)
+	}
+	if rt.Registerer == nil {
+		rt.Registerer = prometheus.NewRegistry()
+	}
+	n := &Node{cfg: cfg, rt: rt, log: rt.Log}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	mode, err := netctl.ParseMode(cfg.WGMode)
+	if err != nil {
+		return nil, err
+	}
+	key, err := netctl.LoadOrCreateKey(cfg.PrivateKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	if n.store, err = supabase.OpenStore(ctx, cfg.DatabaseURL, supabase.StoreOptions{}); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	row, err := waitNode(ctx, n.store, cfg.NodeID, n.log)
+	if err != nil {
+		return nil, err
+	}
+	base := netctl.Config{
+		Interface: cfg.Interface, Mode: mode, PrivateKey: key, Netns: cfg.Netns,
+		ListenPort: row.ListenPort, Address: row.Address, Address6: row.Address6, MTU: row.MTU,
+		EgressInterface: cfg.EgressInterface, Isolation: cfg.Isolation,
+	}
+	if n.link, err = netctl.Open(ctx, base, n.log); err != nil {
+		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
+	}
+	n.plane = newLinkPlane(n.link, base, rt.Observe.Applied)
+	n.rec, err = reconcile.New(reconcile.Config{
+		NodeID: cfg.NodeID, Store: n.store, DataPlane: n.plane, Log: n.log, Registerer: rt.Registerer,
+		ResyncInterval: cfg.ResyncInterval, UsageInterval: cfg.UsageInterval,
+		PublicKey: n.link.PublicKey().String(), Version: cfg.Version,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Run starts the event source and the reconciler and returns after ctx
+// ends, with usage flushed and the node marked offline.
+func (n *Node) Run(ctx context.Context) error {
+	if n.rt.Health != nil {
+		n.rt.Health.SetReadiness(func() error { return n.rec.Ready(ReadyGrace) })
+		defer n.rt.Health.SetReadiness(nil)
+	}
+	sink := n.rec.Sink()
+	if f := n.rt.Observe.Event; f != nil {
+		inner := sink
+		sink = events.SinkFunc(func(e events.Event) { f(e); inner.Add(e) })
+	}
+	runSource, err := n.source(sink)
+	if err != nil {
+		return err
+	}
+	// Sources get their own context so they stop before the reconciler's
+	// final flush.
+	srcCtx, stopSources := context.WithCancel(ctx)
+	defer stopSources()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := runSource(srcCtx); err != nil && srcCtx.Err() == nil {
+			n.log.Error("event source stopped", "err", err)
+		}
+	})
+	n.log.Info("node running", "public_key", n.link.PublicKey().String(), "userspace", n.link.Userspace())
+	runErr := n.rec.Run(ctx)
+	stopSources()
+	wg.Wait()
+	return runErr
+}
+
+// Close closes the link (tearing it down first with
+// Config.TeardownOnExit) and the store.
+func (n *Node) Close() {
+	if n.link != nil {
+		if n.cfg.TeardownOnExit {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if err := n.link.Teardown(ctx); err != nil {
+				n.log.Warn("teardown", "err", err)
+			}
+			cancel()
+		}
+		if err := n.link.Close(); err != nil {
+			n.log.Warn("close link", "err", err)
+		}
+		n.link = nil
+	}
+	if n.store != nil {
+		n.store.Close()
+		n.store = nil
+	}
+}
+
+// Reconciler, Store and DataPlane give tests and benchmarks the parts.
+func (n *Node) Reconciler() *reconcile.Reconciler { return n.rec }
+func (n *Node) Store() *supabase.Store            { return n.store }
+func (n *Node) DataPlane() reconcile.DataPlane    { return n.plane }
+
+// waitNode reads the node's row, retrying while the database is
+// unreachable; a missing row is an error.
+func waitNode(ctx context.Context, store *supabase.Store, nodeID string, log *slog.Logger) (events.Node, error) {
+	b := retry.Policy{Initial: 500 * time.Millisecond, Max: 15 * time.Second}.New()
+	for {
+		row, err := store.Node(ctx, nodeID)
+		if err == nil {
+			return row, nil
+		}
+		if errors.Is(err, supabase.ErrNotFound) {
+			return events.Node{}, fmt.Errorf("node %s: no such row in waylume.nodes (or not visible to this login)", nodeID)
+		}
+		d := b.Next()
+		log.Warn("cannot read the node's row; retrying", "err", err, "retry_in", d)
+		if !retry.Sleep(ctx, d) {
+			return events.Node{}, ctx.Err()
+		}
+	}
+}
