@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -28,6 +27,7 @@ import (
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/netns"
 	"github.com/waylume/waylume-node/internal/pgtest"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
@@ -221,26 +221,9 @@ func forwardInto(t testing.TB, ns *netns.NS, target string) string {
 // process is one run of the binary.
 type process struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testkit.Buffer
 	done chan struct{}
 	err  error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // startNode runs `waylume-node run` in the node namespace.
@@ -268,7 +251,7 @@ func (e *env) startNode(mode string, resync, usage time.Duration) *process {
 			"WAYLUME_ACCESS_TOKEN="+realtimetest.NodeToken(jwtSecret, e.nodeID, time.Hour))
 	}
 	cmd.Env = append(cmd.Env, e.extraEnv...)
-	n := &process{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	n := &process{cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = n.out, n.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start node: %v", err)

@@ -8,9 +8,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -28,7 +29,7 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestMetricsEndpoint(t *testing.T) {
-	var logBuf safeBuffer
+	var logBuf testkit.Buffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	reg := newRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -109,23 +110,6 @@ func TestMetricsEndpoint(t *testing.T) {
 	if c, _, _ := runCLI(t, map[string]string{"WAYLUME_METRICS_ADDR": ms.Addr()}, "healthcheck", "--ready"); c != exitFail {
 		t.Errorf("healthcheck --ready while not ready: code %d, want %d", c, exitFail)
 	}
-}
-
-type safeBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *safeBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *safeBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func TestHealthcheckNothingListening(t *testing.T) {

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 var counter atomic.Uint32
@@ -122,7 +124,7 @@ func (n *NS) Start(t testing.TB, name string, args ...string) *Process {
 // Process is a background command started by Start.
 type Process struct {
 	cmd  *exec.Cmd
-	out  lockedBuffer
+	out  testkit.Buffer
 	done chan struct{}
 	err  error
 }

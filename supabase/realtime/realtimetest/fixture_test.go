@@ -15,6 +15,7 @@ import (
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/pgtest"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/supabase/realtime"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
@@ -125,18 +126,12 @@ func (f *fixture) peerIDs(t *testing.T, node string) map[string]bool {
 // waitPolled waits until the server has read n more changes from the slot.
 func (f *fixture) waitPolled(t *testing.T, from int64, n int64) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "changes read from the slot", func() bool { return f.srv.Polled() >= from+n })
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+	testkit.Eventually(t, 10*time.Second, func() error {
+		if got := f.srv.Polled(); got < from+n {
+			return fmt.Errorf("%d changes read from the slot, want %d", got-from, n)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // recorder is the test's sink and state observer.

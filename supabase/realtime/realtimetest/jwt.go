@@ -9,18 +9,14 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
-// Token mints an HS256 JWT with claims, as Supabase's keys and the node's
-// `token` command do. Tests use it for anon/service keys and node tokens.
-func Token(secret string, claims map[string]any) string {
-	h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
-	c, _ := json.Marshal(claims)
-	s := h + "." + base64.RawURLEncoding.EncodeToString(c)
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte(s))
-	return s + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
-}
+// Token mints an HS256 JWT with claims, as Supabase's legacy keys and the
+// node's `token` command do. Tests use it for anon/service keys and node
+// tokens.
+func Token(secret string, claims map[string]any) string { return testkit.HS256(secret, claims) }
 
 // NodeToken mints a node-scoped token (role waylume_node, node_id claim)
 // valid for ttl (negative: already expired).

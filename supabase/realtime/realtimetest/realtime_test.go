@@ -3,6 +3,7 @@ package realtimetest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/supabase/realtime"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
@@ -226,10 +228,20 @@ func TestRestartNoLeaks(t *testing.T) {
 		t.Errorf("%d connections, want at least 51", got)
 	}
 	c.stop()
-	waitFor(t, wait, "server sockets to close", func() bool { return f.srv.Sockets() == 0 })
+	testkit.Eventually(t, wait, func() error {
+		if n := f.srv.Sockets(); n != 0 {
+			return fmt.Errorf("%d server sockets still open", n)
+		}
+		return nil
+	})
 	// Goroutines of finished sessions are gone (the server's own poller and
 	// pool were started before base was taken).
-	waitFor(t, wait, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base+2 })
+	testkit.Eventually(t, wait, func() error {
+		if n := runtime.NumGoroutine(); n > base+2 {
+			return fmt.Errorf("%d goroutines, baseline %d", n, base)
+		}
+		return nil
+	})
 }
 
 // TestHeartbeatTimeout: a server that stops answering heartbeats is
