@@ -1,5 +1,5 @@
 -- Waylume control-plane schema: the tables app backends and nodes share.
--- Table and column names are a public contract (DESIGN.md section 3).
+-- Table and column names are a public contract (docs/contract.md).
 -- Works on plain PostgreSQL 15+ and in a Supabase project; apply in one
 -- transaction (waylume-node migrate, or psql -1 -f, or the Supabase CLI).
 

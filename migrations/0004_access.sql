@@ -1,4 +1,4 @@
--- Roles, row level security and the operator's functions (DESIGN.md section 6).
+-- Roles, row level security and the operator's functions (docs/contract.md, "Roles and row level security").
 --
 -- Nodes act as the group role waylume_node, either
 --   * through Supabase Realtime or PostgREST: the service switches to the JWT's

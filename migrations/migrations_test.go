@@ -117,7 +117,7 @@ func TestApplyAfterPlainSQL(t *testing.T) {
 	}
 }
 
-// Every contract table and column of DESIGN.md section 3 exists.
+// Every contract table and column of docs/contract.md exists.
 func TestContractColumns(t *testing.T) {
 	ctx := context.Background()
 	db := pgtest.New(t)

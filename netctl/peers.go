@@ -18,7 +18,7 @@ import (
 )
 
 // wgctrl sends one netlink message per peer once a call carries more than
-// this; the kernel also caps a message's size (DESIGN.md section 5).
+// this; the kernel also caps a message's size (docs/dataplane.md).
 const (
 	maxPeersPerCall = 32
 	maxIPsPerCall   = 256

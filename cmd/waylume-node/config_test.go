@@ -176,7 +176,7 @@ func TestMetricsDefaultIsLoopback(t *testing.T) {
 	}
 }
 
-// Every environment variable of DESIGN.md section 4 and the extras
+// Every environment variable of docs/contract.md ("Settings")
 // is documented in --help with its default.
 func TestHelpListsEveryEnvVar(t *testing.T) {
 	code, out, _ := runCLI(t, nil, "--help")
