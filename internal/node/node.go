@@ -220,7 +220,7 @@ func waitNode(ctx context.Context, store *supabase.Store, nodeID string, log *sl
 		if err == nil {
 			return row, nil
 		}
-		if errors.Is(err, supabase.ErrNotFound) {
+		if errors.Is(err, events.ErrNotFound) {
 			return events.Node{}, fmt.Errorf("node %s: no such row in waylume.nodes (or not visible to this login)", nodeID)
 		}
 		d := b.Next()
