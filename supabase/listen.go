@@ -7,9 +7,9 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/retry"
 )
 
 // ListenChannel returns node nodeID's NOTIFY channel, as the database's
@@ -32,16 +32,12 @@ const listenIdle = 30 * time.Second
 // and feeds sink until ctx ends, then returns ctx's error. After every
 // (re)connect, the first included, it emits events.Resync: notifications
 // sent while it was away are lost. Connection failures are logged and
-// retried with exponential backoff, forever.
+// retried with the jittered backoff of internal/retry, forever.
 //
 // It needs a direct or session-pooler connection: a transaction pooler
 // does not keep LISTEN.
 func Listen(ctx context.Context, url, nodeID string, sink events.Sink, log *slog.Logger) error {
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(250*time.Millisecond),
-		backoff.WithMaxInterval(30*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
+	bo := retry.Policy{Initial: 250 * time.Millisecond, Max: 30 * time.Second}.New()
 	for {
 		connected, err := listenSession(ctx, url, nodeID, sink, log)
 		if ctx.Err() != nil {
@@ -50,14 +46,10 @@ func Listen(ctx context.Context, url, nodeID string, sink events.Sink, log *slog
 		if connected {
 			bo.Reset()
 		}
-		wait := bo.NextBackOff()
+		wait := bo.Next()
 		log.Warn("listen: connection lost; reconnecting", "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !retry.Sleep(ctx, wait) {
 			return ctx.Err()
-		case <-t.C:
 		}
 	}
 }
