@@ -51,7 +51,7 @@ func tempNamespace() (*namespace, error) {
 	}()
 	m := <-c
 	if m.err != nil {
-		return nil, fmt.Errorf("new network namespace: %w", m.err)
+		return nil, fmt.Errorf("new namespace: %w", m.err)
 	}
 	return &namespace{path: "(throwaway)", handle: m.h}, nil
 }
