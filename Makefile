@@ -25,10 +25,10 @@ deps:
 	./scripts/deps.sh
 
 # Brief fuzzing of the Realtime frame decoder (seed corpus in
-# supabase/testdata/fuzz); FUZZTIME=1m for longer runs.
+# supabase/realtime/testdata/fuzz); FUZZTIME=1m for longer runs.
 FUZZTIME ?= 10s
 fuzz:
-	$(GO) test ./supabase -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./supabase/realtime -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(FUZZTIME)
 
 demo: deps
 	./scripts/demo.sh

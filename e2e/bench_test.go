@@ -22,7 +22,8 @@ import (
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 // plane adapts *netctl.Link to reconcile.DataPlane the way
@@ -41,23 +42,37 @@ func (p *plane) Configure(ctx context.Context, n reconcile.NodeConfig) error {
 	return p.link.Reconfigure(ctx, cfg)
 }
 
-func (p *plane) ApplyPeers(ctx context.Context, set []reconcile.PeerConfig, remove []reconcile.Key, full bool) (map[reconcile.Key]error, error) {
-	peers := make([]netctl.Peer, len(set))
-	for i, c := range set {
+func (p *plane) UpdatePeers(ctx context.Context, peers []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
+	failed, err := p.link.UpdatePeers(ctx, linkPeers(peers), nil)
+	return p.report(peers, failed, err)
+}
+
+func (p *plane) SyncPeers(ctx context.Context, all []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
+	failed, err := p.link.SyncPeers(ctx, linkPeers(all))
+	return p.report(all, failed, err)
+}
+
+func (p *plane) RemovePeers(ctx context.Context, keys []reconcile.Key) (map[reconcile.Key]error, error) {
+	rm := make([]wgtypes.Key, len(keys))
+	for i, k := range keys {
+		rm[i] = wgtypes.Key(k)
+	}
+	failed, err := p.link.UpdatePeers(ctx, nil, rm)
+	return p.report(nil, failed, err)
+}
+
+func linkPeers(cs []reconcile.PeerConfig) []netctl.Peer {
+	peers := make([]netctl.Peer, len(cs))
+	for i, c := range cs {
 		peers[i] = netctl.Peer{PublicKey: wgtypes.Key(c.PublicKey), PresharedKey: wgtypes.Key(c.PresharedKey),
 			AllowedIPs: c.AllowedIPs, Keepalive: c.Keepalive, DownloadKbps: c.DownloadKbps, UploadKbps: c.UploadKbps}
 	}
-	var failed map[wgtypes.Key]error
-	var err error
-	if full {
-		failed, err = p.link.SyncPeers(ctx, peers)
-	} else {
-		rm := make([]wgtypes.Key, len(remove))
-		for i, k := range remove {
-			rm[i] = wgtypes.Key(k)
-		}
-		failed, err = p.link.UpdatePeers(ctx, peers, rm)
-	}
+	return peers
+}
+
+// report tells applied about the serving peers of set that took, and
+// converts the failures.
+func (p *plane) report(set []reconcile.PeerConfig, failed map[wgtypes.Key]error, err error) (map[reconcile.Key]error, error) {
 	now := time.Now()
 	if p.applied != nil && err == nil {
 		for _, c := range set {
@@ -124,7 +139,7 @@ func (e *env) inProcessTap(tb testing.TB, src string, resync time.Duration, tap 
 	}
 	p := &plane{link: link, base: base}
 	rec, err := reconcile.New(reconcile.Config{NodeID: e.nodeID, Store: store, DataPlane: p, Log: log,
-		IsNotFound: func(err error) bool { return err != nil && strings.Contains(err.Error(), "not found") }, ResyncInterval: resync, UsageInterval: time.Hour})
+		ResyncInterval: resync, UsageInterval: time.Hour})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -142,7 +157,7 @@ func (e *env) inProcessTap(tb testing.TB, src string, resync time.Duration, tap 
 		case "listen":
 			supabase.Listen(ctx, e.nodeURL, e.nodeID, sink, log)
 		case "realtime":
-			rt, err := supabase.NewRealtime(supabase.RealtimeConfig{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, sink)
+			rt, err := realtime.New(realtime.Config{URL: e.rt.URL(), APIKey: anonKey(), AccessToken: nodeToken(e.nodeID), NodeID: e.nodeID, Logger: log}, sink)
 			if err != nil {
 				tb.Error(err)
 				return
@@ -300,15 +315,27 @@ type countingPlane struct {
 }
 
 func (c *countingPlane) Configure(context.Context, reconcile.NodeConfig) error { return nil }
-func (c *countingPlane) ApplyPeers(_ context.Context, set []reconcile.PeerConfig, remove []reconcile.Key, full bool) (map[reconcile.Key]error, error) {
+func (c *countingPlane) UpdatePeers(_ context.Context, peers []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range set {
+	for _, p := range peers {
 		if c.peers[p.PublicKey] == nil {
 			c.peers[p.PublicKey] = &reconcile.PeerStats{PublicKey: p.PublicKey}
 		}
 	}
-	for _, k := range remove {
+	return nil, nil
+}
+
+// SyncPeers adds like UpdatePeers and, as before, never removes: the
+// benchmark's peers are all desired.
+func (c *countingPlane) SyncPeers(ctx context.Context, all []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
+	return c.UpdatePeers(ctx, all)
+}
+
+func (c *countingPlane) RemovePeers(_ context.Context, keys []reconcile.Key) (map[reconcile.Key]error, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range keys {
 		delete(c.peers, k)
 	}
 	return nil, nil

@@ -28,7 +28,7 @@ import (
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/netns"
 	"github.com/waylume/waylume-node/internal/pgtest"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 var binPath string

@@ -1,9 +1,13 @@
 package reconcile
 
 import (
+	"errors"
 	"fmt"
 	"runtime/debug"
 )
+
+// errPanic marks the error a contained panic became.
+var errPanic = errors.New("panic")
 
 // contain turns a panic in the row-processing paths into an error. Rows
 // are untrusted input: a row that trips a bug must cost a failed run, not
@@ -19,5 +23,5 @@ func (r *Reconciler) contain(op string, err *error) {
 	}
 	r.m.errors.Inc()
 	r.log.Error("panic contained; the next resync repairs the state", "op", op, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-	*err = fmt.Errorf("%s: panic: %v", op, v)
+	*err = fmt.Errorf("%s: %w: %v", op, errPanic, v)
 }

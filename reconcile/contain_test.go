@@ -1,7 +1,7 @@
 package reconcile
 
 import (
-	"strings"
+	"errors"
 	"testing"
 
 	"github.com/waylume/waylume-node/events"
@@ -16,11 +16,11 @@ func TestPanicContained(t *testing.T) {
 	h.plane.panics = 1
 	h.store.put(peerRow(2))
 	err := h.r.Handle(h.ctx, []events.Event{{Kind: events.PeerChanged, ID: peerRow(2).ID}})
-	if err == nil || !strings.Contains(err.Error(), "panic") {
+	if !errors.Is(err, errPanic) {
 		t.Fatalf("Handle after a panic: err = %v, want a contained panic", err)
 	}
 	h.plane.panics = 1
-	if err := h.r.Resync(h.ctx); err == nil || !strings.Contains(err.Error(), "panic") {
+	if err := h.r.Resync(h.ctx); !errors.Is(err, errPanic) {
 		t.Fatalf("Resync after a panic: err = %v, want a contained panic", err)
 	}
 	h.resync()

@@ -64,16 +64,27 @@ type PeerStats struct {
 	TxBytes       int64
 }
 
-// DataPlane is what the reconciler needs from the kernel side.
+// DataPlane is what the reconciler needs from the kernel side. Every call
+// is idempotent: repeating it with the same arguments leaves the device as
+// the first call did, and a peer whose config is unchanged keeps its
+// session. The peer calls report the peers that could not be applied in
+// failed and leave the others applied; err means the call as a whole
+// failed, and some of it may have taken effect (the reconciler trusts the
+// device's counters over its own memory, see usage.go). Calls get a
+// deadline (Config.DataPlaneTimeout) and must return soon after ctx ends.
 type DataPlane interface {
 	// Configure applies a node config change without dropping peers.
 	Configure(ctx context.Context, cfg NodeConfig) error
-	// ApplyPeers adds or updates set and removes remove. With full, set is
-	// the complete desired set: peers the data plane holds that are not in
-	// it are removed too. Peers whose config is unchanged keep their
-	// sessions. failed lists peers that could not be applied; err means
-	// the call as a whole failed.
-	ApplyPeers(ctx context.Context, set []PeerConfig, remove []Key, full bool) (failed map[Key]error, err error)
+	// UpdatePeers adds or changes exactly peers; every other peer is left
+	// untouched.
+	UpdatePeers(ctx context.Context, peers []PeerConfig) (failed map[Key]error, err error)
+	// SyncPeers makes the device hold exactly all, the complete desired
+	// set: peers not in it are removed, drift made behind the data plane's
+	// back is repaired.
+	SyncPeers(ctx context.Context, all []PeerConfig) (failed map[Key]error, err error)
+	// RemovePeers removes the peers with these keys; removing a key the
+	// device does not hold is a no-op.
+	RemovePeers(ctx context.Context, keys []Key) (failed map[Key]error, err error)
 	// Stats reads every peer's counters.
 	Stats(ctx context.Context) ([]PeerStats, error)
 	// Epoch changes whenever the device's counters restart from zero

@@ -11,7 +11,11 @@
 //
 // Files: store.go and dataplane.go are the seams (small interfaces that
 // *supabase.Store and an adapter around *netctl.Link satisfy); validate.go
-// decides what each row should become; reconciler.go applies it;
-// usage.go accounts for every byte exactly once; heartbeat.go and metrics.go
-// report.
+// decides what each row should become; reconciler.go holds the state and
+// its locking rules; rows.go keeps the desired rows and who claims what;
+// sync.go reads everything (load, resync, adoption of the device);
+// handle.go takes event batches; converge.go turns decisions into data
+// plane calls and retries rows whose apply failed; loop.go runs it all on
+// events and timers; usage.go accounts for every byte exactly once;
+// heartbeat.go and metrics.go report.
 package reconcile

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -13,20 +14,26 @@ import (
 	"github.com/waylume/waylume-node/events"
 )
 
-// fakePlane is an in-memory WireGuard device with counters: it fails on
-// removing unknown keys, keeps counters across updates, restarts them at
-// zero when a peer is re-added, and counts what it was asked to do.
+// fakePlane is an in-memory WireGuard device with counters: it keeps
+// counters across updates, restarts them at zero when a peer is re-added,
+// and counts what it was asked to do. It is stricter than the DataPlane
+// contract in one way: removing a key it does not hold fails, since the
+// reconciler only ever removes keys it believes the device holds.
 type fakePlane struct {
 	mu      sync.Mutex
 	peers   map[Key]*fakePeer
 	epoch   string
 	node    NodeConfig
-	fail    error // every call fails with it when set
-	panics  int   // the next this many ApplyPeers calls panic (a bug tripped by a row)
-	adds    int   // peers created
-	updates int   // existing peers reprogrammed
+	fail    error         // every call fails with it when set
+	panics  int           // the next this many peer calls panic (a bug tripped by a row)
+	failKey map[Key]int   // the next this many applies of a key fail for that key alone
+	block   bool          // every call blocks until its ctx ends
+	entered chan struct{} // when set, a call that blocks sends on it first
+	adds    int           // peers created
+	updates int           // existing peers reprogrammed
 	removes int
 	calls   int
+	tries   map[Key][]time.Time // when set: when each key was sent (UpdatePeers, SyncPeers), by the wall clock
 }
 
 type fakePeer struct {
@@ -39,7 +46,28 @@ var errFake = errors.New("fake: unavailable")
 
 func newFakePlane() *fakePlane { return &fakePlane{peers: map[Key]*fakePeer{}, epoch: "boot1/7"} }
 
+// wait blocks until ctx ends when f.block is set; f.mu is not held meanwhile.
+func (f *fakePlane) wait(ctx context.Context) error {
+	f.mu.Lock()
+	block, entered := f.block, f.entered
+	f.mu.Unlock()
+	if !block {
+		return nil
+	}
+	if entered != nil {
+		select {
+		case entered <- struct{}{}:
+		default: // the test has been told already
+		}
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
 func (f *fakePlane) Configure(ctx context.Context, c NodeConfig) error {
+	if err := f.wait(ctx); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail != nil {
@@ -49,7 +77,22 @@ func (f *fakePlane) Configure(ctx context.Context, c NodeConfig) error {
 	return nil
 }
 
-func (f *fakePlane) ApplyPeers(ctx context.Context, set []PeerConfig, remove []Key, full bool) (map[Key]error, error) {
+func (f *fakePlane) UpdatePeers(ctx context.Context, peers []PeerConfig) (map[Key]error, error) {
+	return f.apply(ctx, peers, nil, false)
+}
+
+func (f *fakePlane) SyncPeers(ctx context.Context, all []PeerConfig) (map[Key]error, error) {
+	return f.apply(ctx, all, nil, true)
+}
+
+func (f *fakePlane) RemovePeers(ctx context.Context, keys []Key) (map[Key]error, error) {
+	return f.apply(ctx, nil, keys, false)
+}
+
+func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, full bool) (map[Key]error, error) {
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
@@ -61,6 +104,15 @@ func (f *fakePlane) ApplyPeers(ctx context.Context, set []PeerConfig, remove []K
 		panic("fake: tripped")
 	}
 	failed := map[Key]error{}
+	for _, c := range set {
+		if f.tries != nil {
+			f.tries[c.PublicKey] = append(f.tries[c.PublicKey], time.Now())
+		}
+		if f.failKey[c.PublicKey] > 0 {
+			f.failKey[c.PublicKey]--
+			failed[c.PublicKey] = fmt.Errorf("fake: peer %s refused", c.PublicKey)
+		}
+	}
 	if full {
 		keep := map[Key]bool{}
 		for _, c := range set {
@@ -74,6 +126,9 @@ func (f *fakePlane) ApplyPeers(ctx context.Context, set []PeerConfig, remove []K
 		}
 	}
 	for _, c := range set {
+		if failed[c.PublicKey] != nil {
+			continue
+		}
 		if p, ok := f.peers[c.PublicKey]; ok {
 			if !p.cfg.Equal(c) {
 				f.updates++
@@ -96,6 +151,9 @@ func (f *fakePlane) ApplyPeers(ctx context.Context, set []PeerConfig, remove []K
 }
 
 func (f *fakePlane) Stats(ctx context.Context) ([]PeerStats, error) {
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail != nil {
@@ -127,6 +185,13 @@ func (f *fakePlane) traffic(k Key, rx, tx int64) bool {
 	p.tx += tx
 	p.handshake = time.Unix(1_700_000_000, 0)
 	return true
+}
+
+// sent returns when key k was sent to the device so far.
+func (f *fakePlane) sent(k Key) []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.tries[k])
 }
 
 func (f *fakePlane) has(k Key) (PeerConfig, bool) {
@@ -167,8 +232,8 @@ type fakeStore struct {
 }
 
 var (
-	errNotFound = errors.New("fake: not found")
-	errRefused  = errors.New("fake: new row violates row-level security policy")
+	errNotFound = fmt.Errorf("fake: %w", events.ErrNotFound)
+	errRefused  = fmt.Errorf("fake: new row violates row-level security policy: %w", events.ErrRefused)
 )
 
 func newFakeStore(node events.Node) *fakeStore {
@@ -223,6 +288,22 @@ func (s *fakeStore) PeerStatuses(ctx context.Context, nodeID string) ([]events.P
 	var out []events.PeerStatus
 	for _, st := range s.status {
 		out = append(out, st)
+	}
+	return out, nil
+}
+
+// QuotaUsage sums the usage rows ending after each peer's quota_reset_at.
+func (s *fakeStore) QuotaUsage(ctx context.Context, nodeID string) (map[string]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failReads {
+		return nil, errFake
+	}
+	out := map[string]int64{}
+	for _, u := range s.usage {
+		if p, ok := s.peers[u.PeerID]; ok && u.PeriodEnd.After(p.QuotaResetAt) {
+			out[u.PeerID] += u.UploadBytes + u.DownloadBytes
+		}
 	}
 	return out, nil
 }
@@ -380,9 +461,7 @@ func newHarness(t *testing.T, rows ...events.Peer) *harness {
 // store and the data plane.
 func (h *harness) restart() {
 	h.t.Helper()
-	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now,
-		IsNotFound: func(err error) bool { return errors.Is(err, errNotFound) },
-		IsRejected: func(err error) bool { return errors.Is(err, errRefused) }})
+	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now})
 	if err != nil {
 		h.t.Fatal(err)
 	}

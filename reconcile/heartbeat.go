@@ -12,7 +12,7 @@ import (
 func (r *Reconciler) heartbeat(ctx context.Context, status string) error {
 	hb := events.Heartbeat{PublicKey: r.cfg.PublicKey, Status: status, Version: r.cfg.Version}
 	r.mu.Lock()
-	if st, err := r.cfg.DataPlane.Stats(ctx); err == nil {
+	if st, err := r.stats(ctx); err == nil {
 		// held maps every key on the device to the one peer holding it.
 		for _, s := range st {
 			if ps := r.held[s.PublicKey]; ps != nil && ps.inPlane {

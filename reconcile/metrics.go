@@ -8,7 +8,9 @@ import (
 	"github.com/waylume/waylume-node/events"
 )
 
-// metrics are the reconciler's Prometheus series (names in BRIEF.md).
+// metrics are the reconciler's Prometheus series. Their names are part of
+// the node's interface (dashboards and alerts use them): renaming one is a
+// breaking change.
 type metrics struct {
 	peers         *prometheus.GaugeVec
 	sessions      prometheus.Gauge

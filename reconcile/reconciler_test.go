@@ -322,7 +322,7 @@ func TestAdoptOnRestart(t *testing.T) {
 	p.Enabled = false
 	h.store.put(p)
 	h.store.del(peerRow(3).ID)
-	h.plane.ApplyPeers(h.ctx, []PeerConfig{{PublicKey: key(77), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.8.0.77/32")}}}, nil, false)
+	h.plane.UpdatePeers(h.ctx, []PeerConfig{{PublicKey: key(77), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.8.0.77/32")}}})
 	adds := h.plane.adds
 
 	h.restart()

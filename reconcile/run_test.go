@@ -2,7 +2,6 @@ package reconcile
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/retry"
 )
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -29,7 +29,6 @@ func TestRunEventsAndShutdown(t *testing.T) {
 	store, plane := newFakeStore(testNodeRow()), newFakePlane()
 	store.put(peerRow(1))
 	r, err := New(Config{NodeID: testNode, Store: store, DataPlane: plane,
-		IsNotFound:     func(err error) bool { return errors.Is(err, errNotFound) },
 		ResyncInterval: 50 * time.Millisecond, UsageInterval: 30 * time.Millisecond, HeartbeatInterval: 40 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -96,8 +95,8 @@ func TestRunLostEventsRepairedByResync(t *testing.T) {
 	}
 }
 
-// Every metric BRIEF.md names for the reconciler is registered on the
-// injected registry, with values that follow the state.
+// Every metric of the reconciler's interface is registered on the injected
+// registry, with values that follow the state.
 func TestMetricsRegistered(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	store, plane := newFakeStore(testNodeRow()), newFakePlane()
@@ -172,5 +171,54 @@ func TestRunExpiryArrivesByEvent(t *testing.T) {
 	waitFor(t, "peer cut at expiry", func() bool { c, ok := plane.has(key(1)); return !ok || len(c.AllowedIPs) == 0 })
 	if late := time.Since(p.ExpiresAt); late > 2*time.Second {
 		t.Fatalf("cut %v after expires_at (waited %v)", late, time.Since(start))
+	}
+}
+
+// Run's timer retries a peer the data plane refused, by itself: no event
+// and no resync comes, and each delay is longer than the one before.
+func TestRunRetriesRefusedPeer(t *testing.T) {
+	store, plane := newFakeStore(testNodeRow()), newFakePlane()
+	r, err := New(Config{NodeID: testNode, Store: store, DataPlane: plane,
+		ResyncInterval: time.Hour, UsageInterval: time.Hour, HeartbeatInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const initial = 40 * time.Millisecond
+	r.failing = retry.NewKeyed[string](retry.Policy{Initial: initial, Max: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	waitFor(t, "first resync", func() bool { return r.Ready(time.Minute) == nil })
+	plane.mu.Lock()
+	plane.failKey = map[Key]int{key(1): 3}
+	plane.tries = map[Key][]time.Time{}
+	plane.mu.Unlock()
+	p := peerRow(1)
+	store.put(p)
+	r.Sink().Add(events.Event{Kind: events.PeerChanged, ID: p.ID, Peer: &p})
+	waitFor(t, "the refused peer applied by its retries", func() bool { c, ok := plane.has(key(1)); return ok && len(c.AllowedIPs) > 0 })
+
+	sent := plane.sent(key(1))
+	if len(sent) != 4 {
+		t.Fatalf("peer sent %d times, want 4 (3 refusals, then applied)", len(sent))
+	}
+	store.mu.Lock()
+	snaps := store.snapshots
+	store.mu.Unlock()
+	if snaps != 1 {
+		t.Fatalf("%d snapshots, want 1: the retries must not wait for a resync", snaps)
+	}
+	// A timer never fires early: each gap is at least its delay, and the
+	// delays double (less 30% jitter).
+	for i := 1; i < len(sent); i++ {
+		if gap, least := sent[i].Sub(sent[i-1]), time.Duration(float64(initial<<(i-1))*0.7); gap < least {
+			t.Fatalf("retry %d came %v after the previous send, want at least %v", i, gap, least)
+		}
+	}
+	r.mu.Lock()
+	n, next := r.failing.Len(), r.nextRetry
+	r.mu.Unlock()
+	if n != 0 || !next.IsZero() {
+		t.Fatalf("after success: %d failing rows, next retry at %v; want none", n, next)
 	}
 }

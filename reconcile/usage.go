@@ -126,8 +126,9 @@ func (r *Reconciler) quotaUsed(id string) int64 {
 // count, including the unflushed ones read after it.
 func (r *Reconciler) trackQuotaReset(ps *peerState, row events.Peer) {
 	if !ps.quotaKnown {
-		// No QuotaStore: the lifetime totals are the usage since a reset
-		// that never happened; otherwise count from now.
+		// Not known from QuotaUsage at load (the peer appeared since):
+		// the lifetime totals are the usage since a reset that never
+		// happened; otherwise count from now.
 		if row.QuotaResetAt.IsZero() {
 			ps.quotaBase = ps.com.UploadBytes + ps.com.DownloadBytes
 		}
@@ -204,7 +205,7 @@ func (r *Reconciler) flush(ctx context.Context) error {
 	r.mu.Lock()
 	// Counters and the peers they belong to are read under one lock, so
 	// a peer added meanwhile cannot look vanished.
-	stats, err := r.cfg.DataPlane.Stats(ctx)
+	stats, err := r.stats(ctx)
 	if err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("read counters: %w", err)
@@ -236,7 +237,7 @@ func (r *Reconciler) write(ctx context.Context, b *batch) error {
 	sctx, cancel := r.storeCtx(ctx)
 	defer cancel()
 	err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
-	if err != nil && r.cfg.IsRejected(err) {
+	if errors.Is(err, events.ErrRefused) {
 		r.mu.Lock()
 		n := b.stripGone(r.rows)
 		r.mu.Unlock()
@@ -264,7 +265,7 @@ func (r *Reconciler) write(ctx context.Context, b *batch) error {
 // was committed, and the next flush measures the same bytes again from the
 // unchanged baselines. Retrying it as is would stall accounting forever.
 func (r *Reconciler) dropIfRefused(err error) {
-	if r.cfg.IsRejected(err) {
+	if errors.Is(err, events.ErrRefused) {
 		r.log.Error("usage batch refused by the database; rebuilding it", "err", err)
 		r.mu.Lock()
 		r.inflight = nil
@@ -325,72 +326,91 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		ps := r.peers[id]
-		if !ps.inPlane {
-			// Trust the device over memory: a peer believed absent (an
-			// apply that reported an error after all) but present is
-			// accounted from its baselines, never zeroed under its counters.
-			if row, ok := r.rows[id]; ok {
-				if k, err := parseKey(row.PublicKey); err == nil && !held[k] {
-					if _, present := byKey[k]; present {
-						r.setPlane(ps, true, k)
-						ps.read = false
-						held[k] = true
-					}
-				}
-			}
-		}
-		com := ps.com
-		changed := ps.gen != ps.comGen
-		var drx, dtx int64
-		if ps.inPlane {
-			s, ok := byKey[ps.key]
-			if !ok {
-				// Gone from the device behind our back (recreated, removed
-				// by hand): its bytes since the last flush went with it.
-				r.log.Warn("peer vanished from the data plane", "peer_id", id)
-				r.retry[id] = true // the next converge adds it back
-				r.setPlane(ps, false, ps.key)
-				ps.leaving, ps.read = false, false
-				ps.applied = PeerConfig{}
-			} else {
-				ps.observe(s)
-				drx, dtx = delta(com, r.epoch, s.RxBytes, s.TxBytes)
-				if drx != 0 || dtx != 0 || com.CounterEpoch != r.epoch || com.RxBaseline != s.RxBytes || com.TxBaseline != s.TxBytes {
-					changed = true
-				}
-				com.RxBaseline, com.TxBaseline, com.CounterEpoch = s.RxBytes, s.TxBytes, r.epoch
-				if ps.leaving {
-					b.leaving = append(b.leaving, ps)
-				}
-			}
-		}
-		if r.needsZero(ps) {
-			com.RxBaseline, com.TxBaseline = 0, 0
-			changed = true
-		}
-		if !ps.handshake.Equal(com.LastHandshakeAt) || ps.endpoint != com.Endpoint {
-			changed = true
-		}
-		if !changed {
-			continue
-		}
-		com.PeerID, com.NodeID = id, r.cfg.NodeID
-		com.State, com.Reason, com.AppliedAt = ps.state, ps.reason, ps.appliedAt
-		com.LastHandshakeAt, com.Endpoint = ps.handshake, ps.endpoint
-		com.UploadBytes += drx
-		com.DownloadBytes += dtx
-		_, hasRow := r.rows[id]
-		if drx > 0 || dtx > 0 {
-			// Usage rows are kept even when the row is gone: billing.
-			b.usage = append(b.usage, events.Usage{PeerID: id, PeriodStart: start, PeriodEnd: now, UploadBytes: drx, DownloadBytes: dtx})
-		}
-		if hasRow && com.State != "" {
-			b.status = append(b.status, com)
-		}
-		b.entries = append(b.entries, entry{ps: ps, com: com, gen: ps.gen, delta: drx + dtx})
+		r.account(b, r.peers[id], byKey, held, start)
 	}
 	return b
+}
+
+// account adds one peer to the batch when its committed state moves.
+func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, held map[Key]bool, start time.Time) {
+	if !ps.inPlane {
+		r.findOnDevice(ps, byKey, held)
+	}
+	com := ps.com
+	changed := ps.gen != ps.comGen
+	var drx, dtx int64
+	if ps.inPlane {
+		var moved bool
+		drx, dtx, moved = r.readCounters(b, ps, &com, byKey)
+		changed = changed || moved
+	}
+	if r.needsZero(ps) {
+		com.RxBaseline, com.TxBaseline = 0, 0
+		changed = true
+	}
+	if !ps.handshake.Equal(com.LastHandshakeAt) || ps.endpoint != com.Endpoint {
+		changed = true
+	}
+	if !changed {
+		return
+	}
+	com.PeerID, com.NodeID = ps.id, r.cfg.NodeID
+	com.State, com.Reason, com.AppliedAt = ps.state, ps.reason, ps.appliedAt
+	com.LastHandshakeAt, com.Endpoint = ps.handshake, ps.endpoint
+	com.UploadBytes += drx
+	com.DownloadBytes += dtx
+	_, hasRow := r.rows[ps.id]
+	if drx > 0 || dtx > 0 {
+		// Usage rows are kept even when the row is gone: billing.
+		b.usage = append(b.usage, events.Usage{PeerID: ps.id, PeriodStart: start, PeriodEnd: b.end, UploadBytes: drx, DownloadBytes: dtx})
+	}
+	if hasRow && com.State != "" {
+		b.status = append(b.status, com)
+	}
+	b.entries = append(b.entries, entry{ps: ps, com: com, gen: ps.gen, delta: drx + dtx})
+}
+
+// findOnDevice trusts the device over memory: a peer believed absent (an
+// apply that reported an error after all) but present is accounted from
+// its baselines, never zeroed under its counters.
+func (r *Reconciler) findOnDevice(ps *peerState, byKey map[Key]PeerStats, held map[Key]bool) {
+	row, ok := r.rows[ps.id]
+	if !ok {
+		return
+	}
+	k, err := parseKey(row.PublicKey)
+	if err != nil || held[k] {
+		return
+	}
+	if _, present := byKey[k]; present {
+		r.setPlane(ps, true, k)
+		ps.read = false
+		held[k] = true
+	}
+}
+
+// readCounters measures the delta of a peer the device holds and moves
+// com's baselines to its counters; moved reports a change to commit.
+func (r *Reconciler) readCounters(b *batch, ps *peerState, com *events.PeerStatus, byKey map[Key]PeerStats) (drx, dtx int64, moved bool) {
+	s, ok := byKey[ps.key]
+	if !ok {
+		// Gone from the device behind our back (recreated, removed
+		// by hand): its bytes since the last flush went with it.
+		r.log.Warn("peer vanished from the data plane", "peer_id", ps.id)
+		r.waiting[ps.id] = true // the next converge adds it back
+		r.setPlane(ps, false, ps.key)
+		ps.leaving, ps.read = false, false
+		ps.applied = PeerConfig{}
+		return 0, 0, false
+	}
+	ps.observe(s)
+	drx, dtx = delta(*com, r.epoch, s.RxBytes, s.TxBytes)
+	moved = drx != 0 || dtx != 0 || com.CounterEpoch != r.epoch || com.RxBaseline != s.RxBytes || com.TxBaseline != s.TxBytes
+	com.RxBaseline, com.TxBaseline, com.CounterEpoch = s.RxBytes, s.TxBytes, r.epoch
+	if ps.leaving {
+		b.leaving = append(b.leaving, ps)
+	}
+	return drx, dtx, moved
 }
 
 // removeLeaving removes the peers whose final counters were just committed.
@@ -405,7 +425,9 @@ func (r *Reconciler) removeLeaving(ctx context.Context, leaving []*peerState) er
 	if len(keys) == 0 {
 		return nil
 	}
-	failed, err := r.cfg.DataPlane.ApplyPeers(ctx, nil, keys, false)
+	pctx, cancel := r.planeCtx(ctx)
+	failed, err := r.cfg.DataPlane.RemovePeers(pctx, keys)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("remove %d leaving peers: %w", len(keys), err)
 	}
@@ -421,6 +443,7 @@ func (r *Reconciler) removeLeaving(ctx context.Context, leaving []*peerState) er
 		r.log.Info("peer removed", "peer_id", ps.id, "state", ps.state, "reason", ps.reason)
 		if _, ok := r.rows[ps.id]; !ok {
 			delete(r.peers, ps.id)
+			r.failing.Forget(ps.id)
 			r.m.forget(ps.id)
 		} else if r.needsZero(ps) {
 			r.kickFlush()

@@ -1,7 +1,6 @@
 package reconcile
 
 import (
-	"context"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -214,22 +213,6 @@ func TestUsageTrustsDeviceOverMemory(t *testing.T) {
 	}
 }
 
-// quotaStore adds QuotaStore to the fake: usage rows ending after the
-// peer's quota_reset_at.
-type quotaStore struct{ *fakeStore }
-
-func (q quotaStore) QuotaUsage(ctx context.Context, nodeID string) (map[string]int64, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	out := map[string]int64{}
-	for _, u := range q.usage {
-		if p, ok := q.peers[u.PeerID]; ok && u.PeriodEnd.After(p.QuotaResetAt) {
-			out[u.PeerID] += u.UploadBytes + u.DownloadBytes
-		}
-	}
-	return out, nil
-}
-
 // After a restart the quota counts what was used since quota_reset_at
 // before the restart too.
 func TestQuotaAcrossRestart(t *testing.T) {
@@ -237,18 +220,10 @@ func TestQuotaAcrossRestart(t *testing.T) {
 	p.QuotaBytes = 1000
 	p.QuotaResetAt = time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 	h := newHarness(t, p)
-	mk := func() {
-		r, err := New(Config{NodeID: testNode, Store: quotaStore{h.store}, DataPlane: h.plane, Now: h.clk.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.r = r
-	}
-	mk()
 	h.resync()
 	h.plane.traffic(key(1), 300, 300)
 	h.flush()
-	mk() // restart
+	h.restart()
 	h.resync()
 	h.wantInPlane(1, true)
 	h.plane.traffic(key(1), 250, 250)

@@ -30,6 +30,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The conformance test runs the official @supabase/realtime-js client.
-if [ -f supabase/realtimetest/js/package-lock.json ] && [ ! -d supabase/realtimetest/js/node_modules ]; then
-	(cd supabase/realtimetest/js && npm ci --no-audit --no-fund --silent)
+if [ -f supabase/realtime/realtimetest/js/package-lock.json ] && [ ! -d supabase/realtime/realtimetest/js/node_modules ]; then
+	(cd supabase/realtime/realtimetest/js && npm ci --no-audit --no-fund --silent)
 fi

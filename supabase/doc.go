@@ -5,8 +5,11 @@
 //     desired state, single rows, usage and status write-back, heartbeat.
 //   - Listen (listen*.go): LISTEN/NOTIFY event source on the node's
 //     channel, for direct and session-pooler connections.
-//   - Realtime (realtime*.go): Supabase Realtime postgres_changes client,
-//     the event source when only a transaction pooler is reachable.
+//
+// Package supabase/realtime is the other event source, a Supabase Realtime
+// postgres_changes client for when only a transaction pooler is reachable
+// (LISTEN needs a session); supabase/realtime/realtimetest is its test
+// server.
 //
 // Every source emits events.Resync after each (re)connect: events are
 // hints, the store is the truth.

@@ -52,7 +52,7 @@ func OpenStore(ctx context.Context, url string, opts StoreOptions) (*Store, erro
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, opError("open store: ping", err)
+		return nil, opError("open store", fmt.Errorf("ping: %w", err))
 	}
 	return &Store{pool: pool}, nil
 }

@@ -191,8 +191,9 @@ func TestStoreModes(t *testing.T) {
 			bad.State = "weird"
 			err = s.WriteStatus(ctx, f.a, nil, []events.PeerStatus{bad})
 			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) || pgErr.Code != "23514" || !strings.HasPrefix(err.Error(), "write status") {
-				t.Errorf("bad status: %v, want 'write status: ...' with SQLSTATE 23514", err)
+			var opErr *supabase.OpError
+			if !errors.As(err, &pgErr) || pgErr.Code != "23514" || !errors.As(err, &opErr) || opErr.Op != "write status" {
+				t.Errorf("bad status: %v, want a write status OpError with SQLSTATE 23514", err)
 			}
 		})
 	}
@@ -317,7 +318,65 @@ func TestOpenStoreErrors(t *testing.T) {
 	db := pgtest.New(t)
 	_, err = supabase.OpenStore(ctx, db.URLAs("no_such_role"), supabase.StoreOptions{})
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || !strings.HasPrefix(err.Error(), "open store") {
-		t.Fatalf("unknown role: %v, want 'open store: ...' wrapping a PgError", err)
+	var opErr *supabase.OpError
+	if !errors.As(err, &pgErr) || !errors.As(err, &opErr) || opErr.Op != "open store" {
+		t.Fatalf("unknown role: %v, want an open store OpError wrapping a PgError", err)
+	}
+}
+
+// The store classifies what the reconciler must tell apart: a row that is
+// gone, a write the database refuses for good, and the rest (transient),
+// each provoked for real under the node's login role.
+func TestStoreErrorsClassified(t *testing.T) {
+	f := newStoreFixture(t)
+	s := f.open(t, f.urlA)
+	ctx := f.ctx
+	own := dbfix.AddPeers(t, f.db, f.a, 1)[0]
+	otherB := dbfix.AddPeers(t, f.db, f.b, 1)[0]
+	end := time.Now().UTC().Truncate(time.Microsecond)
+
+	check := func(name string, err error, notFound, refused bool, code string) {
+		t.Helper()
+		if err == nil {
+			t.Errorf("%s: no error", name)
+			return
+		}
+		if got := errors.Is(err, events.ErrNotFound); got != notFound {
+			t.Errorf("%s: errors.Is(ErrNotFound) = %v, want %v (%v)", name, got, notFound, err)
+		}
+		if got := errors.Is(err, events.ErrRefused); got != refused {
+			t.Errorf("%s: errors.Is(ErrRefused) = %v, want %v (%v)", name, got, refused, err)
+		}
+		var pgErr *pgconn.PgError
+		if code != "" && (!errors.As(err, &pgErr) || pgErr.Code != code) {
+			t.Errorf("%s: %v, want SQLSTATE %s", name, err, code)
+		}
+	}
+
+	// Row level security: usage filed under another node's id (42501).
+	err := s.WriteStatus(ctx, f.b, []events.Usage{{PeerID: otherB, PeriodStart: end.Add(-time.Minute), PeriodEnd: end, UploadBytes: 1, DownloadBytes: 1}}, nil)
+	check("usage as another node", err, false, true, "42501")
+	// A constraint: period_end must follow period_start (23514).
+	err = s.WriteStatus(ctx, f.a, []events.Usage{{PeerID: own, PeriodStart: end, PeriodEnd: end.Add(-time.Minute), UploadBytes: 1}}, nil)
+	check("usage period backwards", err, false, true, "23514")
+	// Gone or another node's.
+	_, err = s.Peer(ctx, f.a, otherB)
+	check("peer of another node", err, true, false, "")
+	_, err = s.Peer(ctx, f.a, "00000000-0000-0000-0000-000000000001")
+	check("unknown peer", err, true, false, "")
+	_, err = s.Node(ctx, f.b)
+	check("another node", err, true, false, "")
+	check("heartbeat of another node", s.Heartbeat(ctx, f.b, events.Heartbeat{Status: "online"}), true, false, "")
+	// Transient: neither.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	_, _, err = s.Snapshot(cctx, f.a)
+	check("cancelled snapshot", err, false, false, "")
+
+	// The refused writes changed nothing.
+	var n int
+	dbfix.QueryRow(t, f.db, `SELECT count(*) FROM waylume.peer_usage`, nil, &n)
+	if n != 0 {
+		t.Fatalf("%d usage rows after refused writes, want 0", n)
 	}
 }

@@ -20,6 +20,9 @@ import (
 //
 // Status rows carry absolute values; rows of peers that no longer exist
 // or are no longer the node's are skipped and never fail the batch.
+//
+// A batch the database refuses for good (row level security, a constraint)
+// is rolled back whole and its error matches events.ErrRefused.
 func (s *Store) WriteStatus(ctx context.Context, nodeID string, usage []events.Usage, status []events.PeerStatus) error {
 	if len(usage) == 0 && len(status) == 0 {
 		return nil
@@ -30,7 +33,10 @@ func (s *Store) WriteStatus(ctx context.Context, nodeID string, usage []events.U
 		}
 		return writeStatus(ctx, tx, nodeID, status)
 	})
-	return opError(fmt.Sprintf("write status (%d usage, %d status rows)", len(usage), len(status)), err)
+	if err != nil {
+		return opError("write status", fmt.Errorf("%d usage, %d status rows: %w", len(usage), len(status), err))
+	}
+	return nil
 }
 
 func writeUsage(ctx context.Context, tx pgx.Tx, nodeID string, usage []events.Usage) error {

@@ -24,6 +24,7 @@ import (
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/realtime"
 )
 
 type checkResult struct {
@@ -286,11 +287,11 @@ func checkListen(ctx context.Context, conn *pgx.Conn, dbURL string) checkResult 
 func checkRealtime(ctx context.Context, cfg Config) checkResult {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	states := make(chan supabase.RealtimeState, 16)
-	rt, err := supabase.NewRealtime(supabase.RealtimeConfig{
+	states := make(chan realtime.State, 16)
+	rt, err := realtime.New(realtime.Config{
 		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID,
 		Logger: newLogger(io.Discard, "error", "json"),
-		OnState: func(s supabase.RealtimeState) {
+		OnState: func(s realtime.State) {
 			select {
 			case states <- s:
 			default:
@@ -309,9 +310,9 @@ func checkRealtime(ctx context.Context, cfg Config) checkResult {
 		select {
 		case s := <-states:
 			switch {
-			case s.Phase == supabase.RealtimeLive:
+			case s.Phase == realtime.Live:
 				return pass("realtime", "subscribed at "+host)
-			case s.Phase == supabase.RealtimeDisconnected && s.Err != nil:
+			case s.Phase == realtime.Disconnected && s.Err != nil:
 				return fail("realtime", oneLine(s.Err.Error()),
 					"check WAYLUME_REALTIME_URL, WAYLUME_SUPABASE_KEY and the token (waylume-node token; expired?), and that Realtime is enabled for the project")
 			}

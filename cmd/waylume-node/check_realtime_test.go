@@ -10,7 +10,7 @@ import (
 
 	"github.com/waylume/waylume-node/internal/pgtest"
 	"github.com/waylume/waylume-node/migrations"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 // check's Realtime line against the protocol-faithful test server, with a

@@ -39,32 +39,46 @@ func (p *linkPlane) Configure(ctx context.Context, n reconcile.NodeConfig) error
 	return nil
 }
 
-func (p *linkPlane) ApplyPeers(ctx context.Context, set []reconcile.PeerConfig, remove []reconcile.Key, full bool) (map[reconcile.Key]error, error) {
-	peers := make([]netctl.Peer, len(set))
-	for i, c := range set {
+// UpdatePeers adds or changes exactly peers.
+func (p *linkPlane) UpdatePeers(ctx context.Context, peers []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
+	failed, err := p.link.UpdatePeers(ctx, linkPeers(peers), nil)
+	return planeKeys(failed), err
+}
+
+// SyncPeers makes the device hold exactly all.
+func (p *linkPlane) SyncPeers(ctx context.Context, all []reconcile.PeerConfig) (map[reconcile.Key]error, error) {
+	failed, err := p.link.SyncPeers(ctx, linkPeers(all))
+	return planeKeys(failed), err
+}
+
+// RemovePeers removes the peers with these keys.
+func (p *linkPlane) RemovePeers(ctx context.Context, keys []reconcile.Key) (map[reconcile.Key]error, error) {
+	rm := make([]wgtypes.Key, len(keys))
+	for i, k := range keys {
+		rm[i] = wgtypes.Key(k)
+	}
+	failed, err := p.link.UpdatePeers(ctx, nil, rm)
+	return planeKeys(failed), err
+}
+
+func linkPeers(cs []reconcile.PeerConfig) []netctl.Peer {
+	peers := make([]netctl.Peer, len(cs))
+	for i, c := range cs {
 		peers[i] = netctl.Peer{
 			PublicKey: wgtypes.Key(c.PublicKey), PresharedKey: wgtypes.Key(c.PresharedKey),
 			AllowedIPs: c.AllowedIPs, Keepalive: c.Keepalive,
 			DownloadKbps: c.DownloadKbps, UploadKbps: c.UploadKbps,
 		}
 	}
-	var failed map[wgtypes.Key]error
-	var err error
-	if full {
-		// SyncPeers removes whatever is not in set; remove is implied.
-		failed, err = p.link.SyncPeers(ctx, peers)
-	} else {
-		rm := make([]wgtypes.Key, len(remove))
-		for i, k := range remove {
-			rm[i] = wgtypes.Key(k)
-		}
-		failed, err = p.link.UpdatePeers(ctx, peers, rm)
-	}
+	return peers
+}
+
+func planeKeys(failed map[wgtypes.Key]error) map[reconcile.Key]error {
 	out := make(map[reconcile.Key]error, len(failed))
 	for k, e := range failed {
 		out[reconcile.Key(k)] = e
 	}
-	return out, err
+	return out
 }
 
 func (p *linkPlane) Stats(ctx context.Context) ([]reconcile.PeerStats, error) {

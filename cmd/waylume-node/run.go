@@ -5,19 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/realtime"
 )
+
+var _ reconcile.Store = (*supabase.Store)(nil)
 
 // readyGrace is how long the control plane may be unreachable before
 // /readyz says so; the node keeps serving its last state meanwhile.
@@ -72,8 +73,6 @@ func runNode(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.
 
 	rec, err := reconcile.New(reconcile.Config{
 		NodeID: cfg.NodeID, Store: store, DataPlane: newLinkPlane(link, base), Log: log, Registerer: reg,
-		IsNotFound:     func(err error) bool { return errors.Is(err, supabase.ErrNotFound) },
-		IsRejected:     refusedForGood,
 		ResyncInterval: cfg.ResyncInterval, UsageInterval: cfg.UsageInterval,
 		PublicKey: link.PublicKey().String(), Version: version,
 	})
@@ -107,13 +106,6 @@ func runNode(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.
 	return runErr
 }
 
-// refusedForGood: the database will refuse this write however often it is
-// retried (RLS or a constraint), as opposed to being unreachable.
-func refusedForGood(err error) bool {
-	var pg *pgconn.PgError
-	return errors.As(err, &pg) && (pg.Code == "42501" || strings.HasPrefix(pg.Code, "23"))
-}
-
 // eventSource picks Realtime when configured, else LISTEN/NOTIFY.
 func eventSource(cfg Config, sink events.Sink, reg prometheus.Registerer, log *slog.Logger) (func(context.Context) error, error) {
 	if cfg.RealtimeURL == "" {
@@ -129,10 +121,10 @@ func eventSource(cfg Config, sink events.Sink, reg prometheus.Registerer, log *s
 		}
 	}
 	sessions := 0
-	rt, err := supabase.NewRealtime(supabase.RealtimeConfig{
+	rt, err := realtime.New(realtime.Config{
 		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID, Logger: log,
-		OnState: func(s supabase.RealtimeState) {
-			if s.Phase == supabase.RealtimeLive {
+		OnState: func(s realtime.State) {
+			if s.Phase == realtime.Live {
 				connected.Set(1)
 			} else {
 				connected.Set(0)

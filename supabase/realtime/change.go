@@ -1,28 +1,75 @@
-package supabase
+package realtime
 
 import (
+	"encoding/json"
 	"log/slog"
 	"strings"
 
 	"github.com/waylume/waylume-node/events"
 )
 
-// rtChangeEvent maps one change of waylume.peers or waylume.nodes to an
+// changes dispatches one postgres_changes message.
+func (s *session) changes(raw json.RawMessage) {
+	c := s.c
+	var cp changePayload
+	if err := unmarshal(raw, &cp); err != nil {
+		// Something changed and we cannot tell what: reread everything.
+		c.log.Warn("realtime: undecodable change; resyncing", "err", err, "bytes", len(raw))
+		c.sink.Add(events.Event{Kind: events.Resync, Source: "realtime"})
+		return
+	}
+	idx := -1
+	for _, id := range cp.IDs {
+		if i, ok := s.ids[id.String()]; ok {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		c.log.Debug("realtime: change for no binding of ours", "ids", cp.IDs)
+		return
+	}
+	b := c.binds[idx]
+	d := &cp.Data
+	if d.Schema != b.Schema || d.Table != b.Table {
+		c.log.Warn("realtime: change routed to the wrong binding; resyncing", "table", d.Schema+"."+d.Table)
+		c.sink.Add(events.Event{Kind: events.Resync, Source: "realtime"})
+		return
+	}
+	switch d.Type {
+	case "INSERT", "UPDATE", "DELETE":
+	default:
+		return // older servers send types we did not ask for
+	}
+	commit, _ := parseTime(d.CommitTimestamp)
+	ev, ok := changeEvent(c.cfg.NodeID, d, c.log)
+	if !ok {
+		c.sink.Add(events.Event{Kind: events.Resync, Source: "realtime", Commit: commit})
+		return
+	}
+	if ev.Kind == 0 {
+		return
+	}
+	ev.Source, ev.Commit = "realtime", commit
+	c.sink.Add(ev)
+}
+
+// changeEvent maps one change of waylume.peers or waylume.nodes to an
 // event. A record the server flagged with errors, or one that does not
 // decode, becomes a change without a row: the consumer refetches it by id.
 // ok is false when not even the id is known (the caller resyncs).
-func rtChangeEvent(nodeID string, d *rtChange, log *slog.Logger) (ev events.Event, ok bool) {
+func changeEvent(nodeID string, d *change, log *slog.Logger) (ev events.Event, ok bool) {
 	vals := d.Record
 	if d.Type == "DELETE" {
 		vals = d.OldRecord
 	}
-	rec := rtNewRecord(d.Columns, vals)
+	rec := newRecord(d.Columns, vals)
 	id, err := rec.str("id")
 	if err != nil || id == "" {
 		log.Warn("realtime: change without a row id; resyncing", "table", d.Table, "type", d.Type)
 		return events.Event{}, false
 	}
-	errs := d.rtErrors()
+	errs := d.errs()
 	if len(errs) > 0 {
 		log.Warn("realtime: incomplete record; refetching the row", "table", d.Table, "id", id, "errors", errs)
 	}
@@ -35,7 +82,7 @@ func rtChangeEvent(nodeID string, d *rtChange, log *slog.Logger) (ev events.Even
 		if len(errs) > 0 {
 			return ev, true
 		}
-		p, err := rtDecodePeer(rec)
+		p, err := decodePeer(rec)
 		if err != nil {
 			log.Warn("realtime: undecodable peer record; refetching the row", "id", id, "err", err)
 			return ev, true
@@ -56,7 +103,7 @@ func rtChangeEvent(nodeID string, d *rtChange, log *slog.Logger) (ev events.Even
 		if d.Type == "DELETE" || len(errs) > 0 {
 			return ev, true
 		}
-		n, err := rtDecodeNode(rec)
+		n, err := decodeNode(rec)
 		if err != nil {
 			log.Warn("realtime: undecodable node record; refetching the row", "id", id, "err", err)
 			return ev, true

@@ -1,4 +1,4 @@
-package supabase
+package realtime
 
 import (
 	"fmt"
@@ -25,12 +25,12 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkRealtimeDecode measures the client's decode path per 1,000
+// BenchmarkDecode measures the client's decode path per 1,000
 // change frames: framing, payload, row mapping and the sink call, as the
 // session loop runs them.
-func BenchmarkRealtimeDecode(b *testing.B) {
+func BenchmarkDecode(b *testing.B) {
 	n := 0
-	r, err := NewRealtime(RealtimeConfig{URL: "ws://127.0.0.1:1/x", APIKey: "k", NodeID: nodeID, Logger: slog.New(slog.DiscardHandler)},
+	c, err := New(Config{URL: "ws://127.0.0.1:1/x", APIKey: "k", NodeID: nodeID, Logger: slog.New(slog.DiscardHandler)},
 		events.SinkFunc(func(e events.Event) {
 			if e.Peer != nil {
 				n++
@@ -39,7 +39,7 @@ func BenchmarkRealtimeDecode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := &rtSession{r: r, ids: map[string]int{"1234567": 0}}
+	s := &session{c: c, ids: map[string]int{"1234567": 0}}
 	frames := make([][]byte, 1000)
 	for i := range frames {
 		frames[i] = benchFrame(i)
@@ -49,7 +49,7 @@ func BenchmarkRealtimeDecode(b *testing.B) {
 	cpu0 := cpuTime()
 	for b.Loop() {
 		for _, data := range frames {
-			f, err := rtDecodeFrame(data)
+			f, err := decodeFrame(data)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package supabase
+package realtime
 
 // Decoding of postgres_changes records into the rows the reconciler uses.
 // Current servers send values as native JSON by column type (numbers,
@@ -19,26 +19,26 @@ import (
 	"github.com/waylume/waylume-node/events"
 )
 
-// rtRecord is a record with its column types.
-type rtRecord struct {
+// record is one postgres_changes record with its column types.
+type record struct {
 	vals  map[string]any
 	types map[string]string
 }
 
-func rtNewRecord(cols []rtColumn, vals map[string]any) rtRecord {
+func newRecord(cols []column, vals map[string]any) record {
 	types := make(map[string]string, len(cols))
 	for _, c := range cols {
 		types[c.Name] = c.Type
 	}
-	return rtRecord{vals: vals, types: types}
+	return record{vals: vals, types: types}
 }
 
-func (r rtRecord) has(name string) bool {
+func (r record) has(name string) bool {
 	_, ok := r.vals[name]
 	return ok
 }
 
-func (r rtRecord) str(name string) (string, error) {
+func (r record) str(name string) (string, error) {
 	switch v := r.vals[name].(type) {
 	case nil:
 		return "", nil
@@ -52,7 +52,7 @@ func (r rtRecord) str(name string) (string, error) {
 	return "", fmt.Errorf("column %s: %T is not text", name, r.vals[name])
 }
 
-func (r rtRecord) int(name string) (int64, error) {
+func (r record) int(name string) (int64, error) {
 	switch v := r.vals[name].(type) {
 	case nil:
 		return 0, nil
@@ -73,7 +73,7 @@ func (r rtRecord) int(name string) (int64, error) {
 	return 0, fmt.Errorf("column %s (%s): %T is not an integer", name, r.types[name], r.vals[name])
 }
 
-func (r rtRecord) bool(name string) (bool, error) {
+func (r record) bool(name string) (bool, error) {
 	switch v := r.vals[name].(type) {
 	case nil:
 		return false, nil
@@ -90,9 +90,9 @@ func (r rtRecord) bool(name string) (bool, error) {
 	return false, fmt.Errorf("column %s (%s): %v is not a boolean", name, r.types[name], r.vals[name])
 }
 
-// rtTimeLayouts covers to_jsonb output (ISO 8601 with offset) and the
+// timeLayouts covers to_jsonb output (ISO 8601 with offset) and the
 // PostgreSQL text output older servers pass through.
-var rtTimeLayouts = []string{
+var timeLayouts = []string{
 	time.RFC3339Nano,
 	"2006-01-02T15:04:05.999999999Z07",
 	"2006-01-02 15:04:05.999999999Z07:00",
@@ -101,9 +101,9 @@ var rtTimeLayouts = []string{
 	"2006-01-02 15:04:05.999999999",
 }
 
-func rtParseTime(s string) (time.Time, error) {
+func parseTime(s string) (time.Time, error) {
 	s = strings.TrimSpace(s)
-	for _, l := range rtTimeLayouts {
+	for _, l := range timeLayouts {
 		if t, err := time.Parse(l, s); err == nil {
 			return t, nil
 		}
@@ -111,12 +111,12 @@ func rtParseTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is not a timestamp", s)
 }
 
-func (r rtRecord) time(name string) (time.Time, error) {
+func (r record) time(name string) (time.Time, error) {
 	switch v := r.vals[name].(type) {
 	case nil:
 		return time.Time{}, nil
 	case string:
-		t, err := rtParseTime(v)
+		t, err := parseTime(v)
 		if err != nil {
 			return time.Time{}, fmt.Errorf("column %s (%s): %w", name, r.types[name], err)
 		}
@@ -125,8 +125,8 @@ func (r rtRecord) time(name string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("column %s (%s): %T is not a timestamp", name, r.types[name], r.vals[name])
 }
 
-// rtParsePrefix reads inet/cidr text: "10.8.0.2" is a host (/32 or /128).
-func rtParsePrefix(s string) (netip.Prefix, error) {
+// parsePrefix reads inet/cidr text: "10.8.0.2" is a host (/32 or /128).
+func parsePrefix(s string) (netip.Prefix, error) {
 	s = strings.TrimSpace(s)
 	if strings.Contains(s, "/") {
 		return netip.ParsePrefix(s)
@@ -138,12 +138,12 @@ func rtParsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-func (r rtRecord) prefix(name string) (netip.Prefix, error) {
+func (r record) prefix(name string) (netip.Prefix, error) {
 	switch v := r.vals[name].(type) {
 	case nil:
 		return netip.Prefix{}, nil
 	case string:
-		p, err := rtParsePrefix(v)
+		p, err := parsePrefix(v)
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("column %s (%s): %w", name, r.types[name], err)
 		}
@@ -154,7 +154,7 @@ func (r rtRecord) prefix(name string) (netip.Prefix, error) {
 
 // strings reads a one-dimensional array: a JSON array, or PostgreSQL array
 // text ("{10.0.0.0/24,10.1.0.0/16}") from older servers.
-func (r rtRecord) strings(name string) ([]string, error) {
+func (r record) strings(name string) ([]string, error) {
 	switch v := r.vals[name].(type) {
 	case nil:
 		return nil, nil
@@ -186,14 +186,14 @@ func (r rtRecord) strings(name string) ([]string, error) {
 	return nil, fmt.Errorf("column %s (%s): %T is not an array", name, r.types[name], r.vals[name])
 }
 
-func (r rtRecord) prefixes(name string) ([]netip.Prefix, error) {
+func (r record) prefixes(name string) ([]netip.Prefix, error) {
 	ss, err := r.strings(name)
 	if err != nil || ss == nil {
 		return nil, err
 	}
 	out := make([]netip.Prefix, 0, len(ss))
 	for _, s := range ss {
-		p, err := rtParsePrefix(s)
+		p, err := parsePrefix(s)
 		if err != nil {
 			return nil, fmt.Errorf("column %s (%s): %w", name, r.types[name], err)
 		}
@@ -202,14 +202,14 @@ func (r rtRecord) prefixes(name string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-func (r rtRecord) addrs(name string) ([]netip.Addr, error) {
+func (r record) addrs(name string) ([]netip.Addr, error) {
 	ss, err := r.strings(name)
 	if err != nil || ss == nil {
 		return nil, err
 	}
 	out := make([]netip.Addr, 0, len(ss))
 	for _, s := range ss {
-		p, err := rtParsePrefix(s)
+		p, err := parsePrefix(s)
 		if err != nil {
 			return nil, fmt.Errorf("column %s (%s): %w", name, r.types[name], err)
 		}
@@ -218,38 +218,38 @@ func (r rtRecord) addrs(name string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// rtDecoder collects the first error so row mapping stays readable.
-type rtDecoder struct {
-	r   rtRecord
+// rowDecoder collects the first error so row mapping stays readable.
+type rowDecoder struct {
+	r   record
 	err error
 }
 
-func (d *rtDecoder) keep(err error) {
+func (d *rowDecoder) keep(err error) {
 	if d.err == nil && err != nil {
 		d.err = err
 	}
 }
 
-func (d *rtDecoder) str(n string) string          { v, err := d.r.str(n); d.keep(err); return v }
-func (d *rtDecoder) int(n string) int64           { v, err := d.r.int(n); d.keep(err); return v }
-func (d *rtDecoder) bool(n string) bool           { v, err := d.r.bool(n); d.keep(err); return v }
-func (d *rtDecoder) time(n string) time.Time      { v, err := d.r.time(n); d.keep(err); return v }
-func (d *rtDecoder) prefix(n string) netip.Prefix { v, err := d.r.prefix(n); d.keep(err); return v }
-func (d *rtDecoder) addrs(n string) []netip.Addr  { v, err := d.r.addrs(n); d.keep(err); return v }
-func (d *rtDecoder) prefixes(n string) []netip.Prefix {
+func (d *rowDecoder) str(n string) string          { v, err := d.r.str(n); d.keep(err); return v }
+func (d *rowDecoder) int(n string) int64           { v, err := d.r.int(n); d.keep(err); return v }
+func (d *rowDecoder) bool(n string) bool           { v, err := d.r.bool(n); d.keep(err); return v }
+func (d *rowDecoder) time(n string) time.Time      { v, err := d.r.time(n); d.keep(err); return v }
+func (d *rowDecoder) prefix(n string) netip.Prefix { v, err := d.r.prefix(n); d.keep(err); return v }
+func (d *rowDecoder) addrs(n string) []netip.Addr  { v, err := d.r.addrs(n); d.keep(err); return v }
+func (d *rowDecoder) prefixes(n string) []netip.Prefix {
 	v, err := d.r.prefixes(n)
 	d.keep(err)
 	return v
 }
 
-// rtRequired lists columns a record must carry to be applied whole: a
+// peerRequired and nodeRequired list the columns a record must carry to be applied whole: a
 // record without them was trimmed (column privileges, size) and is refetched.
 var (
-	rtPeerRequired = []string{"id", "node_id", "public_key", "address", "allowed_ips", "enabled"}
-	rtNodeRequired = []string{"id", "address", "listen_port"}
+	peerRequired = []string{"id", "node_id", "public_key", "address", "allowed_ips", "enabled"}
+	nodeRequired = []string{"id", "address", "listen_port"}
 )
 
-func rtMissing(r rtRecord, cols []string) error {
+func missing(r record, cols []string) error {
 	for _, c := range cols {
 		if !r.has(c) {
 			return fmt.Errorf("column %s missing from record", c)
@@ -258,12 +258,12 @@ func rtMissing(r rtRecord, cols []string) error {
 	return nil
 }
 
-// rtDecodePeer maps a waylume.peers record.
-func rtDecodePeer(r rtRecord) (events.Peer, error) {
-	if err := rtMissing(r, rtPeerRequired); err != nil {
+// decodePeer maps a waylume.peers record.
+func decodePeer(r record) (events.Peer, error) {
+	if err := missing(r, peerRequired); err != nil {
 		return events.Peer{}, err
 	}
-	d := rtDecoder{r: r}
+	d := rowDecoder{r: r}
 	p := events.Peer{
 		ID:                  d.str("id"),
 		NodeID:              d.str("node_id"),
@@ -288,12 +288,12 @@ func rtDecodePeer(r rtRecord) (events.Peer, error) {
 	return p, nil
 }
 
-// rtDecodeNode maps a waylume.nodes record.
-func rtDecodeNode(r rtRecord) (events.Node, error) {
-	if err := rtMissing(r, rtNodeRequired); err != nil {
+// decodeNode maps a waylume.nodes record.
+func decodeNode(r record) (events.Node, error) {
+	if err := missing(r, nodeRequired); err != nil {
 		return events.Node{}, err
 	}
-	d := rtDecoder{r: r}
+	d := rowDecoder{r: r}
 	n := events.Node{
 		ID:         d.str("id"),
 		Name:       d.str("name"),

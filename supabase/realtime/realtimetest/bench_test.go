@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/events"
-	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 // BenchmarkCommitToEvent measures, over 1,000 committed updates of one of
@@ -19,7 +19,7 @@ import (
 func BenchmarkCommitToEvent(b *testing.B) {
 	f := newFixtureTB(b, func(c *realtimetest.Config) { c.PollInterval = 10 * time.Millisecond })
 	got := make(chan events.Event, 16)
-	rt, err := supabase.NewRealtime(supabase.RealtimeConfig{
+	rt, err := realtime.New(realtime.Config{
 		URL: f.srv.URL(), APIKey: realtimetest.AnonKey(secret),
 		AccessToken: realtimetest.NodeToken(secret, f.nodeA, time.Hour), NodeID: f.nodeA,
 	}, events.SinkFunc(func(e events.Event) { got <- e }))

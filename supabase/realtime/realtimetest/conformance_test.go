@@ -13,8 +13,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/events"
-	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 // jsLine is one line conformance.js prints.
@@ -48,7 +47,7 @@ func startJS(t *testing.T, env []string) <-chan jsLine {
 	if _, err := exec.LookPath("node"); err != nil {
 		missing = "node is not installed (apt-get install nodejs)"
 	} else if _, err := os.Stat(filepath.Join(dir, "node_modules", "@supabase", "realtime-js")); err != nil {
-		missing = "supabase/realtimetest/js/node_modules is missing: run scripts/deps.sh (npm ci in supabase/realtimetest/js)"
+		missing = "supabase/realtime/realtimetest/js/node_modules is missing: run scripts/deps.sh (npm ci in supabase/realtime/realtimetest/js)"
 	}
 	if missing != "" {
 		if os.Getenv("CI") == "true" {
@@ -285,5 +284,3 @@ func comparePeer(t *testing.T, js map[string]any, ev events.Event) {
 		t.Errorf("quota_bytes: Go %d, want exact 9007199254740993 (realtime-js %d)", p.QuotaBytes, q)
 	}
 }
-
-var _ = supabase.RealtimeVSN1

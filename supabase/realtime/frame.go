@@ -1,4 +1,4 @@
-package supabase
+package realtime
 
 // Phoenix channel framing as the Supabase Realtime server speaks it.
 // vsn 1.0.0 frames are JSON objects {"topic","event","payload","ref","join_ref"};
@@ -17,27 +17,27 @@ import (
 
 // Protocol versions the client can request.
 const (
-	RealtimeVSN1 = "1.0.0"
-	RealtimeVSN2 = "2.0.0"
+	VSN1 = "1.0.0"
+	VSN2 = "2.0.0"
 )
 
 // Channel event names.
 const (
-	rtEventJoin        = "phx_join"
-	rtEventLeave       = "phx_leave"
-	rtEventReply       = "phx_reply"
-	rtEventClose       = "phx_close"
-	rtEventError       = "phx_error"
-	rtEventHeartbeat   = "heartbeat"
-	rtEventAccessToken = "access_token"
-	rtEventSystem      = "system"
-	rtEventChanges     = "postgres_changes"
-	rtTopicPhoenix     = "phoenix"
+	eventJoin        = "phx_join"
+	eventLeave       = "phx_leave"
+	eventReply       = "phx_reply"
+	eventClose       = "phx_close"
+	eventError       = "phx_error"
+	eventHeartbeat   = "heartbeat"
+	eventAccessToken = "access_token"
+	eventSystem      = "system"
+	eventChanges     = "postgres_changes"
+	topicPhoenix     = "phoenix"
 )
 
-// rtFrame is one decoded channel message. Refs are kept as strings; a
+// frame is one decoded channel message. Refs are kept as strings; a
 // missing or null ref is "".
-type rtFrame struct {
+type frame struct {
 	JoinRef string
 	Ref     string
 	Topic   string
@@ -45,24 +45,24 @@ type rtFrame struct {
 	Payload json.RawMessage
 }
 
-var errRTMalformed = errors.New("malformed realtime frame")
+var errMalformed = errors.New("malformed realtime frame")
 
-// rtDecodeFrame decodes one text frame of either framing.
-func rtDecodeFrame(data []byte) (rtFrame, error) {
+// decodeFrame decodes one text frame of either framing.
+func decodeFrame(data []byte) (frame, error) {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
-		return rtFrame{}, fmt.Errorf("%w: empty", errRTMalformed)
+		return frame{}, fmt.Errorf("%w: empty", errMalformed)
 	}
 	switch data[0] {
 	case '{':
-		return rtDecodeV1(data)
+		return decodeV1(data)
 	case '[':
-		return rtDecodeV2(data)
+		return decodeV2(data)
 	}
-	return rtFrame{}, fmt.Errorf("%w: neither object nor array", errRTMalformed)
+	return frame{}, fmt.Errorf("%w: neither object nor array", errMalformed)
 }
 
-func rtDecodeV1(data []byte) (rtFrame, error) {
+func decodeV1(data []byte) (frame, error) {
 	var m struct {
 		Topic   *string         `json:"topic"`
 		Event   *string         `json:"event"`
@@ -71,50 +71,50 @@ func rtDecodeV1(data []byte) (rtFrame, error) {
 		JoinRef json.RawMessage `json:"join_ref"`
 	}
 	if err := json.Unmarshal(data, &m); err != nil {
-		return rtFrame{}, fmt.Errorf("%w: %v", errRTMalformed, err)
+		return frame{}, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	if m.Topic == nil || m.Event == nil {
-		return rtFrame{}, fmt.Errorf("%w: topic or event missing", errRTMalformed)
+		return frame{}, fmt.Errorf("%w: topic or event missing", errMalformed)
 	}
-	f := rtFrame{Topic: *m.Topic, Event: *m.Event, Payload: m.Payload}
+	f := frame{Topic: *m.Topic, Event: *m.Event, Payload: m.Payload}
 	var err error
-	if f.Ref, err = rtRef(m.Ref); err != nil {
-		return rtFrame{}, err
+	if f.Ref, err = decodeRef(m.Ref); err != nil {
+		return frame{}, err
 	}
-	if f.JoinRef, err = rtRef(m.JoinRef); err != nil {
-		return rtFrame{}, err
+	if f.JoinRef, err = decodeRef(m.JoinRef); err != nil {
+		return frame{}, err
 	}
 	return f, nil
 }
 
-func rtDecodeV2(data []byte) (rtFrame, error) {
+func decodeV2(data []byte) (frame, error) {
 	var a []json.RawMessage
 	if err := json.Unmarshal(data, &a); err != nil {
-		return rtFrame{}, fmt.Errorf("%w: %v", errRTMalformed, err)
+		return frame{}, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	if len(a) != 5 {
-		return rtFrame{}, fmt.Errorf("%w: array of %d elements, want 5", errRTMalformed, len(a))
+		return frame{}, fmt.Errorf("%w: array of %d elements, want 5", errMalformed, len(a))
 	}
-	var f rtFrame
+	var f frame
 	var err error
-	if f.JoinRef, err = rtRef(a[0]); err != nil {
-		return rtFrame{}, err
+	if f.JoinRef, err = decodeRef(a[0]); err != nil {
+		return frame{}, err
 	}
-	if f.Ref, err = rtRef(a[1]); err != nil {
-		return rtFrame{}, err
+	if f.Ref, err = decodeRef(a[1]); err != nil {
+		return frame{}, err
 	}
 	if err := json.Unmarshal(a[2], &f.Topic); err != nil {
-		return rtFrame{}, fmt.Errorf("%w: topic: %v", errRTMalformed, err)
+		return frame{}, fmt.Errorf("%w: topic: %v", errMalformed, err)
 	}
 	if err := json.Unmarshal(a[3], &f.Event); err != nil {
-		return rtFrame{}, fmt.Errorf("%w: event: %v", errRTMalformed, err)
+		return frame{}, fmt.Errorf("%w: event: %v", errMalformed, err)
 	}
 	f.Payload = a[4]
 	return f, nil
 }
 
-// rtRef reads a ref that servers send as a string, a number or null.
-func rtRef(raw json.RawMessage) (string, error) {
+// decodeRef reads a ref that servers send as a string, a number or null.
+func decodeRef(raw json.RawMessage) (string, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return "", nil
@@ -122,20 +122,20 @@ func rtRef(raw json.RawMessage) (string, error) {
 	if raw[0] == '"' {
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", fmt.Errorf("%w: ref: %v", errRTMalformed, err)
+			return "", fmt.Errorf("%w: ref: %v", errMalformed, err)
 		}
 		return s, nil
 	}
 	var n json.Number
 	if err := json.Unmarshal(raw, &n); err != nil {
-		return "", fmt.Errorf("%w: ref: %v", errRTMalformed, err)
+		return "", fmt.Errorf("%w: ref: %v", errMalformed, err)
 	}
 	return n.String(), nil
 }
 
-// rtEncodeFrame encodes an outgoing message in the requested framing. A
+// encodeFrame encodes an outgoing message in the requested framing. A
 // null ref stays null (refs are only omitted by servers).
-func rtEncodeFrame(vsn string, f rtFrame) ([]byte, error) {
+func encodeFrame(vsn string, f frame) ([]byte, error) {
 	payload := f.Payload
 	if len(payload) == 0 {
 		payload = json.RawMessage("{}")
@@ -146,7 +146,7 @@ func rtEncodeFrame(vsn string, f rtFrame) ([]byte, error) {
 		}
 		return s
 	}
-	if vsn == RealtimeVSN2 {
+	if vsn == VSN2 {
 		return json.Marshal([]any{ref(f.JoinRef), ref(f.Ref), f.Topic, f.Event, payload})
 	}
 	m := struct {
@@ -159,8 +159,8 @@ func rtEncodeFrame(vsn string, f rtFrame) ([]byte, error) {
 	return json.Marshal(m)
 }
 
-// rtUnmarshal decodes a payload keeping numbers exact (int8, numeric).
-func rtUnmarshal(raw json.RawMessage, v any) error {
+// unmarshal decodes a payload keeping numbers exact (int8, numeric).
+func unmarshal(raw json.RawMessage, v any) error {
 	d := json.NewDecoder(bytes.NewReader(raw))
 	d.UseNumber()
 	if err := d.Decode(v); err != nil {
@@ -172,18 +172,18 @@ func rtUnmarshal(raw json.RawMessage, v any) error {
 	return nil
 }
 
-// rtReplyPayload is the payload of a phx_reply.
-type rtReplyPayload struct {
+// replyPayload is the payload of a phx_reply.
+type replyPayload struct {
 	Status   string          `json:"status"`
 	Response json.RawMessage `json:"response"`
 }
 
-// rtJoinResponse is the response of a successful join.
-type rtJoinResponse struct {
-	PostgresChanges []rtBindingReply `json:"postgres_changes"`
+// joinResponse is the response of a successful join.
+type joinResponse struct {
+	PostgresChanges []bindingReply `json:"postgres_changes"`
 }
 
-type rtBindingReply struct {
+type bindingReply struct {
 	ID     json.Number `json:"id"`
 	Event  string      `json:"event"`
 	Schema string      `json:"schema"`
@@ -191,40 +191,40 @@ type rtBindingReply struct {
 	Filter string      `json:"filter"`
 }
 
-// rtSystemPayload is a "system" message: subscription status or a channel
+// systemPayload is a "system" message: subscription status or a channel
 // error the server is about to act on.
-type rtSystemPayload struct {
+type systemPayload struct {
 	Channel   string `json:"channel"`
 	Extension string `json:"extension"`
 	Status    string `json:"status"`
 	Message   string `json:"message"`
 }
 
-// rtChangePayload is a postgres_changes message.
-type rtChangePayload struct {
+// changePayload is a postgres_changes message.
+type changePayload struct {
 	IDs  []json.Number `json:"ids"`
-	Data rtChange      `json:"data"`
+	Data change        `json:"data"`
 }
 
-type rtChange struct {
+type change struct {
 	Schema          string          `json:"schema"`
 	Table           string          `json:"table"`
 	Type            string          `json:"type"`
 	CommitTimestamp string          `json:"commit_timestamp"`
-	Columns         []rtColumn      `json:"columns"`
+	Columns         []column        `json:"columns"`
 	Record          map[string]any  `json:"record"`
 	OldRecord       map[string]any  `json:"old_record"`
 	Errors          json.RawMessage `json:"errors"`
 }
 
-type rtColumn struct {
+type column struct {
 	Name string `json:"name"`
 	Type string `json:"type"`
 }
 
-// rtErrors returns the change's errors; null and [] mean none. Anything
+// errs returns the change's errors; null and [] mean none. Anything
 // else non-empty (an array of strings, a bare string) counts as an error.
-func (c *rtChange) rtErrors() []string {
+func (c *change) errs() []string {
 	raw := bytes.TrimSpace(c.Errors)
 	if len(raw) == 0 || string(raw) == "null" || string(raw) == "[]" {
 		return nil
@@ -240,11 +240,11 @@ func (c *rtChange) rtErrors() []string {
 	return []string{string(raw)}
 }
 
-// rtRefs numbers outgoing messages; refs are decimal strings like
+// refCounter numbers outgoing messages; refs are decimal strings like
 // realtime-js sends.
-type rtRefs struct{ n uint64 }
+type refCounter struct{ n uint64 }
 
-func (r *rtRefs) next() string {
+func (r *refCounter) next() string {
 	r.n++
 	return strconv.FormatUint(r.n, 10)
 }

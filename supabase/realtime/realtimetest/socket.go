@@ -300,6 +300,32 @@ func bindingID(event, schema, table, filter string) int64 {
 	return int64(h.Sum32() & 0x7fffffff)
 }
 
+// parseBindings reads a join's postgres_changes entries; echo is what the
+// reply sends back: each entry as the client sent it, plus its id.
+func parseBindings(entries []map[string]any) (bindings []binding, echo []map[string]any) {
+	echo = []map[string]any{}
+	for _, pc := range entries {
+		str := func(k string) string { s, _ := pc[k].(string); return s }
+		b := binding{event: strings.ToUpper(str("event")), schema: str("schema"), table: str("table"), raw: str("filter")}
+		if b.schema == "" {
+			b.schema = "public"
+		}
+		b.filter, b.ferr = parseFilter(b.raw)
+		b.id = bindingID(str("event"), str("schema"), str("table"), b.raw)
+		e := map[string]any{"id": b.id}
+		for k, v := range pc {
+			e[k] = v
+		}
+		b.echo = e
+		bindings = append(bindings, b)
+		echo = append(echo, e)
+	}
+	return bindings, echo
+}
+
+// join answers a phx_join like the real server: topic, payload and token
+// checked (errors after ErrorReplyDelay), a second join replacing the
+// first, the subscription checked in the background.
 func (so *socket) join(f inFrame, old *channel) {
 	srv := so.srv
 	sub, ok := strings.CutPrefix(f.topic, "realtime:")
@@ -340,23 +366,8 @@ func (so *socket) join(f inFrame, old *channel) {
 		joinRef = *f.ref
 	}
 	ch := &channel{topic: f.topic, joinRef: joinRef, claims: c}
-	echo := []map[string]any{}
-	for _, pc := range p.Config.PostgresChanges {
-		str := func(k string) string { s, _ := pc[k].(string); return s }
-		b := binding{event: strings.ToUpper(str("event")), schema: str("schema"), table: str("table"), raw: str("filter")}
-		if b.schema == "" {
-			b.schema = "public"
-		}
-		b.filter, b.ferr = parseFilter(b.raw)
-		b.id = bindingID(str("event"), str("schema"), str("table"), b.raw)
-		e := map[string]any{"id": b.id}
-		for k, v := range pc {
-			e[k] = v
-		}
-		b.echo = e
-		ch.bindings = append(ch.bindings, b)
-		echo = append(echo, e)
-	}
+	var echo []map[string]any
+	ch.bindings, echo = parseBindings(p.Config.PostgresChanges)
 	so.mu.Lock()
 	so.mu.channels[f.topic] = ch
 	so.armExpiry(ch)

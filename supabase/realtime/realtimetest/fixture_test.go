@@ -15,8 +15,8 @@ import (
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/pgtest"
-	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -143,7 +143,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 type recorder struct {
 	mu     sync.Mutex
 	evs    []events.Event
-	states []supabase.RealtimeState
+	states []realtime.State
 	notify chan struct{}
 }
 
@@ -159,7 +159,7 @@ func (r *recorder) Add(e events.Event) {
 	}
 }
 
-func (r *recorder) state(s supabase.RealtimeState) {
+func (r *recorder) state(s realtime.State) {
 	r.mu.Lock()
 	r.states = append(r.states, s)
 	r.mu.Unlock()
@@ -181,10 +181,10 @@ func (r *recorder) markStates() int {
 	return len(r.states)
 }
 
-func (r *recorder) statesSince(i int) []supabase.RealtimeState {
+func (r *recorder) statesSince(i int) []realtime.State {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]supabase.RealtimeState(nil), r.states[i:]...)
+	return append([]realtime.State(nil), r.states[i:]...)
 }
 
 func (r *recorder) since(i int) []events.Event {
@@ -220,7 +220,7 @@ func (r *recorder) next(t *testing.T, from *int, d time.Duration, what string, p
 }
 
 // nextState waits for a state at or after index *from matching pred.
-func (r *recorder) nextState(t *testing.T, from *int, d time.Duration, what string, pred func(supabase.RealtimeState) bool) supabase.RealtimeState {
+func (r *recorder) nextState(t *testing.T, from *int, d time.Duration, what string, pred func(realtime.State) bool) realtime.State {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -234,7 +234,7 @@ func (r *recorder) nextState(t *testing.T, from *int, d time.Duration, what stri
 			}
 		}
 		n := len(r.states)
-		var last supabase.RealtimeState
+		var last realtime.State
 		if n > 0 {
 			last = r.states[n-1]
 		}
@@ -254,15 +254,15 @@ func kindID(k events.Kind, id string) func(events.Event) bool {
 
 // client runs a Realtime client until the test ends.
 type client struct {
-	rt   *supabase.Realtime
+	rt   *realtime.Client
 	rec  *recorder
 	stop func()
 }
 
-func (f *fixture) startClient(t *testing.T, mod func(*supabase.RealtimeConfig)) *client {
+func (f *fixture) startClient(t *testing.T, mod func(*realtime.Config)) *client {
 	t.Helper()
 	rec := newRecorder()
-	cfg := supabase.RealtimeConfig{
+	cfg := realtime.Config{
 		URL:         f.srv.URL(),
 		APIKey:      realtimetest.AnonKey(secret),
 		AccessToken: realtimetest.NodeToken(secret, f.nodeA, time.Hour),
@@ -275,7 +275,7 @@ func (f *fixture) startClient(t *testing.T, mod func(*supabase.RealtimeConfig)) 
 	if mod != nil {
 		mod(&cfg)
 	}
-	rt, err := supabase.NewRealtime(cfg, rec)
+	rt, err := realtime.New(cfg, rec)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/waylume/waylume-node/events"
-	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/realtimetest"
+	"github.com/waylume/waylume-node/supabase/realtime"
+	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 const wait = 10 * time.Second
@@ -90,11 +90,11 @@ func TestTypedEvents(t *testing.T) {
 		name string
 		vsn  string
 		text bool // server sends PostgreSQL text values like older servers
-	}{{"vsn1", "", false}, {"vsn2", supabase.RealtimeVSN2, false}, {"text-values", "", true}} {
+	}{{"vsn1", "", false}, {"vsn2", realtime.VSN2, false}, {"text-values", "", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, nil)
 			f.srv.SetStringValues(tc.text)
-			c := f.startClient(t, func(cfg *supabase.RealtimeConfig) { cfg.VSN = tc.vsn })
+			c := f.startClient(t, func(cfg *realtime.Config) { cfg.VSN = tc.vsn })
 			at := 0
 			c.rec.next(t, &at, wait, "first resync", isResync)
 
@@ -150,7 +150,7 @@ func TestTypedEvents(t *testing.T) {
 // other nodes' rows away.
 func TestServiceKey(t *testing.T) {
 	f := newFixture(t, nil)
-	c := f.startClient(t, func(cfg *supabase.RealtimeConfig) {
+	c := f.startClient(t, func(cfg *realtime.Config) {
 		cfg.APIKey = realtimetest.ServiceKey(secret)
 		cfg.AccessToken = ""
 	})
@@ -237,17 +237,17 @@ func TestRestartNoLeaks(t *testing.T) {
 func TestHeartbeatTimeout(t *testing.T) {
 	f := newFixture(t, nil)
 	const period = 500 * time.Millisecond
-	c := f.startClient(t, func(cfg *supabase.RealtimeConfig) { cfg.HeartbeatInterval = period })
+	c := f.startClient(t, func(cfg *realtime.Config) { cfg.HeartbeatInterval = period })
 	at, st := 0, 0
 	c.rec.next(t, &at, wait, "resync", isResync)
-	c.rec.nextState(t, &st, wait, "live", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeLive })
+	c.rec.nextState(t, &st, wait, "live", func(s realtime.State) bool { return s.Phase == realtime.Live })
 	f.srv.SetHeartbeatReplies(false)
 	start := time.Now()
-	s := c.rec.nextState(t, &st, wait, "heartbeat timeout", func(s supabase.RealtimeState) bool {
-		return s.Phase == supabase.RealtimeDisconnected
+	s := c.rec.nextState(t, &st, wait, "heartbeat timeout", func(s realtime.State) bool {
+		return s.Phase == realtime.Disconnected
 	})
 	detected := time.Since(start)
-	var rerr *supabase.RealtimeError
+	var rerr *realtime.Error
 	if !errors.As(s.Err, &rerr) || rerr.Op != "heartbeat" {
 		t.Fatalf("session ended with %v, want a heartbeat error", s.Err)
 	}
@@ -286,13 +286,13 @@ func TestLostEventsResync(t *testing.T) {
 	// client must not report live (nor resync) before it comes.
 	f.srv.SetSubscribeDelay(700 * time.Millisecond)
 	f.srv.SendPhxError()
-	s := c.rec.nextState(t, &st, wait, "disconnect after phx_error", func(s supabase.RealtimeState) bool {
-		return s.Phase == supabase.RealtimeDisconnected
+	s := c.rec.nextState(t, &st, wait, "disconnect after phx_error", func(s realtime.State) bool {
+		return s.Phase == realtime.Disconnected
 	})
-	if s.Err == nil || !strings.Contains(s.Err.Error(), "phx_error") {
+	if !errors.Is(s.Err, realtime.ErrChannelCrashed) {
 		t.Errorf("session ended with %v, want the phx_error", s.Err)
 	}
-	c.rec.nextState(t, &st, wait, "joining", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeJoining })
+	c.rec.nextState(t, &st, wait, "joining", func(s realtime.State) bool { return s.Phase == realtime.Joining })
 	joined := time.Now()
 	c.rec.next(t, &at, wait, "resync after the delayed subscription", isResync)
 	if d := time.Since(joined); d < 500*time.Millisecond {
@@ -310,7 +310,7 @@ func TestLostEventsResync(t *testing.T) {
 // permanent-error retry.
 func TestTokenRefresh(t *testing.T) {
 	f := newFixture(t, nil)
-	c := f.startClient(t, func(cfg *supabase.RealtimeConfig) {
+	c := f.startClient(t, func(cfg *realtime.Config) {
 		cfg.AccessToken = realtimetest.NodeToken(secret, f.nodeA, 2*time.Second)
 		cfg.PermanentRetry = time.Minute
 	})
@@ -321,18 +321,19 @@ func TestTokenRefresh(t *testing.T) {
 	id := f.addPeer(t, f.nodeA)
 	c.rec.next(t, &at, wait, "insert after the first token's expiry", kindID(events.PeerChanged, id))
 	for _, s := range c.rec.statesSince(st) {
-		if s.Phase == supabase.RealtimeDisconnected {
+		if s.Phase == realtime.Disconnected {
 			t.Fatalf("channel dropped although the token was refreshed: %v", s.Err)
 		}
 	}
 
 	// An expired token pushed to the channel: the server closes it.
 	c.rt.SetAccessToken(realtimetest.NodeToken(secret, f.nodeA, -time.Minute))
-	s := c.rec.nextState(t, &st, wait, "channel closed for the token", func(s supabase.RealtimeState) bool {
-		return s.Phase == supabase.RealtimeDisconnected
+	s := c.rec.nextState(t, &st, wait, "channel closed for the token", func(s realtime.State) bool {
+		return s.Phase == realtime.Disconnected
 	})
-	var rerr *supabase.RealtimeError
-	if !errors.As(s.Err, &rerr) || !rerr.Permanent || !strings.Contains(rerr.Reason, "Token has expired") {
+	var rerr *realtime.Error
+	if !errors.As(s.Err, &rerr) || !errors.Is(s.Err, realtime.ErrChannelClosed) || !rerr.Permanent ||
+		!strings.Contains(rerr.Reason, "Token has expired") {
 		t.Fatalf("got %v, want a permanent token error", s.Err)
 	}
 	if s.Retry != time.Minute {
@@ -340,8 +341,8 @@ func TestTokenRefresh(t *testing.T) {
 	}
 	// A new but still expired token: the rejoin is refused and reported.
 	c.rt.SetAccessToken(realtimetest.NodeToken(secret, f.nodeA, -2*time.Minute))
-	s = c.rec.nextState(t, &st, wait, "rejoin refused", func(s supabase.RealtimeState) bool {
-		return s.Phase == supabase.RealtimeDisconnected && errors.As(s.Err, &rerr) && rerr.Op == "join"
+	s = c.rec.nextState(t, &st, wait, "rejoin refused", func(s realtime.State) bool {
+		return s.Phase == realtime.Disconnected && errors.As(s.Err, &rerr) && rerr.Op == "join"
 	})
 	if !rerr.Permanent || !strings.HasPrefix(rerr.Reason, "InvalidJWTToken: Token has expired") {
 		t.Fatalf("rejoin error %v, want InvalidJWTToken", s.Err)
@@ -351,8 +352,8 @@ func TestTokenRefresh(t *testing.T) {
 
 	// The server's own token-error close (expiry check) is reported too.
 	f.srv.KickWithTokenError()
-	s = c.rec.nextState(t, &st, wait, "kick", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeDisconnected })
-	if !errors.As(s.Err, &rerr) || rerr.Op != "channel" || !rerr.Permanent {
+	s = c.rec.nextState(t, &st, wait, "kick", func(s realtime.State) bool { return s.Phase == realtime.Disconnected })
+	if !errors.As(s.Err, &rerr) || rerr.Op != "channel" || !errors.Is(s.Err, realtime.ErrChannelClosed) || !rerr.Permanent {
 		t.Errorf("kick reported as %v", s.Err)
 	}
 }
@@ -400,7 +401,7 @@ func TestBadFrames(t *testing.T) {
 	id2 := f.addPeer(t, f.nodeA)
 	checkPeer(t, f, c.rec.next(t, &at, wait, "normal change afterwards", kindID(events.PeerChanged, id2)))
 	for _, s := range c.rec.statesSince(st) {
-		if s.Phase == supabase.RealtimeDisconnected {
+		if s.Phase == realtime.Disconnected {
 			t.Errorf("session dropped: %v", s.Err)
 		}
 	}
@@ -413,8 +414,8 @@ func TestRefusedUpgrade(t *testing.T) {
 	f.srv.RefuseUpgrades(429, "Too many connected users")
 	c := f.startClient(t, nil)
 	st := 0
-	var rerr *supabase.RealtimeError
-	s := c.rec.nextState(t, &st, wait, "refused", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeDisconnected })
+	var rerr *realtime.Error
+	s := c.rec.nextState(t, &st, wait, "refused", func(s realtime.State) bool { return s.Phase == realtime.Disconnected })
 	if !errors.As(s.Err, &rerr) || rerr.Status != 429 || rerr.Reason != "Too many connected users" || rerr.Permanent {
 		t.Fatalf("got %#v", s.Err)
 	}
@@ -424,12 +425,13 @@ func TestRefusedUpgrade(t *testing.T) {
 	c.stop()
 
 	// A key signed with another secret: the server's real text, permanent.
-	c = f.startClient(t, func(cfg *supabase.RealtimeConfig) { cfg.APIKey = realtimetest.AnonKey("another-secret") })
+	c = f.startClient(t, func(cfg *realtime.Config) { cfg.APIKey = realtimetest.AnonKey("another-secret") })
 	st = 0
-	s = c.rec.nextState(t, &st, wait, "refused key", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeDisconnected })
+	s = c.rec.nextState(t, &st, wait, "refused key", func(s realtime.State) bool { return s.Phase == realtime.Disconnected })
 	if !errors.As(s.Err, &rerr) || rerr.Status != 403 || !rerr.Permanent || !strings.Contains(rerr.Reason, "JwtSignatureError") {
 		t.Fatalf("got %#v", s.Err)
 	}
+	// The text is what reaches the logs: the key must not be in it.
 	if strings.Contains(s.Err.Error(), realtimetest.AnonKey("another-secret")) {
 		t.Errorf("error text carries the key")
 	}
@@ -440,10 +442,10 @@ func TestRefusedUpgrade(t *testing.T) {
 func TestSubscribeRefused(t *testing.T) {
 	f := newFixture(t, nil)
 	f.exec(t, `ALTER PUBLICATION supabase_realtime DROP TABLE waylume.peers`)
-	c := f.startClient(t, func(cfg *supabase.RealtimeConfig) { cfg.PermanentRetry = time.Minute })
+	c := f.startClient(t, func(cfg *realtime.Config) { cfg.PermanentRetry = time.Minute })
 	st := 0
-	var rerr *supabase.RealtimeError
-	s := c.rec.nextState(t, &st, wait, "refused", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeDisconnected })
+	var rerr *realtime.Error
+	s := c.rec.nextState(t, &st, wait, "refused", func(s realtime.State) bool { return s.Phase == realtime.Disconnected })
 	if !errors.As(s.Err, &rerr) || rerr.Op != "subscribe" || !rerr.Permanent ||
 		!strings.HasPrefix(rerr.Reason, "Unable to subscribe to changes with given parameters") {
 		t.Fatalf("got %v", s.Err)
@@ -487,20 +489,20 @@ func TestSuperuserServer(t *testing.T) {
 func TestJoinAndSubscribeTimeouts(t *testing.T) {
 	f := newFixture(t, nil)
 	f.srv.SetJoinReplies(false)
-	c := f.startClient(t, func(cfg *supabase.RealtimeConfig) {
+	c := f.startClient(t, func(cfg *realtime.Config) {
 		cfg.JoinTimeout = 300 * time.Millisecond
 		cfg.SubscribeTimeout = 500 * time.Millisecond
 	})
 	at, st := 0, 0
-	var rerr *supabase.RealtimeError
-	s := c.rec.nextState(t, &st, wait, "join timeout", func(s supabase.RealtimeState) bool { return s.Phase == supabase.RealtimeDisconnected })
+	var rerr *realtime.Error
+	s := c.rec.nextState(t, &st, wait, "join timeout", func(s realtime.State) bool { return s.Phase == realtime.Disconnected })
 	if !errors.As(s.Err, &rerr) || rerr.Op != "join" || rerr.Permanent {
 		t.Fatalf("got %v, want a transient join timeout", s.Err)
 	}
 	f.srv.SetSubscribeDelay(time.Hour)
 	f.srv.SetJoinReplies(true)
-	s = c.rec.nextState(t, &st, wait, "subscribe timeout", func(s supabase.RealtimeState) bool {
-		return s.Phase == supabase.RealtimeDisconnected && errors.As(s.Err, &rerr) && rerr.Op == "subscribe"
+	s = c.rec.nextState(t, &st, wait, "subscribe timeout", func(s realtime.State) bool {
+		return s.Phase == realtime.Disconnected && errors.As(s.Err, &rerr) && rerr.Op == "subscribe"
 	})
 	if rerr.Permanent {
 		t.Errorf("subscribe timeout is permanent: %v", s.Err)
@@ -530,10 +532,10 @@ func TestDatabaseRestart(t *testing.T) {
 			f.db.Cluster.StartServer()
 		}
 	})
-	s := c.rec.nextState(t, &st, wait, "subscription error", func(s supabase.RealtimeState) bool {
-		return s.Phase == supabase.RealtimeJoining && s.Err != nil
+	s := c.rec.nextState(t, &st, wait, "subscription error", func(s realtime.State) bool {
+		return s.Phase == realtime.Joining && s.Err != nil
 	})
-	var rerr *supabase.RealtimeError
+	var rerr *realtime.Error
 	if !errors.As(s.Err, &rerr) || rerr.Op != "subscribe" || rerr.Permanent {
 		t.Errorf("got %v, want a transient subscribe error", s.Err)
 	}
@@ -555,7 +557,7 @@ func TestDatabaseRestart(t *testing.T) {
 		t.Fatal("peer not in the table")
 	}
 	for _, s := range c.rec.statesSince(0) {
-		if s.Phase == supabase.RealtimeDisconnected {
+		if s.Phase == realtime.Disconnected {
 			t.Errorf("socket dropped during the database outage: %v", s.Err)
 		}
 	}

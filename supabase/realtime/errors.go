@@ -1,0 +1,123 @@
+package realtime
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Error is a protocol-level failure: a refused upgrade, a join error
+// reply, a system error, a server-side channel end or a missed deadline.
+type Error struct {
+	Op string // "upgrade", "join", "subscribe", "channel", "heartbeat"
+	// Status is the HTTP status of a refused upgrade, else 0.
+	Status int
+	// Reason is the server's text, e.g. "InvalidJWTToken: Token has expired
+	// 73 seconds ago" (tokens never appear in it).
+	Reason string
+	// Permanent errors are not fixed by retrying soon; the client retries
+	// them only every PermanentRetry (or when a new token is set).
+	Permanent bool
+
+	kind error // ErrChannelClosed or ErrChannelCrashed for Op "channel"
+}
+
+// How the server ended the channel (Op "channel"): a close is deliberate
+// (a token problem, a second join), a crash is the channel process dying;
+// both are answered with a rejoin.
+var (
+	ErrChannelClosed  = errors.New("channel closed by the server (phx_close)")
+	ErrChannelCrashed = errors.New("channel crashed on the server (phx_error)")
+)
+
+func (e *Error) Error() string {
+	s := "realtime " + e.Op
+	if e.Status != 0 {
+		s += fmt.Sprintf(": HTTP %d", e.Status)
+	}
+	if e.Reason != "" {
+		s += ": " + e.Reason
+	}
+	return s
+}
+
+// Unwrap makes errors.Is find ErrChannelClosed and ErrChannelCrashed.
+func (e *Error) Unwrap() error { return e.kind }
+
+// upgradeError turns a refused websocket upgrade into an Error with the
+// server's JSON error text.
+func upgradeError(resp *http.Response, err error) error {
+	if resp == nil || resp.StatusCode == http.StatusSwitchingProtocols {
+		return fmt.Errorf("realtime dial: %w", redact(err))
+	}
+	reason := http.StatusText(resp.StatusCode)
+	if resp.Body != nil {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		var body struct {
+			Error   string `json:"error"`
+			Message string `json:"message"`
+		}
+		switch {
+		case json.Unmarshal(b, &body) == nil && body.Error != "":
+			reason = body.Error
+		case body.Message != "":
+			reason = body.Message
+		case len(strings.TrimSpace(string(b))) > 0:
+			reason = strings.TrimSpace(string(b))
+		}
+	}
+	s := resp.StatusCode
+	return &Error{Op: "upgrade", Status: s, Reason: reason,
+		Permanent: s == http.StatusUnauthorized || s == http.StatusForbidden || s == http.StatusNotFound}
+}
+
+// redact strips the query string (the apikey) from dial errors, which
+// quote the URL.
+func redact(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			u.RawQuery = ""
+			return &url.Error{Op: ue.Op, URL: u.String(), Err: ue.Err}
+		}
+	}
+	msg := err.Error()
+	if i := strings.Index(msg, "apikey="); i >= 0 {
+		return errors.New(msg[:i] + "apikey=REDACTED")
+	}
+	return err
+}
+
+// permanentCodes are join-reply reason codes that a retry with the same
+// credentials cannot fix.
+var permanentCodes = map[string]bool{
+	"InvalidJWTToken":           true,
+	"JwtSignatureError":         true,
+	"MalformedJWT":              true,
+	"Unauthorized":              true,
+	"TenantNotFound":            true,
+	"TopicNameRequired":         true,
+	"RealtimeDisabledForTenant": true,
+}
+
+func joinError(reason string) *Error {
+	code, _, _ := strings.Cut(reason, ":")
+	return &Error{Op: "join", Reason: reason, Permanent: permanentCodes[strings.TrimSpace(code)]}
+}
+
+// permanentSubscribe says whether a postgres_changes system error is one
+// the server never retries (bad parameters, table not in the publication).
+func permanentSubscribe(msg string) bool {
+	return strings.HasPrefix(msg, "Unable to subscribe to changes with given parameters")
+}
+
+// tokenProblem says whether a system error that preceded a channel close
+// blames the token: a retry with the same token would be closed again.
+func tokenProblem(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "token") || strings.Contains(m, "jwt")
+}
