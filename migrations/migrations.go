@@ -6,7 +6,7 @@
 // name without .sql). Each file also records itself, so a project that
 // applied the files with psql or the Supabase CLI is recognised here.
 //
-// What the SQL provides (names are a contract, see DESIGN.md section 3):
+// What the SQL provides (names are a contract, see docs/contract.md):
 //   - tables waylume.nodes, peers, peer_status, peer_usage with CHECK
 //     constraints and updated_at triggers;
 //   - the peer address allocator (NULL address on insert);
@@ -16,6 +16,10 @@
 //   - group role waylume_node, waylume.current_node_id(), row level security;
 //   - operator functions waylume.create_node(name, endpoint, address, ...)
 //     and waylume.create_node_login(node_id, password).
+//
+// Apply installs it, Verify reports what of it a database lacks, and
+// CreateNode and CreateNodeLogin are the operator's calls of those
+// functions (admin.go).
 package migrations
 
 import (

@@ -13,6 +13,12 @@
 //	l.Close()                              // keeps a kernel/adopted interface up; stops the embedded device
 //	l.Teardown(ctx)                        // removes interface, our tc, our chains
 //
+// Without a Link, changing nothing in the node's namespace:
+//
+//	rep := netctl.Probe(ctx)               // shaper and firewall built for real in a throwaway namespace
+//	ins, err := netctl.Inspect(ctx, name, "") // device, peers and installed limits of a live interface
+//	iface, err := netctl.ResolveEgress(name) // the NAT uplink the firewall would use
+//
 // Additions to the agreed interface: Config.Netns (manage another network
 // namespace, used by tests), ParseMode, Config.Validate, Config.Pool,
 // Peer.ShapingAddr, PeerStats.AllowedIPs/DownloadKbps/UploadKbps,

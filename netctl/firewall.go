@@ -81,6 +81,11 @@ func egressInterface(cfg Config, h *netlink.Handle) string {
 	if cfg.EgressInterface != "" {
 		return cfg.EgressInterface
 	}
+	return defaultRouteLink(h)
+}
+
+// defaultRouteLink names the interface of the IPv4 default route, or "".
+func defaultRouteLink(h *netlink.Handle) string {
 	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		return ""
@@ -107,18 +112,23 @@ func (f *firewall) setup(ctx context.Context, cfg Config, h *netlink.Handle) err
 		if err := enableForwarding(cfg.Address6.IsValid()); err != nil {
 			return err
 		}
-		if err := setupFamily(ctx, ipv4, fwRules(cfg, cfg.Pool(), egress)); err != nil {
-			return err
-		}
-		if cfg.Address6.IsValid() {
-			return setupFamily(ctx, ipv6, fwRules(cfg, cfg.Address6.Masked(), egress))
-		}
-		// No IPv6 pool (any more): our IPv6 chains, if any, go.
-		if ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(5)); err == nil {
-			return teardownFamily(ipt)
-		}
-		return nil
+		return setupChains(ctx, cfg, egress)
 	})
+}
+
+// setupChains is setup without forwarding, run inside the namespace.
+func setupChains(ctx context.Context, cfg Config, egress string) error {
+	if err := setupFamily(ctx, ipv4, fwRules(cfg, cfg.Pool(), egress)); err != nil {
+		return err
+	}
+	if cfg.Address6.IsValid() {
+		return setupFamily(ctx, ipv6, fwRules(cfg, cfg.Address6.Masked(), egress))
+	}
+	// No IPv6 pool (any more): our IPv6 chains, if any, go.
+	if ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(5)); err == nil {
+		return teardownFamily(ipt)
+	}
+	return nil
 }
 
 func setupFamily(ctx context.Context, fam family, want map[string][][]string) error {

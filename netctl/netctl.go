@@ -220,13 +220,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Link, error) {
 
 func (l *Link) open(ctx context.Context) error {
 	var err error
-	if l.ns != nil {
-		l.nl, err = netlink.NewHandleAt(l.ns.handle)
-	} else {
-		l.nl, err = netlink.NewHandle()
-	}
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+	if l.nl, err = l.ns.openNetlink(); err != nil {
+		return err
 	}
 	if err := l.openDevice(ctx); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -31,6 +32,44 @@ func openNamespace(path string) (*namespace, error) {
 		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
 	}
 	return &namespace{path: path, handle: h}, nil
+}
+
+// tempNamespace makes a new network namespace that lives only as long as
+// its handle: closing it takes everything made inside along. The thread
+// that made it stays locked and ends with its goroutine, so the namespace
+// never leaks into the rest of the process.
+func tempNamespace() (*namespace, error) {
+	type made struct {
+		h   netns.NsHandle
+		err error
+	}
+	c := make(chan made, 1)
+	go func() {
+		runtime.LockOSThread()
+		h, err := netns.New()
+		c <- made{h, err}
+	}()
+	m := <-c
+	if m.err != nil {
+		return nil, fmt.Errorf("new namespace: %w", m.err)
+	}
+	return &namespace{path: "(throwaway)", handle: m.h}, nil
+}
+
+// openNetlink opens a netlink handle in the namespace; for the process's
+// own (nil) it is the calling thread's namespace.
+func (n *namespace) openNetlink() (*netlink.Handle, error) {
+	var h *netlink.Handle
+	var err error
+	if n != nil {
+		h, err = netlink.NewHandleAt(n.handle)
+	} else {
+		h, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return h, nil
 }
 
 func (n *namespace) close() {

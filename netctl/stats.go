@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Stats reads every peer's endpoint, last handshake and byte counters from
@@ -18,6 +20,12 @@ func (l *Link) Stats(ctx context.Context) ([]PeerStats, error) {
 		return nil, fmt.Errorf("read device %s: %w", l.cfg.Interface, err)
 	}
 	l.mirror(dev) // a free refresh: SyncPeers then need not read again
+	return peerStats(dev, l.tc.classes), nil
+}
+
+// peerStats is the device's peers with the limits classes holds for their
+// shaping addresses.
+func peerStats(dev *wgtypes.Device, classes map[netip.Addr]limits) []PeerStats {
 	// One backing array for every peer's allowed IPs: 10,000 peers are
 	// one allocation, not 10,000.
 	n := 0
@@ -46,10 +54,10 @@ func (l *Link) Stats(ctx context.Context) ([]PeerStats, error) {
 			s.AllowedIPs = ips[start:len(ips):len(ips)]
 		}
 		if a, ok := shapingAddr(p.AllowedIPs); ok {
-			lim := l.tc.classes[a]
+			lim := classes[a]
 			s.DownloadKbps, s.UploadKbps = lim.down, lim.up
 		}
 		out = append(out, s)
 	}
-	return out, nil
+	return out
 }

@@ -268,10 +268,20 @@ func (s *shaper) setup(wgIndex int) error {
 	if err != nil {
 		return err
 	}
+	return s.build(wgIndex, ifb)
+}
+
+// attach points the shaper at its two devices without changing them.
+func (s *shaper) attach(wgIndex, ifb int) {
 	s.dirs = [2]direction{
 		{name: "download", link: wgIndex, field: 16},
 		{name: "upload", link: ifb, field: 12},
 	}
+}
+
+// build is setup once the IFB exists.
+func (s *shaper) build(wgIndex, ifb int) error {
+	s.attach(wgIndex, ifb)
 	for _, d := range s.dirs {
 		if err := s.ensureHTB(d); err != nil {
 			return err
@@ -310,17 +320,15 @@ func (s *shaper) ensureIFB() (int, error) {
 }
 
 func (s *shaper) ensureHTB(d direction) error {
-	qs, err := s.nl.QdiscList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}})
+	ours, foreign, err := s.rootHTB(d.link)
 	if err != nil {
 		return fmt.Errorf("list qdiscs (%s): %w", d.name, err)
 	}
-	for _, q := range qs {
-		if q.Attrs().Parent == netlink.HANDLE_ROOT {
-			if h, ok := q.(*netlink.Htb); ok && h.Handle == netlink.MakeHandle(htbMajor, 0) {
-				return nil
-			}
-			s.log.Warn("replacing foreign root qdisc", "direction", d.name, "qdisc", q.Type())
-		}
+	if ours {
+		return nil
+	}
+	if foreign != "" {
+		s.log.Warn("replacing foreign root qdisc", "direction", d.name, "qdisc", foreign)
 	}
 	htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: d.link, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(htbMajor, 0)})
 	if err := s.nl.QdiscReplace(htb); err != nil {
@@ -330,19 +338,44 @@ func (s *shaper) ensureHTB(d direction) error {
 	return nil
 }
 
-func (s *shaper) ensureRedirect(wgIndex, ifb int) error {
-	wg := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: wgIndex}}
-	qs, err := s.nl.QdiscList(wg)
+// rootHTB reports whether the device's root qdisc is our HTB, else the
+// type of the root qdisc someone else put there ("" for none).
+func (s *shaper) rootHTB(link int) (ours bool, foreign string, err error) {
+	qs, err := s.nl.QdiscList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: link}})
 	if err != nil {
-		return fmt.Errorf("list qdiscs: %w", err)
+		return false, "", err
 	}
-	hasIngress := false
 	for _, q := range qs {
-		if _, ok := q.(*netlink.Ingress); ok {
-			hasIngress = true
+		if q.Attrs().Parent == netlink.HANDLE_ROOT {
+			if h, ok := q.(*netlink.Htb); ok && h.Handle == netlink.MakeHandle(htbMajor, 0) {
+				return true, "", nil
+			}
+			foreign = q.Type()
 		}
 	}
-	if !hasIngress {
+	return false, foreign, nil
+}
+
+// hasIngress reports whether the device has an ingress qdisc.
+func (s *shaper) hasIngress(link int) (bool, error) {
+	qs, err := s.nl.QdiscList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: link}})
+	if err != nil {
+		return false, fmt.Errorf("list qdiscs: %w", err)
+	}
+	for _, q := range qs {
+		if _, ok := q.(*netlink.Ingress); ok {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (s *shaper) ensureRedirect(wgIndex, ifb int) error {
+	ingress, err := s.hasIngress(wgIndex)
+	if err != nil {
+		return err
+	}
+	if !ingress {
 		if err := s.nl.QdiscAdd(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
 			LinkIndex: wgIndex, Parent: netlink.HANDLE_INGRESS, Handle: netlink.MakeHandle(0xffff, 0),
 		}}); err != nil {
@@ -350,18 +383,12 @@ func (s *shaper) ensureRedirect(wgIndex, ifb int) error {
 		}
 		s.ops++
 	}
-	fs, err := s.nl.FilterList(wg, netlink.MakeHandle(0xffff, 0))
+	targets, err := s.redirects(wgIndex)
 	if err != nil {
-		return fmt.Errorf("list ingress filters: %w", err)
+		return err
 	}
-	for _, f := range fs {
-		if u, ok := f.(*netlink.U32); ok {
-			for _, a := range u.Actions {
-				if m, ok := a.(*netlink.MirredAction); ok && m.Ifindex == ifb && m.MirredAction == netlink.TCA_EGRESS_REDIR {
-					return nil
-				}
-			}
-		}
+	if slices.Contains(targets, ifb) {
+		return nil
 	}
 	redirect := &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{
@@ -379,6 +406,25 @@ func (s *shaper) ensureRedirect(wgIndex, ifb int) error {
 	}
 	s.ops++
 	return nil
+}
+
+// redirects lists the devices the interface's ingress redirects to.
+func (s *shaper) redirects(wgIndex int) ([]int, error) {
+	fs, err := s.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: wgIndex}}, netlink.MakeHandle(0xffff, 0))
+	if err != nil {
+		return nil, fmt.Errorf("list ingress filters: %w", err)
+	}
+	var out []int
+	for _, f := range fs {
+		if u, ok := f.(*netlink.U32); ok {
+			for _, a := range u.Actions {
+				if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR {
+					out = append(out, m.Ifindex)
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 func (s *shaper) ensureSkeleton(d direction) error {
@@ -434,6 +480,9 @@ func (s *shaper) load() error {
 	s.owners = map[uint16]netip.Addr{}
 	s.loaded = time.Time{}
 	for i, d := range s.dirs {
+		if d.link == 0 {
+			continue // not shaped (read-only inspection of a device without it)
+		}
 		link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}}
 		cs, err := s.nl.ClassList(link, netlink.MakeHandle(htbMajor, 0))
 		if err != nil {

@@ -1,31 +1,29 @@
 package main
 
 // check: a preflight that prints one line per requirement, ok or FAIL with
-// the fix, and exits 1 when anything failed. Kernel features are probed in
-// a throwaway network namespace so the host's own namespace is only read,
-// never changed.
+// the fix, and exits 1 when anything failed. The kernel is probed by
+// netctl in a throwaway network namespace, so the host's own is only read;
+// the schema is judged by migrations.Verify.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/migrations"
+	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/realtime"
 )
 
@@ -77,13 +75,10 @@ func printCheck(w io.Writer, r checkResult) {
 }
 
 func runChecks(ctx context.Context, cfg Config) []checkResult {
-	var out []checkResult
-	netAdmin := hasCap(unix.CAP_NET_ADMIN)
-	out = append(out, checkTun(), checkWireGuard(cfg), checkNetAdmin(netAdmin))
-	out = append(out, checkKernelNet()...)
-	out = append(out, checkForward(), checkEgress(cfg.EgressInterface))
-	out = append(out, checkDatabase(ctx, cfg)...)
-	return out
+	probe := netctl.Probe(ctx)
+	out := []checkResult{checkTun(), checkWireGuard(cfg, probe.WireGuardModule), checkNetAdmin(hasCap(unix.CAP_NET_ADMIN)),
+		checkTC(probe), checkIptables(probe), checkForward(), checkEgress(cfg.EgressInterface)}
+	return append(out, checkDatabase(ctx, cfg)...)
 }
 
 func checkTun() checkResult {
@@ -96,46 +91,9 @@ func checkTun() checkResult {
 	return pass("tun", "/dev/net/tun opens")
 }
 
-// kernelWireGuard says whether the kernel has (or can load) WireGuard,
-// judged by module presence: creating a link to find out would be a change.
-func kernelWireGuard() bool {
-	if _, err := os.Stat("/sys/module/wireguard"); err == nil {
-		return true
-	}
-	return moduleAvailable("wireguard")
-}
-
-// moduleAvailable looks for a module in the running kernel's module lists.
-func moduleAvailable(name string) bool {
-	if _, err := os.Stat("/sys/module/" + name); err == nil {
-		return true
-	}
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return false
-	}
-	dir := filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
-	for _, list := range []string{"modules.builtin", "modules.dep"} {
-		f, err := os.Open(filepath.Join(dir, list))
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			path, _, _ := strings.Cut(sc.Text(), ":")
-			base := filepath.Base(path)
-			if m, _, ok := strings.Cut(base, ".ko"); ok && (m == name || strings.ReplaceAll(m, "-", "_") == name) {
-				f.Close()
-				return true
-			}
-		}
-		f.Close()
-	}
-	return false
-}
-
-func checkWireGuard(cfg Config) checkResult {
-	kernel := kernelWireGuard()
+// checkWireGuard judges the mode against what is there: the kernel
+// module, a device to adopt, or /dev/net/tun for the embedded one.
+func checkWireGuard(cfg Config, kernel bool) checkResult {
 	sock := filepath.Join("/var/run/wireguard", cfg.Interface+".sock")
 	_, err := os.Stat(sock)
 	existing := err == nil
@@ -196,141 +154,32 @@ func checkNetAdmin(ok bool) checkResult {
 	return fail("net_admin", "CAP_NET_ADMIN missing", "run as root or grant it (docker: --cap-add NET_ADMIN; systemd: AmbientCapabilities=CAP_NET_ADMIN)")
 }
 
-// checkKernelNet probes tc (HTB, u32 hashing, ingress, ifb, mirred) and
-// iptables (nat, MASQUERADE) in a throwaway namespace. Without the rights to
-// make one it falls back to module presence.
-func checkKernelNet() []checkResult {
-	tcErr, iptErr, nsErr := probeInNamespace()
-	iptPath, lookErr := exec.LookPath("iptables")
-	_, restoreErr := exec.LookPath("iptables-restore")
-	var out []checkResult
-	if nsErr != nil {
-		var missing []string
-		for _, m := range []string{"sch_htb", "cls_u32", "sch_ingress", "ifb", "act_mirred"} {
-			if !moduleAvailable(m) {
-				missing = append(missing, m)
-			}
-		}
-		if len(missing) > 0 {
-			out = append(out, fail("tc", "modules not found: "+strings.Join(missing, ", ")+" (probe impossible: "+nsErr.Error()+")",
-				"use a kernel with HTB, u32, ingress, ifb and mirred (modprobe "+strings.Join(missing, " ")+")"))
-		} else {
-			out = append(out, pass("tc", "HTB, u32, ingress, ifb, mirred modules present (not probed: "+nsErr.Error()+")"))
-		}
-	} else if tcErr != nil {
-		out = append(out, fail("tc", tcErr.Error(), "use a kernel with HTB, u32 hashing, ingress, ifb and mirred (modprobe sch_htb cls_u32 sch_ingress ifb act_mirred)"))
-	} else {
-		out = append(out, pass("tc", "HTB, hashed u32, ingress, ifb and mirred work (probed in a throwaway namespace)"))
-	}
+func checkTC(rep netctl.ProbeReport) checkResult {
+	const fix = "use a kernel with HTB, u32 hashing, ingress, ifb and mirred (modprobe sch_htb cls_u32 sch_ingress ifb act_mirred)"
 	switch {
-	case lookErr != nil || restoreErr != nil:
-		out = append(out, fail("iptables", "iptables or iptables-restore not on PATH", "install iptables (apt-get install iptables)"))
-	case nsErr == nil && iptErr != nil:
-		out = append(out, fail("iptables", iptErr.Error(), "install iptables with the nat table and MASQUERADE (iptables-nft or legacy)"))
-	case nsErr == nil:
-		out = append(out, pass("iptables", iptPath+": nat and MASQUERADE work (probed in a throwaway namespace)"))
-	default:
-		out = append(out, pass("iptables", iptPath+" and iptables-restore present (not probed)"))
+	case rep.Namespace != nil && len(rep.MissingModules) > 0:
+		return fail("tc", "modules not found: "+strings.Join(rep.MissingModules, ", ")+" (probe impossible: "+oneLine(rep.Namespace.Error())+")",
+			"use a kernel with HTB, u32, ingress, ifb and mirred (modprobe "+strings.Join(rep.MissingModules, " ")+")")
+	case rep.Namespace != nil:
+		return pass("tc", "HTB, u32, ingress, ifb, mirred modules present (not probed: "+oneLine(rep.Namespace.Error())+")")
+	case rep.IFB != nil:
+		return fail("tc", oneLine(rep.IFB.Error()), fix)
+	case rep.TC != nil:
+		return fail("tc", oneLine(rep.TC.Error()), fix)
 	}
-	return out
+	return pass("tc", "HTB, hashed u32, ingress, ifb and mirred work (probed in a throwaway namespace)")
 }
 
-// probeInNamespace runs the tc and iptables probes in a new network
-// namespace on a locked thread that is never unlocked: the thread ends with
-// the goroutine, so the namespace cannot leak into other goroutines, and it
-// disappears when the thread does.
-func probeInNamespace() (tcErr, iptErr, nsErr error) {
-	type result struct{ tc, ipt, ns error }
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.New()
-		if err != nil {
-			done <- result{ns: fmt.Errorf("new namespace: %v", err)}
-			return
-		}
-		defer ns.Close()
-		r := result{tc: probeTC()}
-		r.ipt = probeIptables()
-		done <- r
-	}()
-	r := <-done
-	return r.tc, r.ipt, r.ns
-}
-
-func probeTC() error {
-	h, err := netlink.NewHandle()
-	if err != nil {
-		return fmt.Errorf("netlink: %v", err)
+func checkIptables(rep netctl.ProbeReport) checkResult {
+	switch {
+	case errors.Is(rep.Iptables, netctl.ErrNoIptables):
+		return fail("iptables", "iptables or iptables-restore not on PATH", "install iptables (apt-get install iptables)")
+	case errors.Is(rep.Iptables, netctl.ErrNotProbed):
+		return pass("iptables", rep.IptablesPath+" and iptables-restore present (not probed)")
+	case rep.Iptables != nil:
+		return fail("iptables", oneLine(rep.Iptables.Error()), "install iptables with the nat table and MASQUERADE (iptables-nft or legacy)")
 	}
-	defer h.Close()
-	mk := func(name string) (netlink.Link, error) {
-		if err := h.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
-			return nil, fmt.Errorf("ifb: %v", err)
-		}
-		l, err := h.LinkByName(name)
-		if err != nil {
-			return nil, fmt.Errorf("ifb: %v", err)
-		}
-		return l, h.LinkSetUp(l)
-	}
-	dev, err := mk("wlprobe0")
-	if err != nil {
-		return err
-	}
-	ifb, err := mk("wlprobe1")
-	if err != nil {
-		return err
-	}
-	idx := dev.Attrs().Index
-	root := netlink.MakeHandle(1, 0)
-	if err := h.QdiscAdd(netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: idx, Handle: root, Parent: netlink.HANDLE_ROOT})); err != nil {
-		return fmt.Errorf("htb qdisc: %v", err)
-	}
-	class := netlink.MakeHandle(1, 10)
-	if err := h.ClassAdd(netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: idx, Parent: root, Handle: class},
-		netlink.HtbClassAttrs{Rate: 1_000_000, Quantum: 1500})); err != nil {
-		return fmt.Errorf("htb class: %v", err)
-	}
-	// A hash table (divisor 256) and a leaf in one of its buckets, as the
-	// shaping uses them.
-	table := uint32(0x100) << 20
-	if err := h.FilterAdd(&netlink.U32{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: root, Handle: table, Priority: 1, Protocol: unix.ETH_P_IP},
-		Divisor: 256}); err != nil {
-		return fmt.Errorf("u32 hash table: %v", err)
-	}
-	leaf := &netlink.U32{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: root, Handle: table | 1<<12 | 1, Priority: 1, Protocol: unix.ETH_P_IP},
-		ClassId: class, Hash: table | 1<<12,
-		Sel: &netlink.TcU32Sel{Flags: nl32Terminal, Keys: []netlink.TcU32Key{{Mask: 0xffffffff, Val: 0x0a000001, Off: 16}}}}
-	if err := h.FilterAdd(leaf); err != nil {
-		return fmt.Errorf("u32 filter: %v", err)
-	}
-	if err := h.QdiscAdd(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}); err != nil {
-		return fmt.Errorf("ingress qdisc: %v", err)
-	}
-	redirect := &netlink.U32{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(0xffff, 0), Priority: 1, Protocol: unix.ETH_P_ALL},
-		Sel:     &netlink.TcU32Sel{Flags: nl32Terminal, Keys: []netlink.TcU32Key{{}}},
-		Actions: []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)}}
-	if err := h.FilterAdd(redirect); err != nil {
-		return fmt.Errorf("mirred redirect: %v", err)
-	}
-	return nil
-}
-
-// nl32Terminal is TC_U32_TERMINAL: a match ends classification.
-const nl32Terminal = 1
-
-func probeIptables() error {
-	for _, args := range [][]string{
-		{"-w", "5", "-t", "nat", "-N", "WAYLUME-PROBE"},
-		{"-w", "5", "-t", "nat", "-A", "WAYLUME-PROBE", "-s", "10.0.0.0/24", "-j", "MASQUERADE"},
-		{"-w", "5", "-t", "filter", "-N", "WAYLUME-PROBE"},
-	} {
-		if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("iptables %s: %s", strings.Join(args[2:], " "), oneLine(string(out)))
-		}
-	}
-	return nil
+	return pass("iptables", rep.IptablesPath+": nat and MASQUERADE work (probed in a throwaway namespace)")
 }
 
 func checkForward() checkResult {
@@ -350,23 +199,16 @@ func checkForward() checkResult {
 }
 
 func checkEgress(name string) checkResult {
-	if name != "" {
-		if _, err := netlink.LinkByName(name); err != nil {
-			return fail("egress", fmt.Sprintf("interface %s: %v", name, err), "set WAYLUME_EGRESS_INTERFACE to the uplink (ip route show default)")
-		}
+	iface, err := netctl.ResolveEgress(name)
+	switch {
+	case errors.Is(err, netctl.ErrNoDefaultRoute):
+		return fail("egress", "no IPv4 default route to NAT clients through", "add a default route or set WAYLUME_EGRESS_INTERFACE")
+	case err != nil:
+		return fail("egress", oneLine(err.Error()), "set WAYLUME_EGRESS_INTERFACE to the uplink (ip route show default)")
+	case name != "":
 		return pass("egress", name+" (WAYLUME_EGRESS_INTERFACE)")
 	}
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
-	if err == nil {
-		for _, r := range routes {
-			if r.Dst == nil || r.Dst.String() == "0.0.0.0/0" {
-				if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-					return pass("egress", l.Attrs().Name+" (default route)")
-				}
-			}
-		}
-	}
-	return fail("egress", "no IPv4 default route to NAT clients through", "add a default route or set WAYLUME_EGRESS_INTERFACE")
+	return pass("egress", iface+" (default route)")
 }
 
 // checkDatabase covers the control plane: reachable, migrated, the node row,
@@ -375,72 +217,67 @@ func checkDatabase(ctx context.Context, cfg Config) []checkResult {
 	if cfg.DatabaseURL == "" {
 		return []checkResult{fail("database", "WAYLUME_DATABASE_URL not set", "set WAYLUME_DATABASE_URL (Supabase: direct connection or session pooler)")}
 	}
-	var out []checkResult
-	conn, err := connectDB(ctx, cfg.DatabaseURL)
+	conn, err := supabase.Connect(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return []checkResult{fail("database", oneLine(err.Error()),
 			"check the URL, password and network; Supabase direct connections may be IPv6-only: use the session pooler (port 5432 on pooler.supabase.com)")}
 	}
 	defer conn.Close(context.Background())
-	var serverVersion string
-	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&serverVersion); err != nil {
+	serverVersion, err := supabase.ServerVersion(ctx, conn)
+	if err != nil {
 		return []checkResult{fail("database", oneLine(err.Error()), "check the role's permissions")}
 	}
-	out = append(out, pass("database", "reachable (PostgreSQL "+serverVersion+")"))
-	out = append(out, checkMigrated(ctx, conn))
-	out = append(out, checkNodeRow(ctx, conn, cfg.NodeID))
+	schema := migrations.Verify(ctx, conn)
+	out := []checkResult{pass("database", "reachable (PostgreSQL "+serverVersion+")"), checkMigrated(schema), checkNodeRow(ctx, conn, cfg.NodeID)}
 	if cfg.RealtimeURL == "" {
 		out = append(out, checkListen(ctx, conn, cfg.DatabaseURL))
 	} else {
 		out = append(out, checkRealtime(ctx, cfg))
 	}
-	out = append(out, checkPublication(ctx, conn))
-	return out
+	return append(out, checkPublication(schema))
+}
+
+// checkMigrated compares the recorded versions with the embedded ones.
+func checkMigrated(r migrations.Report) checkResult {
+	const fix = "run waylume-node migrate with the owner's credentials"
+	switch {
+	case errors.Is(r.VersionsErr, migrations.ErrNotInstalled):
+		return fail("migrations", "schema waylume not installed", fix)
+	case errors.Is(r.VersionsErr, migrations.ErrNoAccess):
+		// The node row check still proves the schema is usable.
+		return pass("migrations", "not verified: this role (node credentials) cannot read the version table")
+	case r.VersionsErr != nil:
+		return fail("migrations", oneLine(r.VersionsErr.Error()), fix)
+	case len(r.Missing) > 0:
+		return fail("migrations", "not applied: "+strings.Join(r.Missing, ", "), fix)
+	}
+	n := len(migrations.Versions())
+	return pass("migrations", fmt.Sprintf("%d of %d applied", n, n))
 }
 
 func checkNodeRow(ctx context.Context, conn *pgx.Conn, nodeID string) checkResult {
 	if nodeID == "" {
 		return fail("node", "WAYLUME_NODE_ID not set", "create the node (waylume-node node create) and set WAYLUME_NODE_ID to its id")
 	}
-	var name string
-	err := conn.QueryRow(ctx, "SELECT name FROM waylume.nodes WHERE id = $1", nodeID).Scan(&name)
+	n, err := supabase.NodeRow(ctx, conn, nodeID)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case errors.Is(err, supabase.ErrNotFound):
 		return fail("node", "no row "+nodeID+" in waylume.nodes visible to this role",
 			"create it (waylume-node node create) or fix WAYLUME_NODE_ID / the node's credentials")
 	case err != nil:
 		return fail("node", oneLine(err.Error()), "run waylume-node migrate; check the role's grants")
 	}
-	return pass("node", fmt.Sprintf("row %s (%s)", nodeID, name))
-}
-
-// transactionPooler recognises Supabase's transaction pooler (Supavisor
-// on port 6543), where LISTEN does not work.
-func transactionPooler(dbURL string) bool {
-	cfg, err := pgx.ParseConfig(dbURL)
-	if err != nil {
-		return false
-	}
-	return cfg.Port == 6543
+	return pass("node", fmt.Sprintf("row %s (%s)", nodeID, n.Name))
 }
 
 func checkListen(ctx context.Context, conn *pgx.Conn, dbURL string) checkResult {
 	const fix = "set WAYLUME_REALTIME_URL (and WAYLUME_SUPABASE_KEY, WAYLUME_ACCESS_TOKEN): Realtime is required as the event source here, or connect directly / through the session pooler"
-	if transactionPooler(dbURL) {
+	if supabase.TransactionPooler(dbURL) {
 		return fail("events", "the transaction pooler (port 6543) does not support LISTEN", fix)
 	}
-	if _, err := conn.Exec(ctx, "LISTEN waylume_check"); err != nil {
-		return fail("events", "LISTEN: "+oneLine(err.Error()), fix)
+	if err := supabase.ListenRoundTrip(ctx, conn); err != nil {
+		return fail("events", oneLine(err.Error()), fix)
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_notify('waylume_check', 'ping')"); err != nil {
-		return fail("events", "NOTIFY: "+oneLine(err.Error()), fix)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := conn.WaitForNotification(wctx); err != nil {
-		return fail("events", "LISTEN/NOTIFY round trip failed: "+oneLine(err.Error()), fix)
-	}
-	conn.Exec(ctx, "UNLISTEN waylume_check")
 	return pass("events", "LISTEN/NOTIFY works (no WAYLUME_REALTIME_URL: the node uses it)")
 }
 
@@ -485,34 +322,22 @@ func checkRealtime(ctx context.Context, cfg Config) checkResult {
 	}
 }
 
-func checkPublication(ctx context.Context, conn *pgx.Conn) checkResult {
+func checkPublication(r migrations.Report) checkResult {
 	const fix = "run waylume-node migrate (it adds waylume.peers and waylume.nodes to supabase_realtime with REPLICA IDENTITY FULL)"
-	var all bool
-	err := conn.QueryRow(ctx, "SELECT puballtables FROM pg_publication WHERE pubname = 'supabase_realtime'").Scan(&all)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fail("publication", "supabase_realtime does not exist", fix)
+	if r.PublicationErr != nil {
+		return fail("publication", oneLine(r.PublicationErr.Error()), fix)
 	}
-	if err != nil {
-		return fail("publication", oneLine(err.Error()), fix)
-	}
-	var missing []string
-	for _, t := range []string{"peers", "nodes"} {
-		var in bool
-		var ident string
-		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables
-				WHERE pubname = 'supabase_realtime' AND schemaname = 'waylume' AND tablename = $1),
-			coalesce((SELECT relreplident::text FROM pg_class WHERE oid = to_regclass('waylume.' || $1)), '')`, t).Scan(&in, &ident)
-		if err != nil {
-			return fail("publication", oneLine(err.Error()), fix)
-		}
-		if !in && !all {
-			missing = append(missing, "waylume."+t+" not published")
-		} else if ident != "f" {
-			missing = append(missing, "waylume."+t+" lacks REPLICA IDENTITY FULL")
+	var names, missing []string
+	for _, t := range r.Tables {
+		names = append(names, t.Name)
+		if !t.Published {
+			missing = append(missing, t.Name+" not published")
+		} else if !t.ReplicaFull {
+			missing = append(missing, t.Name+" lacks REPLICA IDENTITY FULL")
 		}
 	}
 	if len(missing) > 0 {
 		return fail("publication", strings.Join(missing, ", "), fix)
 	}
-	return pass("publication", "supabase_realtime holds waylume.peers and waylume.nodes (REPLICA IDENTITY FULL)")
+	return pass("publication", "supabase_realtime holds "+strings.Join(names, " and ")+" (REPLICA IDENTITY FULL)")
 }

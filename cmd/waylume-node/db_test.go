@@ -246,18 +246,6 @@ func TestCheckWithoutDatabase(t *testing.T) {
 	}
 }
 
-func TestTransactionPoolerDetected(t *testing.T) {
-	for url, want := range map[string]bool{
-		"postgres://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres": true,
-		"postgres://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:5432/postgres": false,
-		"postgres://postgres:pw@db.ref.supabase.co/postgres":                              false,
-	} {
-		if got := transactionPooler(url); got != want {
-			t.Errorf("transactionPooler(%s) = %v", url, got)
-		}
-	}
-}
-
 // Through the transaction pooler LISTEN cannot work: check fails the
 // event source line and names Realtime as the fix.
 func TestCheckListenOnTransactionPooler(t *testing.T) {

@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/waylume/waylume-node/migrations"
+	"github.com/waylume/waylume-node/supabase"
 )
 
 // migrateCmd applies the embedded SQL, or prints it (--print) for psql or
@@ -38,7 +35,7 @@ func (c *cli) migrateCmd(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Minute)
 	defer cancel()
-	conn, err := connectDB(ctx, cfg.DatabaseURL)
+	conn, err := supabase.Connect(ctx, cfg.DatabaseURL)
 	if err != nil {
 		fmt.Fprintf(c.stderr, "waylume-node migrate: %s\n", oneLine(err.Error()))
 		return exitFail
@@ -67,41 +64,4 @@ func writeSQL(c *cli) error {
 		fmt.Fprintf(c.stdout, "-- %s.sql\n%s\n", v, strings.TrimRight(string(b), "\n"))
 	}
 	return nil
-}
-
-// checkMigrated compares the recorded versions with the embedded ones.
-func checkMigrated(ctx context.Context, conn *pgx.Conn) checkResult {
-	const fix = "run waylume-node migrate with the owner's credentials"
-	rows, err := conn.Query(ctx, "SELECT version FROM waylume.schema_migrations")
-	var have []string
-	if err == nil {
-		// pgx reports errors of the query itself (permission denied) here.
-		have, err = pgx.CollectRows(rows, pgx.RowTo[string])
-	}
-	if err != nil {
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42P01" {
-			return fail("migrations", "schema waylume not installed", fix)
-		}
-		if errors.As(err, &pe) && pe.Code == "42501" {
-			// A node's role cannot read the version table; the node row
-			// check below still proves the schema is usable.
-			return pass("migrations", "not verified: this role (node credentials) cannot read the version table")
-		}
-		return fail("migrations", oneLine(err.Error()), fix)
-	}
-	recorded := map[string]bool{}
-	for _, v := range have {
-		recorded[v] = true
-	}
-	var missing []string
-	for _, v := range migrations.Versions() {
-		if !recorded[v] {
-			missing = append(missing, v)
-		}
-	}
-	if len(missing) > 0 {
-		return fail("migrations", "not applied: "+strings.Join(missing, ", "), fix)
-	}
-	return pass("migrations", fmt.Sprintf("%d of %d applied", len(migrations.Versions()), len(migrations.Versions())))
 }

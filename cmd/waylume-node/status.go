@@ -1,8 +1,8 @@
 package main
 
-// status: what the local interface holds, read from the kernel (wgctrl for
-// peers and counters, netlink for the tc classes), joined with the node's
-// rows when the database is reachable. Read-only: it changes nothing.
+// status: what the local interface holds (netctl.Inspect: peers, counters,
+// installed limits), joined with the node's rows when the database is
+// reachable. Read-only: it changes nothing.
 
 import (
 	"context"
@@ -10,17 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/vishvananda/netlink"
-	"golang.zx2c4.com/wireguard/wgctrl"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/supabase"
 )
 
 type statusReport struct {
@@ -28,6 +24,7 @@ type statusReport struct {
 	PublicKey  string       `json:"public_key,omitempty"`
 	ListenPort int          `json:"listen_port,omitempty"`
 	KernelErr  string       `json:"kernel_error,omitempty"`
+	ShapingErr string       `json:"shaping_error,omitempty"`
 	Node       *statusNode  `json:"node,omitempty"`
 	DBErr      string       `json:"database_error,omitempty"`
 	Peers      []statusPeer `json:"peers"`
@@ -97,58 +94,41 @@ func collectStatus(ctx context.Context, cfg Config, now time.Time) statusReport 
 	rep := statusReport{Interface: cfg.Interface, Peers: []statusPeer{}}
 	byKey := map[string]*statusPeer{}
 	var order []string
-
-	dev, err := readDevice(cfg.Interface)
-	if err != nil {
+	add := func(sp *statusPeer) {
+		byKey[sp.PublicKey] = sp
+		order = append(order, sp.PublicKey)
+	}
+	ins, err := netctl.Inspect(ctx, cfg.Interface, "")
+	switch {
+	case errors.Is(err, netctl.ErrNoDevice):
+		rep.KernelErr = err.Error() + " (is the node running? WAYLUME_INTERFACE?)"
+	case err != nil:
 		rep.KernelErr = err.Error()
-	} else {
-		rep.PublicKey = dev.PublicKey.String()
-		rep.ListenPort = dev.ListenPort
-		limits := readLimits(cfg.Interface)
-		for _, p := range dev.Peers {
-			sp := &statusPeer{PublicKey: p.PublicKey.String(), InKernel: true,
-				UploadBytes: p.ReceiveBytes, DownloadBytes: p.TransmitBytes}
-			for _, a := range p.AllowedIPs {
-				sp.AllowedIPs = append(sp.AllowedIPs, a.String())
-			}
-			if p.Endpoint != nil {
-				sp.Endpoint = p.Endpoint.String()
-			}
-			if !p.LastHandshakeTime.IsZero() {
-				t := p.LastHandshakeTime.UTC()
-				age := now.Sub(t).Seconds()
-				sp.LastHandshake, sp.HandshakeAgeSec = &t, &age
-			}
-			for _, a := range p.AllowedIPs {
-				if ip, ok := netip.AddrFromSlice(a.IP); ok {
-					l := limits[ip.Unmap()]
-					if l.down > 0 || l.up > 0 {
-						sp.DownloadKbps, sp.UploadKbps = l.down, l.up
-						break
-					}
-				}
-			}
-			byKey[sp.PublicKey] = sp
-			order = append(order, sp.PublicKey)
+	default:
+		rep.PublicKey, rep.ListenPort = ins.PublicKey.String(), ins.ListenPort
+		if ins.ShapingErr != nil {
+			rep.ShapingErr = ins.ShapingErr.Error()
+		}
+		for _, p := range ins.Peers {
+			add(kernelPeer(p, now))
 		}
 	}
-
 	if cfg.DatabaseURL != "" && cfg.NodeID != "" {
-		node, rows, err := readNodeRows(ctx, cfg.DatabaseURL, cfg.NodeID)
+		o, err := readOverview(ctx, cfg)
 		if err != nil {
 			rep.DBErr = err.Error()
 		} else {
-			rep.Node = node
-			for _, r := range rows {
-				sp, ok := byKey[r.PublicKey]
-				if !ok {
-					sp = &statusPeer{PublicKey: r.PublicKey}
-					byKey[r.PublicKey] = sp
-					order = append(order, r.PublicKey)
-				}
-				sp.ID, sp.Address, sp.State, sp.Reason = r.ID, r.Address, r.State, r.Reason
-				sp.WantDownloadKbps, sp.WantUploadKbps = orZero(r.DownloadKbps), orZero(r.UploadKbps)
+			rep.Node = overviewNode(o)
+		}
+		for _, p := range o.Peers { // none when the read failed
+			sp, ok := byKey[p.PublicKey]
+			if !ok {
+				sp = &statusPeer{PublicKey: p.PublicKey}
+				add(sp)
 			}
+			st := o.Status[p.ID]
+			sp.ID, sp.Address, sp.State, sp.Reason = p.ID, p.Address.Addr().String(), st.State, st.Reason
+			sp.WantDownloadKbps, sp.WantUploadKbps = &p.DownloadKbps, &p.UploadKbps
 		}
 	}
 	for _, k := range order {
@@ -158,171 +138,44 @@ func collectStatus(ctx context.Context, cfg Config, now time.Time) statusReport 
 	return rep
 }
 
-// orZero turns SQL NULL (unlimited) into 0 so it compares with "no class".
-func orZero(p *int64) *int64 {
-	if p == nil {
-		return new(int64)
+func kernelPeer(p netctl.PeerStats, now time.Time) *statusPeer {
+	sp := &statusPeer{PublicKey: p.PublicKey.String(), InKernel: true, UploadBytes: p.RxBytes, DownloadBytes: p.TxBytes,
+		DownloadKbps: p.DownloadKbps, UploadKbps: p.UploadKbps}
+	for _, a := range p.AllowedIPs {
+		sp.AllowedIPs = append(sp.AllowedIPs, a.String())
 	}
-	return p
+	if p.Endpoint.IsValid() {
+		sp.Endpoint = p.Endpoint.String()
+	}
+	if !p.LastHandshake.IsZero() {
+		t := p.LastHandshake.UTC()
+		age := now.Sub(t).Seconds()
+		sp.LastHandshake, sp.HandshakeAgeSec = &t, &age
+	}
+	return sp
 }
 
-func readDevice(name string) (*wgtypes.Device, error) {
-	wg, err := wgctrl.New()
+// readOverview reads the node's rows through the store, so the node's own
+// (RLS) credentials work as well as the service role.
+func readOverview(ctx context.Context, cfg Config) (supabase.Overview, error) {
+	s, err := supabase.OpenStore(ctx, cfg.DatabaseURL, supabase.StoreOptions{MaxConns: 1})
 	if err != nil {
-		return nil, fmt.Errorf("wireguard control: %w", err)
+		return supabase.Overview{}, err
 	}
-	defer wg.Close()
-	dev, err := wg.Device(name)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("interface %s: no WireGuard device of that name in this network namespace (is the node running? WAYLUME_INTERFACE?)", name)
+	defer s.Close()
+	o, err := s.Overview(ctx, cfg.NodeID)
+	if errors.Is(err, supabase.ErrNotFound) {
+		return o, fmt.Errorf("node %s: no such row in waylume.nodes (or not visible to this role)", cfg.NodeID)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("interface %s: %w", name, err)
-	}
-	return dev, nil
+	return o, err
 }
 
-type limit struct{ down, up int64 }
-
-// readLimits maps peer addresses to installed HTB rates. It relies only on
-// what any per-peer u32 shaping looks like (a /32 key on the destination
-// address at offset 16 for download, source at 12 for upload on the IFB the
-// ingress redirects to), not on netctl's handle numbering. Errors leave the
-// map empty: limits are informational here.
-func readLimits(ifname string) map[netip.Addr]limit {
-	out := map[netip.Addr]limit{}
-	link, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return out
+func overviewNode(o supabase.Overview) *statusNode {
+	n := &statusNode{ID: o.Node.ID, Name: o.Node.Name, Address: o.Node.Address.String(), Status: o.Node.Status}
+	if !o.LastSeenAt.IsZero() {
+		n.LastSeenAt = &o.LastSeenAt
 	}
-	for ip, kbps := range classRates(link, 16) {
-		l := out[ip]
-		l.down = kbps
-		out[ip] = l
-	}
-	// The upload side: follow the ingress redirect to the IFB device.
-	filters, _ := netlink.FilterList(link, netlink.HANDLE_INGRESS)
-	for _, f := range filters {
-		u, ok := f.(*netlink.U32)
-		if !ok || u.RedirIndex == 0 {
-			continue
-		}
-		ifb, err := netlink.LinkByIndex(u.RedirIndex)
-		if err != nil {
-			continue
-		}
-		for ip, kbps := range classRates(ifb, 12) {
-			l := out[ip]
-			l.up = kbps
-			out[ip] = l
-		}
-		break
-	}
-	return out
-}
-
-// classRates returns the HTB rate (kbit/s) of the class each /32 u32 key at
-// offset off leads to, for every HTB qdisc on link.
-func classRates(link netlink.Link, off int32) map[netip.Addr]int64 {
-	out := map[netip.Addr]int64{}
-	classes, err := netlink.ClassList(link, 0)
-	if err != nil {
-		return out
-	}
-	rate := map[uint32]int64{}
-	for _, c := range classes {
-		if h, ok := c.(*netlink.HtbClass); ok {
-			rate[h.Handle] = int64(h.Rate * 8 / 1000) // bytes/s -> kbit/s
-		}
-	}
-	qdiscs, err := netlink.QdiscList(link)
-	if err != nil {
-		return out
-	}
-	for _, q := range qdiscs {
-		if q.Type() != "htb" {
-			continue
-		}
-		filters, err := netlink.FilterList(link, q.Attrs().Handle)
-		if err != nil {
-			continue
-		}
-		for _, f := range filters {
-			u, ok := f.(*netlink.U32)
-			if !ok || u.ClassId == 0 || u.Sel == nil {
-				continue
-			}
-			for _, k := range u.Sel.Keys {
-				if k.Mask == 0xffffffff && k.Off == off {
-					ip := netip.AddrFrom4([4]byte{byte(k.Val >> 24), byte(k.Val >> 16), byte(k.Val >> 8), byte(k.Val)})
-					if r, ok := rate[u.ClassId]; ok {
-						out[ip] = r
-					}
-				}
-			}
-		}
-	}
-	return out
-}
-
-type peerRow struct {
-	ID, PublicKey, Address, State, Reason string
-	DownloadKbps, UploadKbps              *int64
-}
-
-// readNodeRows reads the node's row and its peers with their status
-// through the contract tables, so it works with the node's own (RLS)
-// credentials as well as the service role.
-func readNodeRows(ctx context.Context, url, nodeID string) (*statusNode, []peerRow, error) {
-	conn, err := connectDB(ctx, url)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer conn.Close(context.Background())
-	var n statusNode
-	err = conn.QueryRow(ctx, `SELECT id::text, name, host(address) || '/' || masklen(address), coalesce(status, ''), last_seen_at
-		FROM waylume.nodes WHERE id = $1`, nodeID).Scan(&n.ID, &n.Name, &n.Address, &n.Status, &n.LastSeenAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil, fmt.Errorf("node %s: no such row in waylume.nodes (or not visible to this role)", nodeID)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read node: %w", err)
-	}
-	rows, err := conn.Query(ctx, `SELECT p.id::text, p.public_key, coalesce(host(p.address), ''),
-			p.download_kbps::bigint, p.upload_kbps::bigint, coalesce(s.state, ''), coalesce(s.reason, '')
-		FROM waylume.peers p LEFT JOIN waylume.peer_status s ON s.peer_id = p.id
-		WHERE p.node_id = $1`, nodeID)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read peers: %w", err)
-	}
-	var out []peerRow
-	for rows.Next() {
-		var r peerRow
-		if err := rows.Scan(&r.ID, &r.PublicKey, &r.Address, &r.DownloadKbps, &r.UploadKbps, &r.State, &r.Reason); err != nil {
-			return nil, nil, fmt.Errorf("read peers: %w", err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("read peers: %w", err)
-	}
-	return &n, out, nil
-}
-
-// connectDB connects with a timeout. Errors never carry the URL.
-func connectDB(ctx context.Context, url string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return nil, errors.New("database: not a valid connection string")
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = 10 * time.Second
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("database: %w", err)
-	}
-	return conn, nil
+	return n
 }
 
 func printStatus(w io.Writer, rep statusReport) {
@@ -333,6 +186,9 @@ func printStatus(w io.Writer, rep statusReport) {
 	fmt.Fprintln(w)
 	if rep.KernelErr != "" {
 		fmt.Fprintf(w, "kernel: %s\n", rep.KernelErr)
+	}
+	if rep.ShapingErr != "" {
+		fmt.Fprintf(w, "shaping: %s\n", rep.ShapingErr)
 	}
 	if rep.Node != nil {
 		seen := "never"
