@@ -11,14 +11,10 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sys/unix"
 
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/migrations"
@@ -75,76 +71,49 @@ func printCheck(w io.Writer, r checkResult) {
 }
 
 func runChecks(ctx context.Context, cfg Config) []checkResult {
-	probe := netctl.Probe(ctx)
-	out := []checkResult{checkTun(), checkWireGuard(cfg, probe.WireGuardModule), checkNetAdmin(hasCap(unix.CAP_NET_ADMIN)),
-		checkTC(probe), checkIptables(probe), checkForward(), checkEgress(cfg.EgressInterface)}
+	probe, host := netctl.Probe(ctx), netctl.Host(cfg.Interface)
+	out := []checkResult{checkTun(host), checkWireGuard(cfg, probe.WireGuardModule, host), checkNetAdmin(host.NetAdmin),
+		checkTC(probe), checkIptables(probe), checkForward(host), checkEgress(cfg.EgressInterface)}
 	return append(out, checkDatabase(ctx, cfg)...)
 }
 
-func checkTun() checkResult {
-	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
-	if err != nil {
-		return fail("tun", fmt.Sprintf("/dev/net/tun: %v", err),
+func checkTun(h netctl.HostReport) checkResult {
+	if h.Tun != nil {
+		return fail("tun", fmt.Sprintf("/dev/net/tun: %v", h.Tun),
 			"give the container the device (--device /dev/net/tun, compose: devices) or load the tun module (modprobe tun)")
 	}
-	f.Close()
 	return pass("tun", "/dev/net/tun opens")
 }
 
 // checkWireGuard judges the mode against what is there: the kernel
 // module, a device to adopt, or /dev/net/tun for the embedded one.
-func checkWireGuard(cfg Config, kernel bool) checkResult {
-	sock := filepath.Join("/var/run/wireguard", cfg.Interface+".sock")
-	_, err := os.Stat(sock)
-	existing := err == nil
-	tunErr := func() error {
-		f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
-		if err == nil {
-			f.Close()
-		}
-		return err
-	}()
+func checkWireGuard(cfg Config, kernel bool, h netctl.HostReport) checkResult {
 	switch cfg.WGMode {
 	case "kernel":
 		switch {
 		case kernel:
 			return pass("wireguard", "kernel module available (mode kernel)")
-		case existing:
-			return pass("wireguard", "existing device "+cfg.Interface+" reachable at "+sock+" (mode kernel adopts it)")
+		case h.Existing:
+			return pass("wireguard", "existing device "+cfg.Interface+" reachable at "+h.Socket+" (mode kernel adopts it)")
 		}
-		return fail("wireguard", "mode kernel but no WireGuard kernel module and no device at "+sock,
+		return fail("wireguard", "mode kernel but no WireGuard kernel module and no device at "+h.Socket,
 			"install the module (Linux >= 5.6 or wireguard-dkms) or set WAYLUME_WG_MODE=userspace")
 	case "userspace":
-		if tunErr != nil {
-			return fail("wireguard", "mode userspace needs /dev/net/tun: "+tunErr.Error(), "provide /dev/net/tun (see tun)")
+		if h.Tun != nil {
+			return fail("wireguard", "mode userspace needs /dev/net/tun: "+h.Tun.Error(), "provide /dev/net/tun (see tun)")
 		}
 		return pass("wireguard", "userspace (embedded wireguard-go) possible")
 	}
 	switch {
 	case kernel:
 		return pass("wireguard", "kernel module available (mode auto uses it)")
-	case existing:
-		return pass("wireguard", "existing device at "+sock+" (mode auto adopts it)")
-	case tunErr == nil:
+	case h.Existing:
+		return pass("wireguard", "existing device at "+h.Socket+" (mode auto adopts it)")
+	case h.Tun == nil:
 		return pass("wireguard", "no kernel module; mode auto uses the embedded userspace device")
 	}
 	return fail("wireguard", "no kernel module and /dev/net/tun unusable",
 		"load the wireguard module or provide /dev/net/tun")
-}
-
-// hasCap reads the effective capability set of this process.
-func hasCap(bit int) bool {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && n&(1<<uint(bit)) != 0
-		}
-	}
-	return false
 }
 
 func checkNetAdmin(ok bool) checkResult {
@@ -182,16 +151,13 @@ func checkIptables(rep netctl.ProbeReport) checkResult {
 	return pass("iptables", rep.IptablesPath+": nat and MASQUERADE work (probed in a throwaway namespace)")
 }
 
-func checkForward() checkResult {
-	const p = "/proc/sys/net/ipv4/ip_forward"
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return fail("ip_forward", err.Error(), "mount /proc")
-	}
-	if strings.TrimSpace(string(b)) == "1" {
+func checkForward(h netctl.HostReport) checkResult {
+	switch {
+	case h.ForwardErr != nil:
+		return fail("ip_forward", h.ForwardErr.Error(), "mount /proc")
+	case h.Forward:
 		return pass("ip_forward", "on")
-	}
-	if unix.Access(p, unix.W_OK) == nil {
+	case h.ForwardWritable:
 		return pass("ip_forward", "off now; the node turns it on at start")
 	}
 	return fail("ip_forward", "off and /proc/sys is read-only here",
