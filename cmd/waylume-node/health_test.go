@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waylume/waylume-node/internal/health"
 	"github.com/waylume/waylume-node/internal/testkit"
 )
 
@@ -43,10 +44,10 @@ func TestMetricsEndpoint(t *testing.T) {
 	if l := logBuf.String(); !strings.Contains(l, "access token expires soon") || strings.Contains(l, tok) {
 		t.Errorf("a token 3 days from exp: log %q", l)
 	}
-	h := &Health{}
+	h := &health.State{}
 	// The default host, any free port: the server binds loopback only.
 	host, _, _ := net.SplitHostPort(defaultMetricsAddr)
-	ms, err := startMetrics(net.JoinHostPort(host, "0"), reg, h, log)
+	ms, err := health.Listen(net.JoinHostPort(host, "0"), reg, h, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,13 +122,5 @@ func TestHealthcheckNothingListening(t *testing.T) {
 	ln.Close()
 	if c, _, stderr := runCLI(t, map[string]string{"WAYLUME_METRICS_ADDR": addr}, "healthcheck"); c != exitFail || stderr == "" {
 		t.Errorf("healthcheck against a closed port: code %d stderr %q", c, stderr)
-	}
-}
-
-func TestNilHealthIsSafe(t *testing.T) {
-	var h *Health
-	h.SetReadiness(func() error { return nil })
-	if h.Ready() == nil {
-		t.Error("nil Health reports ready")
 	}
 }

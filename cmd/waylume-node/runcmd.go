@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/waylume/waylume-node/internal/health"
 	"github.com/waylume/waylume-node/internal/node"
 )
 
@@ -26,7 +27,7 @@ func (c *cli) runCmd(args []string) int {
 		return exitConfig
 	}
 	log := newLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)
-	health := &Health{}
+	readiness := &health.State{}
 	tuneMemory(c.getenv)
 
 	reg := newRegistry()
@@ -35,7 +36,7 @@ func (c *cli) runCmd(args []string) int {
 	token := watchAccessToken(ctx, cfg, reg, log)
 
 	if cfg.MetricsAddr != "" {
-		ms, err := startMetrics(cfg.MetricsAddr, reg, health, log)
+		ms, err := health.Listen(cfg.MetricsAddr, reg, readiness, log)
 		if err != nil {
 			log.Error("cannot start", "err", err)
 			return exitFail
@@ -49,7 +50,7 @@ func (c *cli) runCmd(args []string) int {
 	}
 
 	log.Info("starting", "version", version, "node_id", cfg.NodeID, "interface", cfg.Interface, "wg_mode", cfg.WGMode)
-	err := node.Run(ctx, cfg.node(), node.Runtime{Log: log, Registerer: reg, Health: health, Tokens: token})
+	err := node.Run(ctx, cfg.node(), node.Runtime{Log: log, Registerer: reg, Health: readiness, Tokens: token})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("stopped", "err", err)
 		return exitFail

@@ -1,8 +1,9 @@
-package main
-
-// The run command's HTTP endpoint: /metrics from the node's own registry,
-// /healthz (the process serves requests) and /readyz (the running node says the data
-// plane is set up and the control plane is reachable or within its grace).
+// Package health is the running node's HTTP endpoint: /metrics from the
+// node's own registry, /healthz (the process serves requests) and /readyz
+// (the running node says the data plane is set up and the control plane is
+// reachable or within its grace). It is the only listening TCP socket the
+// node opens, on loopback by default.
+package health
 
 import (
 	"context"
@@ -18,20 +19,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Health carries readiness from the running node to /readyz; it is the
+// State carries readiness from the running node to /readyz; it is the
 // node.Health the run command hands to node.Run.
 //
 // SetReadiness(f) is called once the data plane is up; f is called on every /readyz request and returns nil when ready or an error
 // saying why not (e.g. "control plane unreachable for 2m"). It must be cheap
 // and safe for concurrent use. Before SetReadiness, /readyz answers 503
-// "starting". All methods are no-ops on a nil *Health.
-type Health struct {
+// "starting". All methods are no-ops on a nil *State.
+type State struct {
 	check atomic.Pointer[func() error]
 }
 
 // SetReadiness installs the readiness check; nil puts /readyz back to
 // "starting" (e.g. while shutting down).
-func (h *Health) SetReadiness(f func() error) {
+func (h *State) SetReadiness(f func() error) {
 	if h == nil {
 		return
 	}
@@ -43,7 +44,7 @@ func (h *Health) SetReadiness(f func() error) {
 }
 
 // Ready reports nil when the node is ready.
-func (h *Health) Ready() error {
+func (h *State) Ready() error {
 	if h == nil {
 		return errors.New("starting")
 	}
@@ -54,7 +55,7 @@ func (h *Health) Ready() error {
 	return (*f)()
 }
 
-func healthHandler(reg *prometheus.Registry, h *Health, log *slog.Logger) http.Handler {
+func handler(reg *prometheus.Registry, h *State, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
@@ -74,22 +75,23 @@ func healthHandler(reg *prometheus.Registry, h *Health, log *slog.Logger) http.H
 	return mux
 }
 
-// metricsServer listens before run continues, so a taken port is a
-// startup error rather than a log line later.
-type metricsServer struct {
+// Server listens before Listen returns, so a taken port is a startup
+// error rather than a log line later.
+type Server struct {
 	srv  *http.Server
 	ln   net.Listener
 	done chan error
 }
 
-func startMetrics(addr string, reg *prometheus.Registry, h *Health, log *slog.Logger) (*metricsServer, error) {
+// Listen serves the endpoint on addr.
+func Listen(addr string, reg *prometheus.Registry, h *State, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
-	m := &metricsServer{
+	m := &Server{
 		srv: &http.Server{
-			Handler:           healthHandler(reg, h, log),
+			Handler:           handler(reg, h, log),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
@@ -101,9 +103,10 @@ func startMetrics(addr string, reg *prometheus.Registry, h *Health, log *slog.Lo
 }
 
 // Addr is the bound address (the port when addr asked for :0).
-func (m *metricsServer) Addr() string { return m.ln.Addr().String() }
+func (m *Server) Addr() string { return m.ln.Addr().String() }
 
-func (m *metricsServer) Shutdown() error {
+// Shutdown stops serving, waiting up to 5s for requests in flight.
+func (m *Server) Shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := m.srv.Shutdown(ctx)
