@@ -178,21 +178,10 @@ func Veth(t testing.TB, a *NS, aName, aAddr string, b *NS, bName, bAddr string) 
 	}
 }
 
-// WaitFor polls cond until it returns nil or the timeout passes, then fails
-// the test with cond's last error.
+// WaitFor is testkit.Eventually under the name the namespace tests use.
 func WaitFor(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(t, timeout, cond)
 }
 
 // Ping sends count pings from the namespace to addr and returns an error
