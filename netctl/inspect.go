@@ -30,6 +30,9 @@ type Inspection struct {
 	ListenPort int
 	// Peers carry the limits installed in tc (0: none).
 	Peers []PeerStats
+	// Configs are the same peers as the config that would program them
+	// (preshared key and keepalive included): what a plan diffs against.
+	Configs []Peer
 	// ShapingErr is why the installed limits could not be read; Peers
 	// are then the device's, without limits.
 	ShapingErr error
@@ -55,7 +58,7 @@ func Inspect(ctx context.Context, name, netnsPath string) (Inspection, error) {
 	classes, err := readShaping(ns, name)
 	return Inspection{
 		Name: name, PublicKey: dev.PublicKey, ListenPort: dev.ListenPort,
-		Peers: peerStats(dev, classes), ShapingErr: err,
+		Peers: peerStats(dev, classes), Configs: peerConfigs(dev, classes), ShapingErr: err,
 	}, nil
 }
 
@@ -161,4 +164,23 @@ func ResolveEgress(name string) (string, error) {
 		return l, nil
 	}
 	return "", ErrNoDefaultRoute
+}
+
+// peerConfigs is the device's peers as configs, with the limits classes
+// holds for their shaping addresses.
+func peerConfigs(dev *wgtypes.Device, classes map[netip.Addr]limits) []Peer {
+	out := make([]Peer, 0, len(dev.Peers))
+	for i := range dev.Peers {
+		p := &dev.Peers[i]
+		c := Peer{PublicKey: p.PublicKey, PresharedKey: p.PresharedKey, Keepalive: p.PersistentKeepaliveInterval}
+		for j := range p.AllowedIPs {
+			c.AllowedIPs = append(c.AllowedIPs, ipNetPrefix(&p.AllowedIPs[j]))
+		}
+		if a, ok := shapingAddr(p.AllowedIPs); ok {
+			lim := classes[a]
+			c.DownloadKbps, c.UploadKbps = lim.down, lim.up
+		}
+		out = append(out, c)
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -20,7 +21,7 @@ func TestInspectReadsBackLimits(t *testing.T) {
 		{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.8.1.10/32"), DownloadKbps: 3000, UploadKbps: 7000},
 		{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.8.1.11/32"), DownloadKbps: 5000},
 		{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.8.2.12/32", "192.168.5.0/24"), UploadKbps: 2000},
-		{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.8.1.13/32")},
+		{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.8.1.13/32"), Keepalive: 25 * time.Second, PresharedKey: mustKey(t)},
 	}
 	b.sync(peers...)
 	ctx := context.Background()
@@ -50,6 +51,15 @@ func TestInspectReadsBackLimits(t *testing.T) {
 	opt := cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}, netip.AddrPort{})
 	if diff := cmp.Diff(stats, ins.Peers, opt); diff != "" {
 		t.Errorf("Inspect and Stats disagree (-stats +inspect):\n%s", diff)
+	}
+
+	// Configs are the peers as they were programmed, to the last field.
+	byPeer := func(a, b Peer) int { return slices.Compare(a.PublicKey[:], b.PublicKey[:]) }
+	want := slices.Clone(peers)
+	slices.SortFunc(want, byPeer)
+	slices.SortFunc(ins.Configs, byPeer)
+	if diff := cmp.Diff(want, ins.Configs, opt); diff != "" {
+		t.Errorf("Inspect's configs differ from what was applied (-applied +inspect):\n%s", diff)
 	}
 
 	if _, err := Inspect(ctx, "wlnone0", b.node.Path()); !errors.Is(err, ErrNoDevice) {

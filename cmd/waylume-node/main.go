@@ -48,6 +48,7 @@ func commands() []command {
 		{"node", "create a node row and its login role (operator, service credentials)", (*cli).nodeCmd},
 		{"check", "preflight: one line per requirement, ok or fail with the fix", (*cli).checkCmd},
 		{"status", "the local interface: peers, limits, handshakes, counters (--json)", (*cli).statusCmd},
+		{"plan", "what run would change in the kernel now, changing nothing (--json)", (*cli).planCmd},
 		{"keygen", "generate a WireGuard private key and print its public key", (*cli).keygenCmd},
 		{"token", "mint a node-scoped Realtime JWT (operator only, never on the node)", (*cli).tokenCmd},
 		{"healthcheck", "GET /healthz of a running node (container HEALTHCHECK)", (*cli).healthcheckCmd},
