@@ -73,6 +73,8 @@ func newBedIn(t testing.TB, node *netns.NS, edit func(*Config)) *bed {
 		ListenPort: 51820,
 		Address:    netip.MustParsePrefix("10.8.0.1/16"),
 		Isolation:  true,
+		// The throughput tests run iperf3 on the node's tunnel address.
+		AllowLocal: []Service{{Proto: "tcp", From: 5201, To: 5201}},
 		Netns:      node.Path(),
 	}
 	if edit != nil {

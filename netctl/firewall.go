@@ -1,9 +1,10 @@
 package netctl
 
-// Firewall and NAT: two chains of our own, each hooked in once, holding a
-// handful of rules that do not grow with the number of peers. Blocking a
-// peer (quota, expiry) is removing it from WireGuard: without a peer entry
-// its packets are dropped by the device before they reach netfilter.
+// Firewall and NAT: chains of our own, each hooked in once, holding a
+// handful of rules that do not grow with the number of peers (the policy
+// is firewall_rules.go). Blocking a peer (quota, expiry) is removing it
+// from WireGuard: without a peer entry its packets are dropped by the
+// device before they reach netfilter.
 
 import (
 	"bytes"
@@ -11,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -22,15 +22,23 @@ import (
 
 const (
 	chainForward = "WAYLUME-FORWARD"
+	chainInput   = "WAYLUME-INPUT"
+	chainSource  = "WAYLUME-SOURCE"
 	chainPost    = "WAYLUME-POSTROUTING"
 )
 
+// fwChain is one of our chains; hook is the built-in chain that jumps to
+// it, "" for a chain only our chains jump to.
 type fwChain struct {
 	table, hook, chain string
 }
 
+// fwChains in dependency order: a chain comes before the chains it jumps
+// to, so deleting in this order never meets a chain still referenced.
 var fwChains = []fwChain{
 	{"filter", "FORWARD", chainForward},
+	{"filter", "INPUT", chainInput},
+	{"filter", "", chainSource},
 	{"nat", "POSTROUTING", chainPost},
 }
 
@@ -41,28 +49,6 @@ type firewall struct {
 
 func newFirewall(ns *namespace, log *slog.Logger) *firewall {
 	return &firewall{ns: ns, log: log}
-}
-
-// fwRules are the desired contents of our chains for cfg and one family's
-// pool.
-func fwRules(cfg Config, pool netip.Prefix, egress string) map[string][][]string {
-	wg := cfg.Interface
-	fwd := [][]string{}
-	if cfg.Isolation {
-		fwd = append(fwd, []string{"-i", wg, "-o", wg, "-j", "DROP"})
-	}
-	fwd = append(fwd,
-		[]string{"-i", wg, "-j", "ACCEPT"},
-		[]string{"-o", wg, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
-	)
-	masq := []string{"-s", pool.String()}
-	if egress != "" {
-		masq = append(masq, "-o", egress)
-	} else {
-		masq = append(masq, "!", "-o", wg)
-	}
-	masq = append(masq, "-j", "MASQUERADE")
-	return map[string][][]string{chainForward: fwd, chainPost: {masq}}
 }
 
 // family is iptables or ip6tables.
@@ -112,23 +98,25 @@ func (f *firewall) setup(ctx context.Context, cfg Config, h *netlink.Handle) err
 		if err := enableForwarding(cfg.Address6.IsValid()); err != nil {
 			return err
 		}
-		return setupChains(ctx, cfg, egress)
+		return setupChains(ctx, cfg, egress, f.log)
 	})
 }
 
 // setupChains is setup without forwarding, run inside the namespace.
-func setupChains(ctx context.Context, cfg Config, egress string) error {
-	if err := setupFamily(ctx, ipv4, fwRules(cfg, cfg.Pool(), egress)); err != nil {
+// Without an IPv6 pool the IPv6 chains are kept too, dropping what clients
+// send over IPv6 (a peer's allowed IPs may still hold IPv6 prefixes); a
+// host whose ip6tables cannot take them (IPv6 disabled) has no IPv6 to
+// guard, so that failure is only logged.
+func setupChains(ctx context.Context, cfg Config, egress string, log *slog.Logger) error {
+	if err := setupFamily(ctx, ipv4, fwRules(cfg, ipv4, egress)); err != nil {
 		return err
 	}
-	if cfg.Address6.IsValid() {
-		return setupFamily(ctx, ipv6, fwRules(cfg, cfg.Address6.Masked(), egress))
+	err := setupFamily(ctx, ipv6, fwRules(cfg, ipv6, egress))
+	if err != nil && !cfg.Address6.IsValid() {
+		log.Warn("no IPv6 firewall chains: IPv6 from the tunnel is not filtered", "err", err)
+		return nil
 	}
-	// No IPv6 pool (any more): our IPv6 chains, if any, go.
-	if ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv6), iptables.Timeout(5)); err == nil {
-		return teardownFamily(ipt)
-	}
-	return nil
+	return err
 }
 
 func setupFamily(ctx context.Context, fam family, want map[string][][]string) error {
@@ -146,6 +134,9 @@ func setupFamily(ctx context.Context, fam family, want map[string][][]string) er
 		}
 	}
 	for _, c := range fwChains {
+		if c.hook == "" {
+			continue
+		}
 		if err := hookOnce(ipt, c); err != nil {
 			return err
 		}
@@ -187,13 +178,23 @@ func chainsMatch(ipt *iptables.IPTables, want map[string][][]string) (bool, erro
 
 // restore rewrites our chains in one iptables-restore --noflush: a chain
 // declared in the input is flushed and refilled atomically, and nothing
-// else is touched.
+// else is touched. A table's chains are declared together, before any
+// rule, so a jump may name a chain that does not exist yet.
 func restore(ctx context.Context, tool string, want map[string][][]string) error {
 	var b bytes.Buffer
-	for _, c := range fwChains {
-		fmt.Fprintf(&b, "*%s\n:%s - [0:0]\n", c.table, c.chain)
-		for _, r := range want[c.chain] {
-			fmt.Fprintf(&b, "-A %s %s\n", c.chain, strings.Join(r, " "))
+	for _, table := range []string{"filter", "nat"} {
+		fmt.Fprintf(&b, "*%s\n", table)
+		for _, c := range fwChains {
+			if c.table == table {
+				fmt.Fprintf(&b, ":%s - [0:0]\n", c.chain)
+			}
+		}
+		for _, c := range fwChains {
+			for _, r := range want[c.chain] {
+				if c.table == table {
+					fmt.Fprintf(&b, "-A %s %s\n", c.chain, strings.Join(r, " "))
+				}
+			}
 		}
 		b.WriteString("COMMIT\n")
 	}
@@ -270,7 +271,7 @@ func teardownFamily(ipt *iptables.IPTables) error {
 		if ok, _ := ipt.ChainExists(c.table, c.chain); !ok {
 			continue
 		}
-		for {
+		for c.hook != "" {
 			ok, err := ipt.Exists(c.table, c.hook, "-j", c.chain)
 			if err != nil || !ok {
 				break

@@ -135,14 +135,19 @@ func TestFirewallIPv6Pool(t *testing.T) {
 	if fwd := strings.TrimSpace(b.node.MustRun(t, "cat", "/proc/sys/net/ipv6/conf/all/forwarding")); fwd != "1" {
 		t.Errorf("IPv6 forwarding = %s, want 1", fwd)
 	}
-	// Dropping the IPv6 pool removes our IPv6 chains.
+	// Dropping the IPv6 pool removes the pool's rules; the chains stay,
+	// dropping whatever clients send over IPv6.
 	cfg := b.cfg
 	cfg.Address6 = netip.Prefix{}
 	if err := b.link.Reconfigure(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	if got := save6(); strings.Contains(got, "WAYLUME") {
-		t.Errorf("IPv6 chains left after the pool was removed:\n%s", got)
+	got = save6()
+	if strings.Contains(got, "fd00:8::") || strings.Contains(got, "MASQUERADE") {
+		t.Errorf("IPv6 pool rules left after the pool was removed:\n%s", got)
+	}
+	if src := chainRules(got, chainSource); len(src) != 1 || src[0] != "-j DROP" {
+		t.Errorf("without an IPv6 pool, IPv6 sources from the tunnel are not all dropped: %q", src)
 	}
 	if out := b.node.MustRun(t, "ip", "-6", "addr", "show", "dev", b.cfg.Interface); strings.Contains(out, "fd00:8::1") {
 		t.Errorf("old IPv6 address left:\n%s", out)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -56,6 +57,18 @@ type Config struct {
 	MTU               int    // 0 = 1420
 	EgressInterface   string // NAT uplink; "" = the default route's interface
 	Isolation         bool   // block client-to-client traffic
+	// AllowPrivate are destinations clients may reach although they are
+	// not global (an operator routing a private network on purpose); by
+	// default clients reach only global addresses. See firewall.go.
+	AllowPrivate []netip.Prefix
+	// AllowLocal are the node's own ports clients may reach through the
+	// tunnel (e.g. a DNS resolver); everything else addressed to the node
+	// from the tunnel is dropped, apart from replies and ping.
+	AllowLocal []Service
+	// RoutedSubnets are the sources, besides the pools, forwarded from the
+	// tunnel, un-NATed: networks behind peers that the operator routes.
+	// Any other source is dropped.
+	RoutedSubnets []netip.Prefix
 	// Netns is the path of a network namespace to manage instead of the
 	// process's own (e.g. /var/run/netns/x). Tests use it; see doc.go.
 	Netns string
@@ -99,8 +112,30 @@ func (c Config) Validate() error {
 	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 9000) {
 		errs = append(errs, fmt.Errorf("mtu %d: want 1280-9000", c.MTU))
 	}
+	errs = append(errs, checkPrefixes("allowed private destination", c.AllowPrivate), checkPrefixes("routed subnet", c.RoutedSubnets))
+	for _, s := range c.AllowLocal {
+		if err := s.check(); err != nil {
+			errs = append(errs, fmt.Errorf("allowed local service %v: %w", s, err))
+		}
+	}
 	return errors.Join(errs...)
 }
+
+// checkPrefixes refuses what would not mean what it says: invalid prefixes
+// and addresses with host bits set (10.20.0.1/16 is 10.20.0.0/16 or a typo).
+func checkPrefixes(what string, ps []netip.Prefix) error {
+	var errs []error
+	for _, p := range ps {
+		if !p.IsValid() || p != p.Masked() {
+			errs = append(errs, fmt.Errorf("%s %v: want a network address, e.g. %v", what, p, p.Masked()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// equal reports whether c and o are the same configuration (Config holds
+// slices, so == does not compile).
+func (c Config) equal(o Config) bool { return reflect.DeepEqual(c, o) }
 
 // Pool is the client address pool: the network of Address.
 func (c Config) Pool() netip.Prefix { return c.Address.Masked() }
@@ -262,7 +297,7 @@ func (l *Link) Reconfigure(ctx context.Context, cfg Config) error {
 	// The reconciler calls this on every node event and resync; checking
 	// means reading the whole device and running iptables a few times, so
 	// an unchanged config is checked again only every tcRefresh.
-	if cfg == l.cfg && time.Since(l.checked) < tcRefresh {
+	if cfg.equal(l.cfg) && time.Since(l.checked) < tcRefresh {
 		return nil
 	}
 	old := l.cfg

@@ -168,7 +168,7 @@ func probeLimit(s *shaper, a netip.Addr) error {
 // /proc/sys may be read-only where iptables works.
 func probeFirewall(ctx context.Context, ns *namespace, cfg Config) error {
 	fw := newFirewall(ns, slog.New(slog.DiscardHandler))
-	err := ns.do(func() error { return setupChains(ctx, cfg, "") })
+	err := ns.do(func() error { return setupChains(ctx, cfg, "", fw.log) })
 	return errors.Join(err, fw.teardown(ctx))
 }
 

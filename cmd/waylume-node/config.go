@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/waylume/waylume-node/netctl"
 )
 
 // Config is every setting of the node. Validate has checked it before
@@ -40,6 +43,12 @@ type Config struct {
 	LogFormat       string
 	Isolation       bool // client-to-client traffic blocked
 	TeardownOnExit  bool // remove interface, tc and chains on exit instead of leaving peers up
+	// AllowPrivate are non-global destinations clients may reach;
+	// AllowLocal the node's ports they may reach; RoutedSubnets the sources
+	// besides the pools forwarded from the tunnel (docs/dataplane.md).
+	AllowPrivate  []netip.Prefix
+	AllowLocal    []netctl.Service
+	RoutedSubnets []netip.Prefix
 
 	// need lists the settings the running subcommand requires.
 	need map[string]bool
@@ -124,6 +133,15 @@ func settings() []setting {
 		{flag: "client-isolation", env: "WAYLUME_CLIENT_ISOLATION", def: "true", scope: forRun, bool: true,
 			help: "block client-to-client traffic",
 			set:  func(c *Config, v string) (err error) { c.Isolation, err = parseBool(v); return err }},
+		{flag: "allow-private", env: "WAYLUME_ALLOW_PRIVATE", def: "", scope: forRun,
+			help: "comma-separated prefixes clients may reach although not global (e.g. 10.20.0.0/16,fd00:1::/48); by default only the internet",
+			set:  func(c *Config, v string) (err error) { c.AllowPrivate, err = parsePrefixes(v); return err }},
+		{flag: "allow-local", env: "WAYLUME_ALLOW_LOCAL", def: "", scope: forRun,
+			help: "node ports clients may reach through the tunnel, e.g. udp/53,tcp/53 or tcp/8000-8100; by default none (ping is answered)",
+			set:  func(c *Config, v string) (err error) { c.AllowLocal, err = netctl.ParseServices(v); return err }},
+		{flag: "routed-subnets", env: "WAYLUME_ROUTED_SUBNETS", def: "", scope: forRun,
+			help: "comma-separated source prefixes, besides the pools, forwarded from the tunnel un-NATed (networks behind peers); other sources are dropped",
+			set:  func(c *Config, v string) (err error) { c.RoutedSubnets, err = parseRoutedSubnets(v); return err }},
 		{flag: "teardown-on-exit", env: "WAYLUME_TEARDOWN_ON_EXIT", def: "false", scope: forRun, bool: true,
 			help: "on exit remove the interface, tc and firewall chains (default: leave peers up so sessions survive a restart)",
 			set:  func(c *Config, v string) (err error) { c.TeardownOnExit, err = parseBool(v); return err }},
@@ -318,6 +336,43 @@ func parseBool(v string) (bool, error) {
 		return false, fmt.Errorf("bad boolean %q: want true or false", v)
 	}
 	return b, nil
+}
+
+// parsePrefixes parses a comma-separated list of network prefixes; "" is
+// none. An address with host bits set is refused, not silently masked: it
+// is more likely a typo than meant.
+func parsePrefixes(v string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("bad prefix %q: want e.g. 10.20.0.0/16 or fd00:1::/48", f)
+		}
+		if p != p.Masked() {
+			return nil, fmt.Errorf("prefix %q has host bits set: did you mean %v?", f, p.Masked())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// parseRoutedSubnets is parsePrefixes refusing a default route: forwarding
+// every source un-NATed is the spoofing the setting exists to prevent.
+func parseRoutedSubnets(v string) ([]netip.Prefix, error) {
+	ps, err := parsePrefixes(v)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		if p.Bits() == 0 {
+			return nil, fmt.Errorf("prefix %v would forward any source un-NATed: name the routed networks", p)
+		}
+	}
+	return ps, nil
 }
 
 // checkDatabaseURL never echoes the URL: it may carry a password.

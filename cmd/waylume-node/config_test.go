@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/waylume/waylume-node/netctl"
 )
 
 func envMap(m map[string]string) func(string) (string, bool) {
@@ -92,6 +95,18 @@ func TestBadSettingsExitWithOneLine(t *testing.T) {
 			`invalid --client-isolation (WAYLUME_CLIENT_ISOLATION): bad boolean "maybe": want true or false`},
 		{"teardown not a bool", with("WAYLUME_TEARDOWN_ON_EXIT", "sometimes"), nil,
 			`invalid --teardown-on-exit (WAYLUME_TEARDOWN_ON_EXIT): bad boolean "sometimes": want true or false`},
+		{"allowed private prefix unparsable", with("WAYLUME_ALLOW_PRIVATE", "10.20.0.0/16,lan"), nil,
+			`invalid --allow-private (WAYLUME_ALLOW_PRIVATE): bad prefix "lan": want e.g. 10.20.0.0/16 or fd00:1::/48`},
+		{"allowed private prefix with host bits", with(), []string{"--allow-private", "10.20.0.1/16"},
+			`invalid --allow-private (WAYLUME_ALLOW_PRIVATE): prefix "10.20.0.1/16" has host bits set: did you mean 10.20.0.0/16?`},
+		{"allowed local without a port", with("WAYLUME_ALLOW_LOCAL", "udp/53,dns"), nil,
+			`invalid --allow-local (WAYLUME_ALLOW_LOCAL): service "dns": want tcp/PORT, udp/PORT or PROTO/FROM-TO`},
+		{"allowed local protocol", with("WAYLUME_ALLOW_LOCAL", "sctp/53"), nil,
+			`invalid --allow-local (WAYLUME_ALLOW_LOCAL): service "sctp/53": protocol "sctp": want tcp/PORT, udp/PORT or PROTO/FROM-TO`},
+		{"allowed local range backwards", with("WAYLUME_ALLOW_LOCAL", "tcp/9000-8000"), nil,
+			`invalid --allow-local (WAYLUME_ALLOW_LOCAL): service "tcp/9000-8000": ports must be 1-65535, low to high: want tcp/PORT, udp/PORT or PROTO/FROM-TO`},
+		{"routed subnets default route", with("WAYLUME_ROUTED_SUBNETS", "192.0.2.0/24,::/0"), nil,
+			`invalid --routed-subnets (WAYLUME_ROUTED_SUBNETS): prefix ::/0 would forward any source un-NATed: name the routed networks`},
 		{"empty private key file", with("WAYLUME_PRIVATE_KEY_FILE", ""), nil,
 			"missing --private-key-file (WAYLUME_PRIVATE_KEY_FILE): required"},
 	}
@@ -159,6 +174,18 @@ func TestFlagWinsOverEnvWinsOverDefault(t *testing.T) {
 	if got := load(map[string]string{"WAYLUME_SUPABASE_KEY": "anon", "WAYLUME_ACCESS_TOKEN": "jwt"}); got.AccessToken != "jwt" {
 		t.Errorf("explicit access token: got %q", got.AccessToken)
 	}
+	fw := load(map[string]string{"WAYLUME_ALLOW_PRIVATE": "10.20.0.0/16, fd00:1::/48", "WAYLUME_ALLOW_LOCAL": "udp/53,TCP/53,tcp/8000-8100",
+		"WAYLUME_ROUTED_SUBNETS": "192.0.2.0/24"}, "--routed-subnets", "198.51.100.0/24,2001:db8:1::/48")
+	wantFW := Config{
+		AllowPrivate:  []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16"), netip.MustParsePrefix("fd00:1::/48")},
+		AllowLocal:    []netctl.Service{{Proto: "udp", From: 53, To: 53}, {Proto: "tcp", From: 53, To: 53}, {Proto: "tcp", From: 8000, To: 8100}},
+		RoutedSubnets: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8:1::/48")},
+	}
+	n := fw.node()
+	if diff := cmp.Diff(wantFW, Config{AllowPrivate: n.AllowPrivate, AllowLocal: n.AllowLocal, RoutedSubnets: n.RoutedSubnets},
+		cmp.AllowUnexported(Config{}), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("firewall settings into node.Config (-want +got):\n%s", diff)
+	}
 	// An empty flag value is a value: it beats the environment.
 	if got := load(map[string]string{"WAYLUME_METRICS_ADDR": "127.0.0.1:1"}, "--metrics-addr="); got.MetricsAddr != "" {
 		t.Errorf("--metrics-addr= should disable metrics, got %q", got.MetricsAddr)
@@ -190,6 +217,7 @@ func TestHelpListsEveryEnvVar(t *testing.T) {
 		"WAYLUME_EGRESS_INTERFACE": `""`, "WAYLUME_RESYNC_INTERVAL": "60s", "WAYLUME_USAGE_INTERVAL": "60s",
 		"WAYLUME_METRICS_ADDR": "127.0.0.1:9586", "WAYLUME_LOG_LEVEL": "info", "WAYLUME_LOG_FORMAT": "json",
 		"WAYLUME_CLIENT_ISOLATION": "true", "WAYLUME_TEARDOWN_ON_EXIT": "false",
+		"WAYLUME_ALLOW_PRIVATE": `""`, "WAYLUME_ALLOW_LOCAL": `""`, "WAYLUME_ROUTED_SUBNETS": `""`,
 	}
 	for env, def := range contract {
 		line := ""

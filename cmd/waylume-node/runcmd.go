@@ -83,6 +83,7 @@ func (c Config) node() node.Config {
 		RealtimeURL: c.RealtimeURL, SupabaseKey: c.SupabaseKey, AccessToken: c.AccessToken,
 		Interface: c.Interface, WGMode: c.WGMode, PrivateKeyFile: c.PrivateKeyFile,
 		EgressInterface: c.EgressInterface, Isolation: c.Isolation, TeardownOnExit: c.TeardownOnExit,
+		AllowPrivate: c.AllowPrivate, AllowLocal: c.AllowLocal, RoutedSubnets: c.RoutedSubnets,
 		ResyncInterval: c.ResyncInterval, UsageInterval: c.UsageInterval, Version: version,
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -38,6 +39,11 @@ type Config struct {
 	EgressInterface string // empty: from the default route
 	Isolation       bool   // client-to-client traffic blocked
 	TeardownOnExit  bool   // remove interface, tc and chains on exit
+	// The firewall's exceptions to "clients reach the internet only"; see
+	// netctl.Config.
+	AllowPrivate  []netip.Prefix
+	AllowLocal    []netctl.Service
+	RoutedSubnets []netip.Prefix
 	// Netns runs the data plane in the network namespace at this path
 	// (tests); empty: the process's own.
 	Netns string
@@ -135,6 +141,7 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 		Interface: cfg.Interface, Mode: mode, PrivateKey: key, Netns: cfg.Netns,
 		ListenPort: row.ListenPort, Address: row.Address, Address6: row.Address6, MTU: row.MTU,
 		EgressInterface: cfg.EgressInterface, Isolation: cfg.Isolation,
+		AllowPrivate: cfg.AllowPrivate, AllowLocal: cfg.AllowLocal, RoutedSubnets: cfg.RoutedSubnets,
 	}
 	if n.link, err = netctl.Open(ctx, base, n.log); err != nil {
 		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
