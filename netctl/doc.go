@@ -67,16 +67,20 @@
 //
 // # Firewall
 //
-// Own chains WAYLUME-FORWARD (filter) and WAYLUME-POSTROUTING (nat), each
-// hooked once at the top of FORWARD/POSTROUTING; rewritten atomically with
-// one iptables-restore --noflush only when they differ. Forwarding from the
-// interface is accepted, replies to it too, the pool is masqueraded on the
-// egress interface (or on anything but the tunnel when there is no default
-// route), client-to-client traffic is dropped when Isolation is on. There
-// are no per-peer rules: blocking a peer (quota, expiry) is removing it
-// from WireGuard, after which the device drops its packets. ip_forward is
-// enabled in the node's namespace. Teardown removes only our chains and
-// jumps.
+// Own chains WAYLUME-FORWARD, WAYLUME-INPUT, WAYLUME-SOURCE (filter) and
+// WAYLUME-POSTROUTING (nat), the first, second and last hooked once at the
+// top of FORWARD/INPUT/POSTROUTING, for IPv4 and IPv6; rewritten
+// atomically with one iptables-restore --noflush only when they differ. A
+// client reaches the internet and nothing else: from the tunnel only pool
+// and routed-subnet sources pass, non-global destinations are dropped
+// unless allowed, and the node itself answers only replies, ping and the
+// allowed services. Replies to the tunnel are accepted, the pool is
+// masqueraded on the egress interface (or on anything but the tunnel when
+// there is no default route), client-to-client traffic is dropped when
+// Isolation is on. There are no per-peer rules: blocking a peer (quota,
+// expiry) is removing it from WireGuard, after which the device drops its
+// packets. ip_forward is enabled in the node's namespace. Teardown removes
+// only our chains and jumps.
 //
 // # Network namespaces
 //
