@@ -190,10 +190,11 @@ func restore(ctx context.Context, tool string, want map[string][][]string) error
 			}
 		}
 		for _, c := range fwChains {
+			if c.table != table {
+				continue
+			}
 			for _, r := range want[c.chain] {
-				if c.table == table {
-					fmt.Fprintf(&b, "-A %s %s\n", c.chain, strings.Join(r, " "))
-				}
+				fmt.Fprintf(&b, "-A %s %s\n", c.chain, strings.Join(r, " "))
 			}
 		}
 		b.WriteString("COMMIT\n")

@@ -59,7 +59,7 @@ type Config struct {
 	Isolation         bool   // block client-to-client traffic
 	// AllowPrivate are destinations clients may reach although they are
 	// not global (an operator routing a private network on purpose); by
-	// default clients reach only global addresses. See firewall.go.
+	// default clients reach only global addresses (firewall_rules.go).
 	AllowPrivate []netip.Prefix
 	// AllowLocal are the node's own ports clients may reach through the
 	// tunnel (e.g. a DNS resolver); everything else addressed to the node
