@@ -86,7 +86,8 @@ func newServingGauge(reg prometheus.Registerer) (prometheus.Gauge, error) {
 // plane cannot be reached at start: the node's row, its peers with expiry
 // and quota enforced, the peers already on the device adopted. Ready
 // reports ErrServingLocalState until the first successful resync, which
-// replaces all of it. Call it before Run.
+// replaces all of it. Call it before Run. An error means nothing is served
+// and the node waits for the database as without a saved state.
 func (r *Reconciler) Restore(ctx context.Context, s *LocalState) (err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -121,7 +122,12 @@ func (r *Reconciler) Restore(ctx context.Context, s *LocalState) (err error) {
 	}
 	r.synced = true
 	r.serving.Set(1)
-	return r.convergeLocked(ctx, false, true)
+	// Serving now: rows that fail to apply are retried on their own
+	// backoff, as after any converge.
+	if err := r.convergeLocked(ctx, false, true); err != nil {
+		r.log.Warn("apply the saved state", "err", err)
+	}
+	return nil
 }
 
 // restoreAccounting takes the saved status rows and quota figures for the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/retry"
+	"github.com/waylume/waylume-node/internal/statefile"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
@@ -38,6 +39,9 @@ type Config struct {
 	EgressInterface string // empty: from the default route
 	Isolation       bool   // client-to-client traffic blocked
 	TeardownOnExit  bool   // remove interface, tc and chains on exit
+	// StateDir keeps the last known desired state, to start from when the
+	// database is unreachable at start; empty: none is kept.
+	StateDir string
 	// Netns runs the data plane in the network namespace at this path
 	// (tests); empty: the process's own.
 	Netns string
@@ -87,6 +91,7 @@ type Node struct {
 	link  *netctl.Link
 	plane *linkPlane
 	rec   *reconcile.Reconciler
+	state *statefile.File // nil: no local state kept
 }
 
 var _ reconcile.Store = (*supabase.Store)(nil)
@@ -102,7 +107,9 @@ func Run(ctx context.Context, cfg Config, rt Runtime) error {
 }
 
 // Open connects to the store, waits for the node's row and opens the link
-// with its address.
+// with its address. With Config.StateDir holding a saved state and the
+// database unreachable for LocalStateWait, it opens the link from the saved
+// node row and serves the saved state until the database answers.
 func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 	if rt.Log == nil {
 		rt.Log = slog.New(slog.DiscardHandler)
@@ -124,10 +131,16 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if n.store, err = supabase.OpenStore(ctx, cfg.DatabaseURL, supabase.StoreOptions{}); err != nil {
+	if cfg.StateDir != "" {
+		n.state = statefile.New(cfg.StateDir, stateFile)
+	}
+	// With a saved state to fall back on, a database down at start is
+	// not an error: the pool connects when it can.
+	lazy := n.state != nil && exists(n.state.Path())
+	if n.store, err = supabase.OpenStore(ctx, cfg.DatabaseURL, supabase.StoreOptions{Lazy: lazy}); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	row, err := waitNode(ctx, n.store, cfg.NodeID, n.log)
+	row, saved, err := n.nodeRow(ctx, lazy)
 	if err != nil {
 		return nil, err
 	}
@@ -140,13 +153,21 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
 	}
 	n.plane = newLinkPlane(n.link, base, rt.Observe.Applied)
-	n.rec, err = reconcile.New(reconcile.Config{
+	rc := reconcile.Config{
 		NodeID: cfg.NodeID, Store: n.store, DataPlane: n.plane, Log: n.log, Registerer: rt.Registerer,
 		ResyncInterval: cfg.ResyncInterval, UsageInterval: cfg.UsageInterval,
 		PublicKey: n.link.PublicKey().String(), Version: cfg.Version,
-	})
-	if err != nil {
+	}
+	if n.state != nil {
+		rc.SaveLocal = func(s *reconcile.LocalState) error {
+			return n.state.Write(cfg.NodeID, reconcile.LocalStateVersion, s)
+		}
+	}
+	if n.rec, err = reconcile.New(rc); err != nil {
 		return nil, err
+	}
+	if saved != nil {
+		n.restore(ctx, saved)
 	}
 	return n, nil
 }
