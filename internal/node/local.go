@@ -14,12 +14,12 @@ import (
 // stateFile is the local state's name in Config.StateDir.
 const stateFile = "state.json"
 
-// LocalStateWait is how long a node with a saved state waits for the
-// database at start before serving from that state.
-const LocalStateWait = 5 * time.Second
+// localStateWait is how long a node with a saved state waits for the
+// database at start before serving from that state (a variable for tests).
+var localStateWait = 5 * time.Second
 
 // nodeRow reads the node's row. With a saved state on disk (lazy), the
-// database gets LocalStateWait; unreachable past it, the saved state is
+// database gets localStateWait; unreachable past it, the saved state is
 // read and, when it is this node's and readable, its node row is used and
 // the state returned for Restore. Otherwise the node waits for the
 // database as long as it takes.
@@ -28,7 +28,7 @@ func (n *Node) nodeRow(ctx context.Context, lazy bool) (events.Node, *reconcile.
 		row, err := waitNode(ctx, n.store, n.cfg.NodeID, n.log)
 		return row, nil, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, LocalStateWait)
+	wctx, cancel := context.WithTimeout(ctx, localStateWait)
 	row, err := waitNode(wctx, n.store, n.cfg.NodeID, n.log)
 	cancel()
 	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
@@ -53,7 +53,7 @@ func (n *Node) readState() *reconcile.LocalState {
 		n.log.Warn("local state ignored; waiting for the database", "path", n.state.Path(), "err", err)
 		return nil
 	}
-	n.log.Info("database unreachable at start", "waited", LocalStateWait, "saved_at", saved, "peers", len(s.Peers))
+	n.log.Info("database unreachable at start", "waited", localStateWait, "saved_at", saved, "peers", len(s.Peers))
 	return &s
 }
 
