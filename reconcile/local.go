@@ -32,8 +32,10 @@ package reconcile
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 
@@ -66,6 +68,60 @@ type LocalState struct {
 	// Quota is, per peer, the bytes used since its quota reset as of its
 	// status row; absent: none.
 	Quota map[string]int64 `json:"quota"`
+}
+
+// WriteTo writes s as JSON, the form json.Unmarshal reads back, one row at
+// a time: encoding 10,000 peers whole would hold a second copy of the file
+// in memory.
+func (s *LocalState) WriteTo(w io.Writer) (int64, error) {
+	cw := &countingWriter{w: w}
+	e := json.NewEncoder(cw)
+	put := func(lit string) { io.WriteString(cw, lit) }
+	enc := func(v any) {
+		if err := e.Encode(v); err != nil && cw.err == nil {
+			cw.err = err
+		}
+	}
+	put(`{"node":`)
+	enc(s.Node)
+	put(`,"epoch":`)
+	enc(s.Epoch)
+	put(`,"peers":[`)
+	for i := range s.Peers {
+		if i > 0 {
+			put(",")
+		}
+		enc(&s.Peers[i])
+	}
+	put(`],"status":[`)
+	for i := range s.Status {
+		if i > 0 {
+			put(",")
+		}
+		enc(&s.Status[i])
+	}
+	put(`],"quota":`)
+	enc(s.Quota)
+	put("}")
+	return cw.n, cw.err
+}
+
+// countingWriter counts what it writes and keeps the first error, after
+// which it writes nothing.
+type countingWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.err = err
+	return n, err
 }
 
 // defaultSaveInterval: saves are debounced to at most one this often.

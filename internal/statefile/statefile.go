@@ -4,7 +4,8 @@
 // instant leaves either the old file or the new one, never a torn one.
 //
 // The package knows nothing of what it stores: the caller hands it a
-// value to encode as JSON and the version of that value's format.
+// value to encode as JSON (or, to stream a large one, an io.WriterTo that
+// writes its JSON) and the version of that value's format.
 package statefile
 
 import (
@@ -127,7 +128,11 @@ func encode(w io.Writer, nodeID string, version int, state any) error {
 	if _, err := io.WriteString(w, `,"state":`); err != nil {
 		return err
 	}
-	if err := json.NewEncoder(w).Encode(state); err != nil {
+	if wt, ok := state.(io.WriterTo); ok {
+		if _, err := wt.WriteTo(w); err != nil {
+			return err
+		}
+	} else if err := json.NewEncoder(w).Encode(state); err != nil {
 		return err
 	}
 	_, err = io.WriteString(w, "}\n")
