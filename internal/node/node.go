@@ -108,8 +108,8 @@ func Run(ctx context.Context, cfg Config, rt Runtime) error {
 
 // Open connects to the store, waits for the node's row and opens the link
 // with its address. With Config.StateDir holding a saved state and the
-// database unreachable for 5s, it opens the link from the saved
-// node row and serves the saved state until the database answers.
+// database unreachable for 5s, it opens the link from the saved node row
+// and serves the saved state until the database answers.
 func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 	if rt.Log == nil {
 		rt.Log = slog.New(slog.DiscardHandler)
