@@ -17,8 +17,8 @@ import (
 
 // Run applies events from Sink, resyncs every ResyncInterval, enforces
 // expiry, retries failed rows, flushes usage and sends heartbeats until ctx
-// ends. Then it stops taking events, flushes usage once more and marks the
-// node offline; the data plane is left as it is.
+// ends. Then it stops taking events, flushes usage once more, marks the
+// node offline and saves the local state; the data plane is left as it is.
 func (r *Reconciler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -26,6 +26,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		defer wg.Done()
 		r.eventLoop(ctx)
 	}()
+	wg.Go(func() { r.saveLoop(ctx) })
 	r.timerLoop(ctx)
 	wg.Wait()
 	r.queue.Close()
@@ -40,16 +41,23 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	if err := r.heartbeat(sctx, "offline"); err != nil {
 		errs = append(errs, fmt.Errorf("mark offline: %w", err))
 	}
+	if err := r.saveLocal(); err != nil {
+		r.log.Warn("save local state", "err", err)
+	}
 	return errors.Join(errs...)
 }
 
 // Ready reports nil once the first snapshot is applied and while the
-// control plane answered within grace.
+// control plane answered within grace; ErrServingLocalState while serving
+// a restored state.
 func (r *Reconciler) Ready(grace time.Duration) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.synced {
 		return errors.New("waiting for the first snapshot of the node's rows")
+	}
+	if r.local {
+		return ErrServingLocalState
 	}
 	if since := r.now().Sub(r.contact); since > grace {
 		return fmt.Errorf("control plane unreachable for %s", since.Round(time.Second))
@@ -63,8 +71,12 @@ func (r *Reconciler) eventLoop(ctx context.Context) {
 		if !ok {
 			return
 		}
-		if err := r.Handle(ctx, batch); err != nil && ctx.Err() == nil {
+		err := r.Handle(ctx, batch)
+		if err != nil && ctx.Err() == nil {
 			r.log.Warn("apply events", "events", len(batch), "err", err)
+		}
+		if err == nil {
+			r.requestSave()
 		}
 		r.queue.Done(batch)
 	}
@@ -127,6 +139,7 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 			r.warn(ctx, "retry failed rows", r.retryFailed(ctx))
 		case <-t.usage.C:
 			r.flushNow(ctx, t)
+			r.warn(ctx, "quota from local state", r.refreshLocal(ctx))
 		case <-r.kick:
 			// Leaving peers and status changes flush soon, at most 5 times a second.
 			if wait := 200*time.Millisecond - time.Since(t.lastKick); wait > 0 {
@@ -164,6 +177,7 @@ func (r *Reconciler) resyncNow(ctx context.Context, t *timers) {
 	err := r.Resync(ctx)
 	if err == nil {
 		t.resyncBackoff.Reset()
+		r.requestSave()
 		return
 	}
 	if ctx.Err() == nil {
@@ -175,9 +189,13 @@ func (r *Reconciler) resyncNow(ctx context.Context, t *timers) {
 
 func (r *Reconciler) flushNow(ctx context.Context, t *timers) {
 	t.lastKick = time.Now()
-	if err := r.Flush(ctx); err != nil && ctx.Err() == nil {
-		r.log.Warn("usage flush failed; counters keep the bytes", "err", err)
+	if err := r.Flush(ctx); err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("usage flush failed; counters keep the bytes", "err", err)
+		}
+		return
 	}
+	r.requestSave()
 }
 
 // warn logs a failed timer run unless the loop is stopping.

@@ -42,6 +42,11 @@ type Config struct {
 
 	PublicKey string // written in the heartbeat
 	Version   string
+
+	// SaveLocal, when set, keeps the state Restore takes (local.go); it is
+	// called at most once every SaveInterval (default 5s) and at shutdown.
+	SaveLocal    func(*LocalState) error
+	SaveInterval time.Duration
 }
 
 // rowRetry is the backoff of a row whose apply failed: soon after a blip,
@@ -59,10 +64,16 @@ type Reconciler struct {
 	rearm chan struct{} // capacity 1: the next expiry or row retry changed
 	self  Key           // the node's public key, which no peer row may use
 
+	// Local state (local.go): save asks for a save; serving is
+	// waylume_local_state_serving.
+	save    chan struct{}
+	serving prometheus.Gauge
+
 	flushMu sync.Mutex // one usage flush at a time; taken before mu
 
 	mu         sync.Mutex
 	loaded     bool // status rows (baselines) loaded
+	local      bool // serving a saved state: Restore until the first resync
 	synced     bool // one snapshot applied
 	adopted    bool // the data plane's peers were matched to rows
 	node       events.Node
@@ -138,6 +149,7 @@ func New(cfg Config) (*Reconciler, error) {
 	cfg.HeartbeatInterval = orDefault(cfg.HeartbeatInterval, 30*time.Second)
 	cfg.StoreTimeout = orDefault(cfg.StoreTimeout, 10*time.Second)
 	cfg.DataPlaneTimeout = orDefault(cfg.DataPlaneTimeout, 30*time.Second)
+	cfg.SaveInterval = orDefault(cfg.SaveInterval, defaultSaveInterval)
 	var self Key
 	if cfg.PublicKey != "" {
 		k, err := parseKey(cfg.PublicKey)
@@ -150,10 +162,15 @@ func New(cfg Config) (*Reconciler, error) {
 	if err != nil {
 		return nil, err
 	}
+	serving, err := newServingGauge(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	r := &Reconciler{
-		cfg: cfg, log: cfg.Log, now: cfg.Now, m: m, self: self,
+		cfg: cfg, log: cfg.Log, now: cfg.Now, m: m, serving: serving, self: self,
 		kick:  make(chan struct{}, 1),
 		rearm: make(chan struct{}, 1),
+		save:  make(chan struct{}, 1),
 		rows:  map[string]events.Peer{},
 		peers: map[string]*peerState{},
 		byKey: map[string][]string{}, byAddr: map[netip.Addr][]string{},

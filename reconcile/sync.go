@@ -34,6 +34,7 @@ func (r *Reconciler) loadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load quota usage: %w", err)
 	}
+	r.forgetSaved()
 	// Rows repeat the same few strings (node id, epoch, state, reason):
 	// one copy each instead of one per peer.
 	in := interner{r.cfg.NodeID: r.cfg.NodeID}
@@ -83,14 +84,23 @@ func (r *Reconciler) Resync(ctx context.Context) (err error) {
 }
 
 func (r *Reconciler) resyncLocked(ctx context.Context) error {
-	if err := r.loadLocked(ctx); err != nil {
-		return err
+	// Serving a saved state, Load waits for the snapshot: both answered,
+	// the saved state is replaced at once (local.go).
+	if !r.local {
+		if err := r.loadLocked(ctx); err != nil {
+			return err
+		}
 	}
 	sctx, cancel := r.storeCtx(ctx)
 	node, peers, err := r.cfg.Store.Snapshot(sctx, r.cfg.NodeID)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
+	}
+	if r.local {
+		if err := r.loadLocked(ctx); err != nil {
+			return err
+		}
 	}
 	r.contact = r.now()
 	r.node = node
@@ -113,6 +123,7 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 			r.dropRow(id)
 		}
 	}
+	r.endLocal()
 	if !r.adopted {
 		if err := r.adoptLocked(ctx); err != nil {
 			return err

@@ -20,6 +20,10 @@ type StoreOptions struct {
 	// MaxConns caps the pool; 0 means 4, so a fleet of nodes fits a
 	// small Supabase plan. A pool_max_conns parameter in the URL wins.
 	MaxConns int32
+	// Lazy skips the connection check: the pool connects on first use, so
+	// a database unreachable at start is not an error here (a node that
+	// can serve from its saved state opens the store anyway).
+	Lazy bool
 }
 
 // Store reads the node's desired state and writes what it observed, over
@@ -30,7 +34,7 @@ type Store struct {
 	pool *pgxpool.Pool
 }
 
-// OpenStore connects to url and checks the connection.
+// OpenStore connects to url and checks the connection, unless opts.Lazy.
 func OpenStore(ctx context.Context, url string, opts StoreOptions) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -49,6 +53,9 @@ func OpenStore(ctx context.Context, url string, opts StoreOptions) (*Store, erro
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, opError("open store", err)
+	}
+	if opts.Lazy {
+		return &Store{pool: pool}, nil
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()

@@ -324,6 +324,23 @@ func TestOpenStoreErrors(t *testing.T) {
 	}
 }
 
+// A lazy store opens with the database unreachable and fails only when used.
+func TestOpenStoreLazy(t *testing.T) {
+	ctx := context.Background()
+	// Port 1 on loopback: nothing listens, connecting is refused at once.
+	s, err := supabase.OpenStore(ctx, "postgres://node:pw@127.0.0.1:1/db?connect_timeout=2", supabase.StoreOptions{Lazy: true})
+	if err != nil {
+		t.Fatalf("lazy open with the database down: %v", err)
+	}
+	defer s.Close()
+	if _, err := s.Node(ctx, "00000000-0000-0000-0000-00000000000a"); err == nil {
+		t.Fatal("a read through an unreachable database succeeded")
+	}
+	if _, err := supabase.OpenStore(ctx, "postgres://node:pw@127.0.0.1:1/db?connect_timeout=2", supabase.StoreOptions{}); err == nil {
+		t.Fatal("an eager open with the database down succeeded")
+	}
+}
+
 // The store classifies what the reconciler must tell apart: a row that is
 // gone, a write the database refuses for good, and the rest (transient),
 // each provoked for real under the node's login role.

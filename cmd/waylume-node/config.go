@@ -35,6 +35,7 @@ type Config struct {
 	Interface       string
 	WGMode          string // "auto", "kernel" or "userspace"
 	PrivateKeyFile  string
+	StateDir        string // empty: the private key file's directory
 	EgressInterface string // empty: from the default route
 	ResyncInterval  time.Duration
 	UsageInterval   time.Duration
@@ -112,6 +113,9 @@ func settings() []setting {
 		{flag: "private-key-file", env: "WAYLUME_PRIVATE_KEY_FILE", def: defaultPrivateKeyFile, scope: forRun,
 			help: "node private key; created 0600 if absent; never leaves the host",
 			set:  func(c *Config, v string) error { c.PrivateKeyFile = v; return nil }},
+		{flag: "state-dir", env: "WAYLUME_STATE_DIR", def: "", scope: forRun,
+			help: "directory of the saved desired state, served when the database is unreachable at start (0600, holds preshared keys); empty = the private key file's directory",
+			set:  func(c *Config, v string) error { c.StateDir = v; return nil }},
 		{flag: "egress-interface", env: "WAYLUME_EGRESS_INTERFACE", def: "", scope: forRun | forCheck,
 			help: "NAT uplink interface (default: the default route's)",
 			set:  func(c *Config, v string) error { c.EgressInterface = v; return nil }},

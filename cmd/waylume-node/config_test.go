@@ -213,7 +213,7 @@ func TestHelpListsEveryEnvVar(t *testing.T) {
 	contract := map[string]string{
 		"WAYLUME_DATABASE_URL": `""`, "WAYLUME_NODE_ID": `""`, "WAYLUME_REALTIME_URL": `""`,
 		"WAYLUME_SUPABASE_KEY": `""`, "WAYLUME_ACCESS_TOKEN": `""`, "WAYLUME_ACCESS_TOKEN_FILE": `""`, "WAYLUME_INTERFACE": "wg0",
-		"WAYLUME_WG_MODE": "auto", "WAYLUME_PRIVATE_KEY_FILE": "/var/lib/waylume/private.key",
+		"WAYLUME_WG_MODE": "auto", "WAYLUME_PRIVATE_KEY_FILE": "/var/lib/waylume/private.key", "WAYLUME_STATE_DIR": `""`,
 		"WAYLUME_EGRESS_INTERFACE": `""`, "WAYLUME_RESYNC_INTERVAL": "60s", "WAYLUME_USAGE_INTERVAL": "60s",
 		"WAYLUME_METRICS_ADDR": "127.0.0.1:9586", "WAYLUME_LOG_LEVEL": "info", "WAYLUME_LOG_FORMAT": "json",
 		"WAYLUME_CLIENT_ISOLATION": "true", "WAYLUME_TEARDOWN_ON_EXIT": "false",
@@ -244,5 +244,15 @@ func TestHelpListsEveryEnvVar(t *testing.T) {
 	code, _, stderr := runCLI(t, nil, "run", "--help")
 	if code != exitOK || !strings.Contains(stderr, "WAYLUME_RESYNC_INTERVAL") || !strings.Contains(stderr, "default 60s") {
 		t.Errorf("run --help: code %d\n%s", code, stderr)
+	}
+}
+
+// The local state lives beside the private key unless placed elsewhere.
+func TestStateDirDefaultsToTheKeysDirectory(t *testing.T) {
+	if got := (Config{PrivateKeyFile: "/var/lib/waylume/private.key"}).node().StateDir; got != "/var/lib/waylume" {
+		t.Errorf("default state dir %q, want /var/lib/waylume", got)
+	}
+	if got := (Config{PrivateKeyFile: "/etc/wl/key", StateDir: "/srv/wl"}).node().StateDir; got != "/srv/wl" {
+		t.Errorf("state dir %q, want /srv/wl", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,12 +77,21 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
+// stateDir is where the local state lives: beside the private key unless
+// set, the one directory the node already keeps secrets in.
+func (c Config) stateDir() string {
+	if c.StateDir != "" {
+		return c.StateDir
+	}
+	return filepath.Dir(c.PrivateKeyFile)
+}
+
 // node is the run command's share of the settings.
 func (c Config) node() node.Config {
 	return node.Config{
 		DatabaseURL: c.DatabaseURL, NodeID: c.NodeID,
 		RealtimeURL: c.RealtimeURL, SupabaseKey: c.SupabaseKey, AccessToken: c.AccessToken,
-		Interface: c.Interface, WGMode: c.WGMode, PrivateKeyFile: c.PrivateKeyFile,
+		Interface: c.Interface, WGMode: c.WGMode, PrivateKeyFile: c.PrivateKeyFile, StateDir: c.stateDir(),
 		EgressInterface: c.EgressInterface, Isolation: c.Isolation, TeardownOnExit: c.TeardownOnExit,
 		AllowPrivate: c.AllowPrivate, AllowLocal: c.AllowLocal, RoutedSubnets: c.RoutedSubnets,
 		ResyncInterval: c.ResyncInterval, UsageInterval: c.UsageInterval, Version: version,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/retry"
+	"github.com/waylume/waylume-node/internal/statefile"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
@@ -44,6 +45,9 @@ type Config struct {
 	AllowPrivate  []netip.Prefix
 	AllowLocal    []netctl.Service
 	RoutedSubnets []netip.Prefix
+	// StateDir keeps the last known desired state, to start from when the
+	// database is unreachable at start; empty: none is kept.
+	StateDir string
 	// Netns runs the data plane in the network namespace at this path
 	// (tests); empty: the process's own.
 	Netns string
@@ -93,6 +97,7 @@ type Node struct {
 	link  *netctl.Link
 	plane *linkPlane
 	rec   *reconcile.Reconciler
+	state *statefile.File // nil: no local state kept
 }
 
 var _ reconcile.Store = (*supabase.Store)(nil)
@@ -108,7 +113,9 @@ func Run(ctx context.Context, cfg Config, rt Runtime) error {
 }
 
 // Open connects to the store, waits for the node's row and opens the link
-// with its address.
+// with its address. With Config.StateDir holding a saved state and the
+// database unreachable for 5s, it opens the link from the saved node row
+// and serves the saved state until the database answers.
 func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 	if rt.Log == nil {
 		rt.Log = slog.New(slog.DiscardHandler)
@@ -130,10 +137,16 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if n.store, err = supabase.OpenStore(ctx, cfg.DatabaseURL, supabase.StoreOptions{}); err != nil {
+	if cfg.StateDir != "" {
+		n.state = statefile.New(cfg.StateDir, stateFile)
+	}
+	// With a saved state to fall back on, a database down at start is
+	// not an error: the pool connects when it can.
+	lazy := n.state != nil && exists(n.state.Path())
+	if n.store, err = supabase.OpenStore(ctx, cfg.DatabaseURL, supabase.StoreOptions{Lazy: lazy}); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	row, err := waitNode(ctx, n.store, cfg.NodeID, n.log)
+	row, saved, err := n.nodeRow(ctx, lazy)
 	if err != nil {
 		return nil, err
 	}
@@ -147,13 +160,21 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
 	}
 	n.plane = newLinkPlane(n.link, base, rt.Observe.Applied)
-	n.rec, err = reconcile.New(reconcile.Config{
+	rc := reconcile.Config{
 		NodeID: cfg.NodeID, Store: n.store, DataPlane: n.plane, Log: n.log, Registerer: rt.Registerer,
 		ResyncInterval: cfg.ResyncInterval, UsageInterval: cfg.UsageInterval,
 		PublicKey: n.link.PublicKey().String(), Version: cfg.Version,
-	})
-	if err != nil {
+	}
+	if n.state != nil {
+		rc.SaveLocal = func(s *reconcile.LocalState) error {
+			return n.state.Write(cfg.NodeID, reconcile.LocalStateVersion, s)
+		}
+	}
+	if n.rec, err = reconcile.New(rc); err != nil {
 		return nil, err
+	}
+	if saved != nil {
+		n.restore(ctx, saved)
 	}
 	return n, nil
 }
