@@ -238,7 +238,7 @@ func (e *env) startNode(mode string, resync, usage time.Duration) *process {
 		"WAYLUME_WG_MODE="+mode,
 		"WAYLUME_PRIVATE_KEY_FILE="+e.keyFile,
 		"WAYLUME_EGRESS_INTERFACE="+e.uplink,
-		"WAYLUME_ALLOW_LOCAL=tcp/5201-5202", // the tests' iperf3 servers on the node
+		"WAYLUME_ALLOW_LOCAL=tcp/5201-5210", // the tests' iperf3 servers on the node
 		"WAYLUME_RESYNC_INTERVAL="+resync.String(),
 		"WAYLUME_USAGE_INTERVAL="+usage.String(),
 		"WAYLUME_METRICS_ADDR=",
