@@ -64,6 +64,7 @@ const (
 	forStatus
 	forNode
 	forHealth
+	forPeer
 )
 
 type setting struct {
@@ -85,7 +86,7 @@ const (
 )
 
 func settings() []setting {
-	all := forRun | forMigrate | forCheck | forStatus | forNode | forHealth
+	all := forRun | forMigrate | forCheck | forStatus | forNode | forHealth | forPeer
 	return []setting{
 		{flag: "database-url", env: "WAYLUME_DATABASE_URL", def: "", scope: all &^ forHealth,
 			help: "Postgres URL (Supabase direct connection or session pooler)",

@@ -83,6 +83,7 @@ func TestDatabaseURLWithoutTLSRefused(t *testing.T) {
 		{"run"}, {"migrate"}, {"check"}, {"status"},
 		{"node", "create", "--name", "n", "--endpoint", "n:1", "--address", "10.9.0.1/24"},
 		{"node", "login", "--node-id", goodNode},
+		{"peer", "config", goodNode},
 	} {
 		for _, url := range []string{"postgres://u:s3cret@192.0.2.1:5432/x", "postgres://u:s3cret@db.example/x?sslmode=prefer",
 			"host=192.0.2.1 user=u password=s3cret sslmode=disable"} {
