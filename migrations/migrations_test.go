@@ -127,7 +127,7 @@ func TestContractColumns(t *testing.T) {
 	}
 	want := map[string][]string{
 		"nodes": {"id", "name", "endpoint", "listen_port", "address", "address6", "dns", "mtu",
-			"public_key", "status", "last_seen_at", "version", "created_at", "updated_at"},
+			"public_key", "status", "last_seen_at", "version", "created_at", "updated_at", "draining", "max_peers"},
 		"peers": {"id", "node_id", "public_key", "preshared_key", "address", "address6", "allowed_ips",
 			"persistent_keepalive", "download_kbps", "upload_kbps", "quota_bytes", "quota_reset_at",
 			"expires_at", "enabled", "metadata", "created_at", "updated_at"},
@@ -140,7 +140,7 @@ func TestContractColumns(t *testing.T) {
 		"nodes.id": "uuid", "nodes.address": "inet", "nodes.address6": "inet", "nodes.dns": "inet[]",
 		"nodes.listen_port": "integer", "nodes.last_seen_at": "timestamp with time zone",
 		"peers.node_id": "uuid", "peers.address": "inet", "peers.allowed_ips": "cidr[]",
-		"peers.quota_bytes": "bigint", "peers.enabled": "boolean", "peers.metadata": "jsonb",
+		"nodes.draining": "boolean", "nodes.max_peers": "integer", "peers.quota_bytes": "bigint", "peers.enabled": "boolean", "peers.metadata": "jsonb",
 		"peer_usage.upload_bytes": "bigint", "peer_status.download_bytes": "bigint",
 	}
 	for table, cols := range want {
@@ -205,7 +205,8 @@ func TestContractColumns(t *testing.T) {
 		}
 	}
 	for _, fn := range []string{"waylume.current_node_id()", "waylume.create_node(text,text,inet,inet,integer,inet[],integer)",
-		"waylume.create_node_login(uuid,text)", "waylume.node_channel(uuid)"} {
+		"waylume.create_node_login(uuid,text)", "waylume.node_channel(uuid)", "waylume.client_config(uuid)",
+		"waylume.node_online(uuid)", "waylume.max_routed_prefixes()"} {
 		var ok bool
 		if err := conn.QueryRow(ctx, `SELECT to_regprocedure($1) IS NOT NULL`, fn).Scan(&ok); err != nil || !ok {
 			t.Errorf("function %s missing (%v)", fn, err)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/waylume/waylume-node/events"
 )
@@ -27,6 +28,8 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) (err erro
 	resync := !r.synced || fetches(batch) > maxFetchesPerBatch
 	resync, errs := r.takeEvents(ctx, batch, resync)
 	if resync {
+		r.lastEventResync = start
+		r.m.eventResyncs.Inc()
 		err = r.resyncLocked(ctx)
 	} else {
 		err = r.convergeLocked(ctx, false, false)
@@ -41,6 +44,29 @@ func (r *Reconciler) Handle(ctx context.Context, batch []events.Event) (err erro
 	}
 	r.log.Debug("events applied", "events", len(batch), "resync", resync, "took", r.now().Sub(start))
 	return errors.Join(append(errs, err)...)
+}
+
+// eventResyncWait is how long the event loop holds batch back before
+// handling it, so that the snapshots events ask for run at most once per
+// EventResyncInterval. Anyone may NOTIFY on a node's channel: a flood of
+// well-formed hints must not become back-to-back snapshots of every row.
+// While the batch waits the queue coalesces what arrives, so a flood costs
+// one snapshot per interval. The first snapshot never waits, nor does one
+// after a quiet interval (a bulk insert is applied at once).
+func (r *Reconciler) eventResyncWait(batch []events.Event) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.synced || r.lastEventResync.IsZero() {
+		return 0
+	}
+	asks := fetches(batch) > maxFetchesPerBatch
+	for _, e := range batch {
+		asks = asks || e.Kind == events.Resync
+	}
+	if !asks {
+		return 0
+	}
+	return r.cfg.EventResyncInterval - r.now().Sub(r.lastEventResync)
 }
 
 // fetches counts the events that carry no row: each needs a read.

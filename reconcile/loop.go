@@ -71,6 +71,13 @@ func (r *Reconciler) eventLoop(ctx context.Context) {
 		if !ok {
 			return
 		}
+		if wait := r.eventResyncWait(batch); wait > 0 {
+			r.m.eventResyncsDelayed.Inc()
+			if !retry.Sleep(ctx, wait) {
+				r.queue.Done(batch)
+				return
+			}
+		}
 		err := r.Handle(ctx, batch)
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn("apply events", "events", len(batch), "err", err)

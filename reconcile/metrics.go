@@ -12,17 +12,21 @@ import (
 // the node's interface (dashboards and alerts use them): renaming one is a
 // breaking change.
 type metrics struct {
-	peers         *prometheus.GaugeVec
-	sessions      prometheus.Gauge
-	duration      *prometheus.HistogramVec
-	errors        prometheus.Counter
-	received      *prometheus.CounterVec
-	applied       prometheus.Counter
-	coalesced     prometheus.Counter
-	latency       prometheus.Histogram
-	flushDuration prometheus.Histogram
-	flushErrors   prometheus.Counter
-	backlog       prometheus.Gauge
+	peers     *prometheus.GaugeVec
+	sessions  prometheus.Gauge
+	duration  *prometheus.HistogramVec
+	errors    prometheus.Counter
+	received  *prometheus.CounterVec
+	applied   prometheus.Counter
+	coalesced prometheus.Counter
+	// Snapshots events asked for, and how often one was held back to keep
+	// them Config.EventResyncInterval apart.
+	eventResyncs        prometheus.Counter
+	eventResyncsDelayed prometheus.Counter
+	latency             prometheus.Histogram
+	flushDuration       prometheus.Histogram
+	flushErrors         prometheus.Counter
+	backlog             prometheus.Gauge
 
 	// Per-peer series come from a copy taken after each flush, so a scrape
 	// never waits for the reconciler's lock. The copy is refilled in place:
@@ -50,6 +54,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		received:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "waylume_events_received_total", Help: "Events from the sources."}, []string{"source"}),
 		applied:   prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_events_applied_total", Help: "Events applied to the data plane."}),
 		coalesced: prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_events_coalesced_total", Help: "Events merged into a later one for the same row."}),
+		eventResyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_event_resyncs_total",
+			Help: "Snapshots of every row that events asked for (a source's resync, a batch too large to read row by row)."}),
+		eventResyncsDelayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_event_resyncs_delayed_total",
+			Help: "Event batches held back so that event-asked snapshots run at most once per interval (a flood on the node's channel)."}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "waylume_event_apply_latency_seconds", Help: "Row commit to data plane applied, for events carrying a commit time.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		flushDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "waylume_usage_flush_duration_seconds", Help: "Time of one usage flush.",
@@ -70,7 +78,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.peers, m.sessions, m.duration, m.errors, m.received, m.applied, m.coalesced,
-		m.latency, m.flushDuration, m.flushErrors, m.backlog, m} {
+		m.eventResyncs, m.eventResyncsDelayed, m.latency, m.flushDuration, m.flushErrors, m.backlog, m} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

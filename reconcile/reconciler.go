@@ -39,6 +39,10 @@ type Config struct {
 	HeartbeatInterval time.Duration // default 30s
 	StoreTimeout      time.Duration // per store call; default 10s
 	DataPlaneTimeout  time.Duration // per data plane call; default 30s
+	// EventResyncInterval is the least time between two snapshots that
+	// events ask for (a source's Resync, or more rows to read than one
+	// batch reads singly); default 5s, at most ResyncInterval.
+	EventResyncInterval time.Duration
 
 	PublicKey string // written in the heartbeat
 	Version   string
@@ -86,6 +90,8 @@ type Reconciler struct {
 	lastFlush  time.Time
 	epoch      string
 	contact    time.Time // last successful store call
+	// lastEventResync is when events last asked for a snapshot that ran.
+	lastEventResync time.Time
 
 	// For the partial path: what each row claims (raw key, addresses),
 	// the rows changed since the last converge, the last decisions, and
@@ -150,6 +156,7 @@ func New(cfg Config) (*Reconciler, error) {
 	cfg.StoreTimeout = orDefault(cfg.StoreTimeout, 10*time.Second)
 	cfg.DataPlaneTimeout = orDefault(cfg.DataPlaneTimeout, 30*time.Second)
 	cfg.SaveInterval = orDefault(cfg.SaveInterval, defaultSaveInterval)
+	cfg.EventResyncInterval = orDefault(cfg.EventResyncInterval, min(5*time.Second, cfg.ResyncInterval))
 	var self Key
 	if cfg.PublicKey != "" {
 		k, err := parseKey(cfg.PublicKey)

@@ -129,7 +129,7 @@ func TestMetricsRegistered(t *testing.T) {
 		"waylume_peer_download_bytes_total", "waylume_peer_handshake_age_seconds", "waylume_reconcile_duration_seconds",
 		"waylume_reconcile_errors_total", "waylume_events_received_total", "waylume_events_applied_total",
 		"waylume_events_coalesced_total", "waylume_usage_flush_duration_seconds", "waylume_usage_flush_errors_total",
-		"waylume_usage_backlog_bytes"} {
+		"waylume_usage_backlog_bytes", "waylume_event_resyncs_total", "waylume_event_resyncs_delayed_total"} {
 		if got[name] == nil {
 			t.Errorf("metric %s missing", name)
 		}

@@ -73,7 +73,7 @@ func decideInto(out map[string]decision, node events.Node, self Key, rows map[st
 
 	keys := make(map[Key]string, len(rows))
 	addrs := make(map[netip.Addr]string, len(rows))
-	var extras []claim // allowed_ips beyond the pool: rare, checked pairwise
+	routes := newRouteIndex(rows) // allowed_ips beyond the pool
 	for _, o := range order {
 		row := rows[o.id]
 		p := &row
@@ -83,7 +83,7 @@ func decideInto(out map[string]decision, node events.Node, self Key, rows map[st
 			d.key, d.keyOK = k, true
 		}
 		if err == nil {
-			err = conflicts(p, cfg, keys, addrs, extras)
+			err = conflicts(p, cfg, keys, addrs, routes)
 		}
 		if err != nil {
 			d.state, d.reason = events.StateRejected, "invalid: "+err.Error()
@@ -99,9 +99,7 @@ func decideInto(out map[string]decision, node events.Node, self Key, rows map[st
 		if p.Address6.IsValid() {
 			addrs[p.Address6.Addr()] = p.ID
 		}
-		for _, e := range p.AllowedIPs {
-			extras = append(extras, claim{e.Masked(), p.ID})
-		}
+		routes.accept(p)
 		d.cfg, d.owner = cfg, true
 		switch {
 		case !p.Enabled:
@@ -117,15 +115,10 @@ func decideInto(out map[string]decision, node events.Node, self Key, rows map[st
 	}
 }
 
-type claim struct {
-	p     netip.Prefix
-	owner string
-}
-
 // conflicts checks a valid row against what older rows already claim.
 // Extra allowed IPs never overlap the pools (validRow), so they cannot
 // contain a peer's address and are only compared with each other.
-func conflicts(p *events.Peer, cfg PeerConfig, keys map[Key]string, addrs map[netip.Addr]string, extras []claim) error {
+func conflicts(p *events.Peer, cfg PeerConfig, keys map[Key]string, addrs map[netip.Addr]string, routes *routeIndex) error {
 	if o, ok := keys[cfg.PublicKey]; ok {
 		return fmt.Errorf("public key already used by peer %s", o)
 	}
@@ -137,14 +130,7 @@ func conflicts(p *events.Peer, cfg PeerConfig, keys map[Key]string, addrs map[ne
 			return fmt.Errorf("address6 %s already used by peer %s", p.Address6.Addr(), o)
 		}
 	}
-	for _, a := range p.AllowedIPs {
-		for _, c := range extras {
-			if c.p.Overlaps(a) {
-				return fmt.Errorf("allowed_ips %s overlap %s of peer %s", a, c.p, c.owner)
-			}
-		}
-	}
-	return nil
+	return routes.check(p)
 }
 
 func parseKey(s string) (Key, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,22 +25,40 @@ type listenPayload struct {
 	NodeID string `json:"node_id"`
 }
 
+// ListenConfig configures Listen.
+type ListenConfig struct {
+	URL    string // a direct or session-pooler connection: a transaction pooler does not keep LISTEN
+	NodeID string
+	Log    *slog.Logger // nil: discard
+	// Dropped, when set, is called for every notification dropped as junk:
+	// anything but the triggers' payload about this node's rows.
+	Dropped func()
+}
+
 // listenIdle is how long the connection may stay silent before a ping
 // checks that it is still alive (a dead peer sends no FIN).
 const listenIdle = 30 * time.Second
 
-// Listen subscribes to node nodeID's NOTIFY channel on its own connection
-// and feeds sink until ctx ends, then returns ctx's error. After every
-// (re)connect, the first included, it emits events.Resync: notifications
-// sent while it was away are lost. Connection failures are logged and
-// retried with the jittered backoff of internal/retry, forever.
-//
-// It needs a direct or session-pooler connection: a transaction pooler
-// does not keep LISTEN.
-func Listen(ctx context.Context, url, nodeID string, sink events.Sink, log *slog.Logger) error {
+// junkLogEvery spaces the warnings about dropped notifications: a flood
+// must not become a flood of log lines.
+const junkLogEvery = time.Minute
+
+// Listen subscribes to node cfg.NodeID's NOTIFY channel on its own
+// connection and feeds sink until ctx ends, then returns ctx's error. After
+// every (re)connect, the first included, it emits events.Resync:
+// notifications sent while it was away are lost. Connection failures are
+// logged and retried with the jittered backoff of internal/retry, forever.
+func Listen(ctx context.Context, cfg ListenConfig, sink events.Sink) error {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Dropped == nil {
+		cfg.Dropped = func() {}
+	}
+	l := &listener{cfg: cfg, sink: sink}
 	bo := retry.Policy{Initial: 250 * time.Millisecond, Max: 30 * time.Second}.New()
 	for {
-		connected, err := listenSession(ctx, url, nodeID, sink, log)
+		connected, err := l.session(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -47,17 +66,25 @@ func Listen(ctx context.Context, url, nodeID string, sink events.Sink, log *slog
 			bo.Reset()
 		}
 		wait := bo.Next()
-		log.Warn("listen: connection lost; reconnecting", "err", err, "retry_in", wait)
+		cfg.Log.Warn("listen: connection lost; reconnecting", "err", err, "retry_in", wait)
 		if !retry.Sleep(ctx, wait) {
 			return ctx.Err()
 		}
 	}
 }
 
-// listenSession runs one connection: LISTEN, Resync, then notifications
-// until the connection fails. connected reports whether LISTEN succeeded.
-func listenSession(ctx context.Context, url, nodeID string, sink events.Sink, log *slog.Logger) (connected bool, err error) {
-	conn, err := pgx.Connect(ctx, url)
+type listener struct {
+	cfg  ListenConfig
+	sink events.Sink
+	// Junk since the last warning about it, and when that was.
+	junk     int
+	junkWarn time.Time
+}
+
+// session runs one connection: LISTEN, Resync, then notifications until
+// the connection fails. connected reports whether LISTEN succeeded.
+func (l *listener) session(ctx context.Context) (connected bool, err error) {
+	conn, err := pgx.Connect(ctx, l.cfg.URL)
 	if err != nil {
 		return false, opError("listen: connect", err)
 	}
@@ -66,12 +93,12 @@ func listenSession(ctx context.Context, url, nodeID string, sink events.Sink, lo
 		defer cancel()
 		conn.Close(cctx)
 	}()
-	channel := ListenChannel(nodeID)
+	channel := ListenChannel(l.cfg.NodeID)
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
 		return false, opError("listen: LISTEN "+channel, err)
 	}
-	log.Info("listening for changes", "channel", channel)
-	sink.Add(events.Event{Kind: events.Resync, Source: "listen"})
+	l.cfg.Log.Info("listening for changes", "channel", channel)
+	l.sink.Add(events.Event{Kind: events.Resync, Source: "listen"})
 	for {
 		wctx, cancel := context.WithTimeout(ctx, listenIdle)
 		n, err := conn.WaitForNotification(wctx)
@@ -91,34 +118,79 @@ func listenSession(ctx context.Context, url, nodeID string, sink events.Sink, lo
 		if err != nil {
 			return true, opError("listen: wait", err)
 		}
-		ev, ok := listenEvent(n.Payload)
-		if !ok {
-			log.Warn("listen: unreadable notification; resyncing", "channel", n.Channel, "payload_bytes", len(n.Payload))
-			ev = events.Event{Kind: events.Resync, Source: "listen"}
+		if ev, ok := listenEvent(l.cfg.NodeID, n.Payload); ok {
+			l.sink.Add(ev)
+		} else {
+			l.dropped(n.Channel, len(n.Payload))
 		}
-		sink.Add(ev)
 	}
 }
 
-// listenEvent turns a payload into an event. The payload is only a hint:
-// NOTIFY needs no privilege, so any database login can send one on this
-// node's channel. Every peer notification (insert, update, delete, move)
-// therefore becomes "reread this row": the consumer fetches it through the
-// store, which returns only this node's rows, and drops the peer only when
-// the database says the row is gone or another node's.
-func listenEvent(payload string) (events.Event, bool) {
+// dropped counts a junk notification and warns about junk at most once
+// per junkLogEvery.
+func (l *listener) dropped(channel string, size int) {
+	l.cfg.Dropped()
+	l.junk++
+	if now := time.Now(); now.Sub(l.junkWarn) >= junkLogEvery {
+		l.cfg.Log.Warn("listen: dropped notifications that are not the triggers' (anyone may NOTIFY on the channel)",
+			"channel", channel, "dropped", l.junk, "last_payload_bytes", size)
+		l.junk, l.junkWarn = 0, now
+	}
+}
+
+// listenEvent turns a payload into an event, or reports junk. The payload
+// is only a hint: NOTIFY needs no privilege, so any database login can
+// send one on this node's channel. Every peer notification (insert,
+// update, delete, move) therefore becomes "reread this row": the consumer
+// fetches it through the store, which returns only this node's rows, and
+// drops the peer only when the database says the row is gone or another
+// node's. What the triggers never send (other tables or operations, ids
+// that are not UUIDs, another node's row, extra fields) is dropped here,
+// so it costs no read.
+func listenEvent(nodeID, payload string) (events.Event, bool) {
 	var p listenPayload
-	if err := json.Unmarshal([]byte(payload), &p); err != nil || p.ID == "" {
+	dec := json.NewDecoder(strings.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil || dec.More() {
+		return events.Event{}, false
+	}
+	switch p.Op {
+	case "INSERT", "UPDATE", "DELETE":
+	default:
+		return events.Event{}, false
+	}
+	if !isUUID(p.ID) || !isUUID(p.NodeID) {
 		return events.Event{}, false
 	}
 	ev := events.Event{ID: p.ID, Source: "listen"}
-	switch p.Table {
-	case "peers":
+	switch {
+	case p.Table == "peers":
 		ev.Kind = events.PeerChanged
-	case "nodes":
+	case p.Table == "nodes" && p.ID == nodeID && p.NodeID == nodeID:
 		ev.Kind = events.NodeChanged
 	default:
 		return events.Event{}, false
 	}
 	return ev, true
+}
+
+// isUUID accepts the canonical lower-case form uuid::text produces.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := range len(s) {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,7 +53,7 @@ func TestListen(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		// Node A's login role: LISTEN needs no table rights.
-		runErr = supabase.Listen(ctx, f.urlA, f.a, sink, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		runErr = supabase.Listen(ctx, supabase.ListenConfig{URL: f.urlA, NodeID: f.a, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, sink)
 	}()
 	defer func() {
 		cancel()
@@ -140,7 +142,7 @@ func TestListenBulk(t *testing.T) {
 	sink := &eventLog{ch: make(chan events.Event, 20000)}
 	ctx, cancel := context.WithCancel(f.ctx)
 	defer cancel()
-	go supabase.Listen(ctx, f.urlA, f.a, sink, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	go supabase.Listen(ctx, supabase.ListenConfig{URL: f.urlA, NodeID: f.a, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, sink)
 	sink.expect(t, events.Resync, "")
 	ids := dbfix.AddPeers(t, f.db, f.a, 5000)
 	want := map[string]bool{}
@@ -153,5 +155,50 @@ func TestListenBulk(t *testing.T) {
 			t.Fatalf("unexpected %v %s", e.Kind, e.ID)
 		}
 		delete(want, e.ID)
+	}
+}
+
+// Anyone may NOTIFY on a node's channel: what the triggers never send is
+// dropped and counted, and costs the node neither a read nor a resync.
+func TestListenDropsJunk(t *testing.T) {
+	f := newStoreFixture(t)
+	sink := &eventLog{ch: make(chan events.Event, 1000)}
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	var dropped atomic.Int64
+	go supabase.Listen(ctx, supabase.ListenConfig{URL: f.urlA, NodeID: f.a, Dropped: func() { dropped.Add(1) }}, sink)
+	sink.expect(t, events.Resync, "")
+
+	peer := "6f1c0b5e-7d8a-4b3c-9e2f-1a2b3c4d5e6f"
+	junk := []string{
+		``, `not json`, `[]`, `{}`, `null`,
+		`{"table":"peers","op":"UPDATE","id":"x","node_id":"` + f.a + `"}`,
+		`{"table":"peers","op":"UPDATE","id":"` + strings.ToUpper(peer) + `","node_id":"` + f.a + `"}`,
+		`{"table":"peers","op":"UPDATE","id":"` + peer + `","node_id":"nope"}`,
+		`{"table":"peers","op":"TRUNCATE","id":"` + peer + `","node_id":"` + f.a + `"}`,
+		`{"table":"peer_status","op":"UPDATE","id":"` + peer + `","node_id":"` + f.a + `"}`,
+		`{"table":"nodes","op":"UPDATE","id":"` + f.b + `","node_id":"` + f.b + `"}`,
+		`{"table":"peers","op":"UPDATE","id":"` + peer + `","node_id":"` + f.a + `","extra":1}`,
+		`{"table":"peers","op":"UPDATE","id":"` + peer + `","node_id":"` + f.a + `"} {}`,
+	}
+	forger, err := pgx.Connect(ctx, dbfix.NodeLogin(t, f.db, f.b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forger.Close(ctx)
+	for _, p := range junk {
+		if _, err := forger.Exec(ctx, `SELECT pg_notify(waylume.node_channel($1), $2)`, f.a, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A well-formed one, forged or not, is a reread hint and comes through
+	// after all the junk: the junk produced nothing in between.
+	if _, err := forger.Exec(ctx, `SELECT pg_notify(waylume.node_channel($1), $2)`, f.a,
+		`{"table":"peers","op":"DELETE","id":"`+peer+`","node_id":"`+f.a+`"}`); err != nil {
+		t.Fatal(err)
+	}
+	sink.expect(t, events.PeerChanged, peer)
+	if got := dropped.Load(); got != int64(len(junk)) {
+		t.Errorf("dropped %d, want %d", got, len(junk))
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/migrations"
@@ -26,8 +27,9 @@ import (
 type checkResult struct {
 	Name   string
 	OK     bool
+	Warn   bool // OK, but weaker than it should be: printed as warn with the fix
 	Detail string
-	Fix    string // only when !OK
+	Fix    string // when !OK or Warn
 }
 
 func pass(name, detail string) checkResult { return checkResult{Name: name, OK: true, Detail: detail} }
@@ -63,6 +65,10 @@ func (c *cli) checkCmd(args []string) int {
 }
 
 func printCheck(w io.Writer, r checkResult) {
+	if r.OK && r.Warn {
+		fmt.Fprintf(w, "warn  %-12s %s; fix: %s\n", r.Name, r.Detail, r.Fix)
+		return
+	}
 	if r.OK {
 		fmt.Fprintf(w, "ok    %-12s %s\n", r.Name, r.Detail)
 		return
@@ -183,24 +189,52 @@ func checkDatabase(ctx context.Context, cfg Config) []checkResult {
 	if cfg.DatabaseURL == "" {
 		return []checkResult{fail("database", "WAYLUME_DATABASE_URL not set", "set WAYLUME_DATABASE_URL (Supabase: direct connection or session pooler)")}
 	}
+	tlsLine := checkDatabaseTLS(cfg.DatabaseURL)
 	conn, err := supabase.Connect(ctx, cfg.DatabaseURL)
 	if err != nil {
-		return []checkResult{fail("database", oneLine(err.Error()),
+		return []checkResult{tlsLine, fail("database", oneLine(err.Error()),
 			"check the URL, password and network; Supabase direct connections may be IPv6-only: use the session pooler (port 5432 on pooler.supabase.com)")}
 	}
 	defer conn.Close(context.Background())
 	serverVersion, err := supabase.ServerVersion(ctx, conn)
 	if err != nil {
-		return []checkResult{fail("database", oneLine(err.Error()), "check the role's permissions")}
+		return []checkResult{tlsLine, fail("database", oneLine(err.Error()), "check the role's permissions")}
 	}
 	schema := migrations.Verify(ctx, conn)
-	out := []checkResult{pass("database", "reachable (PostgreSQL "+serverVersion+")"), checkMigrated(schema), checkNodeRow(ctx, conn, cfg.NodeID)}
+	out := []checkResult{tlsLine, pass("database", "reachable (PostgreSQL "+serverVersion+")"),
+		checkMigrated(schema), checkNodeRow(ctx, conn, cfg.NodeID)}
 	if cfg.RealtimeURL == "" {
 		out = append(out, checkListen(ctx, conn, cfg.DatabaseURL))
 	} else {
 		out = append(out, checkRealtime(ctx, cfg))
 	}
 	return append(out, checkPublication(schema))
+}
+
+// checkDatabaseTLS judges the sslmode Validate let through: anything short
+// of verify-full lets an on-path attacker with any certificate in.
+func checkDatabaseTLS(dbURL string) checkResult {
+	const fix = "download the project's CA certificate and use sslmode=verify-full&sslrootcert=/path/to/ca.crt"
+	pc, err := pgconn.ParseConfig(dbURL)
+	if err != nil {
+		return fail("database_tls", "connection string does not parse", "see the database line")
+	}
+	r := pass("database_tls", "")
+	switch databaseTLS(pc) {
+	case tlsLocal:
+		r.Detail = "local connection (loopback or unix socket): no TLS needed"
+	case tlsVerifyFull:
+		r.Detail = "sslmode=verify-full: certificate and host name verified"
+	case tlsOff:
+		return fail("database_tls", "a remote host may be reached in plain text", fix)
+	case tlsVerifyCA:
+		r.Warn, r.Fix = true, fix
+		r.Detail = "sslmode=verify-ca: the certificate chain is verified, the host name is not"
+	default:
+		r.Warn, r.Fix = true, fix
+		r.Detail = "sslmode=require: encrypted, but the server is not verified (an on-path attacker can impersonate it)"
+	}
+	return r
 }
 
 // checkMigrated compares the recorded versions with the embedded ones.

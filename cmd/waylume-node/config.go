@@ -6,6 +6,7 @@ package main
 // a setting cannot exist in one place and be missing from another.
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -63,6 +64,7 @@ const (
 	forStatus
 	forNode
 	forHealth
+	forPeer
 )
 
 type setting struct {
@@ -84,7 +86,7 @@ const (
 )
 
 func settings() []setting {
-	all := forRun | forMigrate | forCheck | forStatus | forNode | forHealth
+	all := forRun | forMigrate | forCheck | forStatus | forNode | forHealth | forPeer
 	return []setting{
 		{flag: "database-url", env: "WAYLUME_DATABASE_URL", def: "", scope: all &^ forHealth,
 			help: "Postgres URL (Supabase direct connection or session pooler)",
@@ -393,10 +395,76 @@ func checkDatabaseURL(v string) error {
 	} else if !strings.Contains(v, "=") {
 		return errors.New("bad URL: want postgres://user:pass@host:5432/db or key=value pairs")
 	}
-	if _, err := pgconn.ParseConfig(v); err != nil {
+	pc, err := pgconn.ParseConfig(v)
+	if err != nil {
 		return errors.New("bad URL: not a valid Postgres connection string")
 	}
+	if databaseTLS(pc) == tlsOff {
+		return errSSLMode
+	}
 	return nil
+}
+
+// errSSLMode: pgx's default sslmode (prefer) verifies nothing and falls back
+// to plain text, so anyone on the path reads the node's rows and password.
+var errSSLMode = errors.New("a database host that is not loopback or a unix socket needs sslmode=require, verify-ca or verify-full: " +
+	"add ?sslmode=verify-full&sslrootcert=/path/to/ca.crt (Supabase: the project's CA certificate from the dashboard) or at least sslmode=require")
+
+// tlsLevel is what a connection string promises about TLS for the hosts
+// that are not local, read from the connection settings pgconn derived
+// (URL, key=value and PG* environment variables alike).
+type tlsLevel int
+
+const (
+	tlsLocal      tlsLevel = iota // every host is loopback or a unix socket
+	tlsOff                        // some remote host may be reached in plain text (disable, allow, prefer)
+	tlsNoVerify                   // encrypted, server not verified (require)
+	tlsVerifyCA                   // certificate chain verified, host name not (verify-ca)
+	tlsVerifyFull                 // chain and host name verified (verify-full)
+)
+
+// databaseTLS returns the weakest TLS of any remote host among pc's
+// attempts: pgconn lists a plain-text fallback as a separate attempt.
+func databaseTLS(pc *pgconn.Config) tlsLevel {
+	type attempt struct {
+		host string
+		tls  *tls.Config
+	}
+	all := []attempt{{pc.Host, pc.TLSConfig}}
+	for _, f := range pc.Fallbacks {
+		all = append(all, attempt{f.Host, f.TLSConfig})
+	}
+	level := tlsLocal
+	for _, a := range all {
+		if localHost(a.host) {
+			continue
+		}
+		var l tlsLevel
+		switch {
+		case a.tls == nil:
+			l = tlsOff
+		case !a.tls.InsecureSkipVerify:
+			l = tlsVerifyFull
+		case a.tls.VerifyPeerCertificate != nil:
+			l = tlsVerifyCA
+		default:
+			l = tlsNoVerify
+		}
+		if level == tlsLocal || l < level {
+			level = l
+		}
+	}
+	return level
+}
+
+// localHost: a unix socket directory or a loopback address, where there is
+// no path to be on.
+func localHost(h string) bool {
+	if strings.HasPrefix(h, "/") || strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(h, "[]"))
+	return ip != nil && ip.IsLoopback()
 }
 
 func checkRealtimeURL(v string) error {

@@ -30,7 +30,7 @@ const goodNode = "0b5e6f1c-7d8a-4b3c-9e2f-1a2b3c4d5e6f"
 
 func TestBadSettingsExitWithOneLine(t *testing.T) {
 	base := map[string]string{
-		"WAYLUME_DATABASE_URL": "postgres://node@db.example:5432/postgres",
+		"WAYLUME_DATABASE_URL": "postgres://node@db.example:5432/postgres?sslmode=require",
 		"WAYLUME_NODE_ID":      goodNode,
 	}
 	with := func(kv ...string) map[string]string {

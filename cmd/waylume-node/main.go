@@ -46,6 +46,7 @@ func commands() []command {
 		{"run", "run the node: reconcile rows into the kernel until SIGTERM/SIGINT", (*cli).runCmd},
 		{"migrate", "apply the embedded SQL migrations to the database", (*cli).migrateCmd},
 		{"node", "create a node row and its login role (operator, service credentials)", (*cli).nodeCmd},
+		{"peer", "print a peer's client configuration (peer config <id> [--qr])", (*cli).peerCmd},
 		{"check", "preflight: one line per requirement, ok or fail with the fix", (*cli).checkCmd},
 		{"status", "the local interface: peers, limits, handshakes, counters (--json)", (*cli).statusCmd},
 		{"plan", "what run would change in the kernel now, changing nothing (--json)", (*cli).planCmd},

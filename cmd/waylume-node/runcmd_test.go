@@ -54,7 +54,7 @@ func binary(t *testing.T) string {
 // os.Exit path.
 func TestProcessExitCodeOnBadConfig(t *testing.T) {
 	cmd := exec.Command(binary(t), "run")
-	cmd.Env = []string{"WAYLUME_DATABASE_URL=postgres://n@db.example/x", "WAYLUME_NODE_ID=" + goodNode, "WAYLUME_WG_MODE=turbo"}
+	cmd.Env = []string{"WAYLUME_DATABASE_URL=postgres://n@db.example/x?sslmode=require", "WAYLUME_NODE_ID=" + goodNode, "WAYLUME_WG_MODE=turbo"}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != exitConfig {

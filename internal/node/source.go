@@ -15,9 +15,13 @@ import (
 func (n *Node) source(sink events.Sink) (func(context.Context) error, error) {
 	cfg := n.cfg
 	if cfg.RealtimeURL == "" {
-		return func(ctx context.Context) error {
-			return supabase.Listen(ctx, cfg.DatabaseURL, cfg.NodeID, sink, n.log)
-		}, nil
+		dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_listen_dropped_total",
+			Help: "Notifications on the node's channel dropped as junk (not the waylume triggers' payload)."})
+		if err := n.rt.Registerer.Register(dropped); err != nil {
+			return nil, err
+		}
+		lc := supabase.ListenConfig{URL: cfg.DatabaseURL, NodeID: cfg.NodeID, Log: n.log, Dropped: dropped.Inc}
+		return func(ctx context.Context) error { return supabase.Listen(ctx, lc, sink) }, nil
 	}
 	connected := prometheus.NewGauge(prometheus.GaugeOpts{Name: "waylume_realtime_connected", Help: "1 while the Realtime subscription is live."})
 	reconnects := prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_realtime_reconnects_total", Help: "Realtime sessions started after the first."})

@@ -1,0 +1,194 @@
+package main
+
+// peer config: the client's wg-quick file from waylume.client_config, as
+// text or as a QR code for the WireGuard mobile apps. The client's private
+// key never goes to the database; --private-key-file fills it in here.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	qr "github.com/piglig/go-qr"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/waylume/waylume-node/migrations"
+	"github.com/waylume/waylume-node/supabase"
+)
+
+const peerUsage = `Usage:
+  waylume-node peer config ID [--private-key-file FILE] [--qr]
+      print peer ID's client configuration (wg-quick format, waylume.client_config);
+      the PrivateKey line is a placeholder unless FILE holds the client's private key
+      (checked against the peer's public key; it is not sent anywhere);
+      --qr prints it as a QR code for the WireGuard mobile apps instead
+Needs the owner's or service credentials in WAYLUME_DATABASE_URL.
+`
+
+func (c *cli) peerCmd(args []string) int {
+	if len(args) > 0 && args[0] == "config" {
+		return c.peerConfig(args[1:])
+	}
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(c.stdout, peerUsage)
+		return exitOK
+	}
+	fmt.Fprint(c.stderr, peerUsage)
+	return exitConfig
+}
+
+func (c *cli) peerConfig(args []string) int {
+	fs := c.flagSet("peer config", " ID", "Print a peer's client configuration (wg-quick format).", forPeer)
+	cf := bindConfig(fs, forPeer)
+	keyFile := fs.String("private-key-file", "", "fill in the client's private key from this file")
+	asQR := fs.Bool("qr", false, "print a QR code (for the WireGuard mobile apps) instead of the text")
+	id, err := parseWithID(fs, args)
+	if err != nil {
+		if errors.Is(err, flagErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(c.stderr, "waylume-node peer config: %v\n", err)
+		return exitConfig
+	}
+	cfg, err := cf.load(c.getenv)
+	if err != nil {
+		c.configFail(err)
+		return exitConfig
+	}
+	if !c.validate(&cfg, "database-url") {
+		return exitConfig
+	}
+	var key *wgtypes.Key
+	if *keyFile != "" {
+		k, err := readClientKey(*keyFile)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "waylume-node: invalid --private-key-file: %v\n", err)
+			return exitConfig
+		}
+		key = &k
+	}
+	conf, err := c.fetchClientConfig(cfg.DatabaseURL, id, key)
+	if err != nil {
+		fmt.Fprintf(c.stderr, "waylume-node peer config: %s\n", oneLine(err.Error()))
+		return exitFail
+	}
+	if !*asQR {
+		fmt.Fprint(c.stdout, conf)
+		return exitOK
+	}
+	if key == nil {
+		fmt.Fprintln(c.stderr, "note: the QR code holds the PrivateKey placeholder; the WireGuard apps import it only with --private-key-file")
+	}
+	if err := writeQR(c.stdout, conf); err != nil {
+		fmt.Fprintf(c.stderr, "waylume-node peer config: %v\n", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+// parseWithID parses flags before and after the one positional argument,
+// a peer id.
+func parseWithID(fs interface {
+	Parse([]string) error
+	Args() []string
+}, args []string) (string, error) {
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return "", errors.New("missing the peer id (waylume.peers.id)")
+	}
+	id := strings.ToLower(rest[0])
+	if err := fs.Parse(rest[1:]); err != nil {
+		return "", err
+	}
+	if extra := fs.Args(); len(extra) > 0 {
+		return "", fmt.Errorf("unexpected argument %q", extra[0])
+	}
+	if !uuidRE.MatchString(id) {
+		return "", errors.New("the peer id is not a UUID (waylume.peers.id)")
+	}
+	return id, nil
+}
+
+// fetchClientConfig reads the configuration and fills in key when given,
+// after checking it is the key of the peer's row.
+func (c *cli) fetchClientConfig(dbURL, id string, key *wgtypes.Key) (string, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer cancel()
+	conn, err := supabase.Connect(ctx, dbURL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	conf, pub, err := migrations.ClientConfig(ctx, conn, id)
+	if err != nil {
+		return "", err
+	}
+	if key == nil {
+		return conf, nil
+	}
+	if got := key.PublicKey().String(); got != pub {
+		return "", fmt.Errorf("the private key's public key %s is not the peer's %s", got, pub)
+	}
+	placeholder := "PrivateKey = " + migrations.PrivateKeyPlaceholder + "\n"
+	if !strings.Contains(conf, placeholder) {
+		return "", errors.New("the configuration has no PrivateKey placeholder to fill")
+	}
+	return strings.Replace(conf, placeholder, "PrivateKey = "+key.String()+"\n", 1), nil
+}
+
+func readClientKey(path string) (wgtypes.Key, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return wgtypes.Key{}, err
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		return wgtypes.Key{}, errors.New("not a WireGuard private key (base64 of 32 bytes, as wg genkey writes)")
+	}
+	return k, nil
+}
+
+// qrQuiet is the light margin around the code, in modules, that scanners
+// need to find it (the standard asks for 4).
+const qrQuiet = 4
+
+// writeQR draws text as a QR code with half blocks, two module rows per
+// line, in black on white whatever the terminal's colours: an inverted
+// code is not read by every scanner.
+func writeQR(w io.Writer, text string) error {
+	code, err := qr.EncodeText(text, qr.Medium)
+	if err != nil {
+		return fmt.Errorf("qr code: %w", err)
+	}
+	size := code.Size()
+	dark := func(x, y int) bool {
+		x, y = x-qrQuiet, y-qrQuiet
+		return x >= 0 && y >= 0 && x < size && y < size && code.Module(x, y)
+	}
+	var b strings.Builder
+	for y := 0; y < size+2*qrQuiet; y += 2 {
+		b.WriteString("\x1b[30;107m")
+		for x := range size + 2*qrQuiet {
+			switch top, bottom := dark(x, y), dark(x, y+1); {
+			case top && bottom:
+				b.WriteString("█")
+			case top:
+				b.WriteString("▀")
+			case bottom:
+				b.WriteString("▄")
+			default:
+				b.WriteString(" ")
+			}
+		}
+		b.WriteString("\x1b[0m\n")
+	}
+	_, err = io.WriteString(w, b.String())
+	return err
+}
