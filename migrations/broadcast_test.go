@@ -290,5 +290,3 @@ func TestNodeStatus(t *testing.T) {
 		t.Errorf("node_status older than the nodes columns? %s %s", status, version)
 	}
 }
-
-

@@ -134,7 +134,7 @@ func TestContractColumns(t *testing.T) {
 		"peer_status": {"peer_id", "node_id", "state", "reason", "last_handshake_at", "endpoint",
 			"upload_bytes", "download_bytes", "rx_baseline", "tx_baseline", "counter_epoch",
 			"applied_at", "updated_at"},
-		"peer_usage": {"node_id", "peer_id", "period_start", "period_end", "upload_bytes", "download_bytes"},
+		"peer_usage":  {"node_id", "peer_id", "period_start", "period_end", "upload_bytes", "download_bytes"},
 		"node_status": {"node_id", "status", "last_seen_at", "version", "peer_count", "active_sessions", "updated_at"},
 		"node_canary": {"node_id", "nonce", "sent_at"},
 		"node_overview": {"id", "name", "endpoint", "listen_port", "address", "address6", "dns", "mtu",
