@@ -276,6 +276,15 @@ func (s *Store) Heartbeat(ctx context.Context, nodeID string, hb events.Heartbea
 	return nil
 }
 
+// WriteCanary writes the node's canary row (waylume.node_canary) with
+// nonce; the database sends it back on the node's Realtime channel, which
+// proves the channel delivers. One row per node, overwritten each time.
+func (s *Store) WriteCanary(ctx context.Context, nodeID, nonce string) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO waylume.node_canary (node_id, nonce, sent_at) VALUES ($1, $2, now())
+		ON CONFLICT (node_id) DO UPDATE SET nonce = EXCLUDED.nonce, sent_at = EXCLUDED.sent_at`, nodeID, nonce)
+	return opError("canary", err)
+}
+
 // isForeignKeyViolation reports SQLSTATE 23503 (a referenced row vanished meanwhile).
 func isForeignKeyViolation(err error) bool {
 	var pg *pgconn.PgError
