@@ -128,21 +128,21 @@ func (s *Server) dispatchMessage(c *walChange) {
 			if ch.topic != topic || ch.private != m.private {
 				continue
 			}
+			if so.isDeaf(ch) {
+				s.dropped.Add(1)
+				continue
+			}
 			so.sendBroadcast(ch, m)
 			s.broadcasts.Add(1)
 		}
 	}
 }
 
-// admit applies the silent modes to one message: deaf channels get
-// nothing, and messages over the rate are dropped without a word.
+// admit applies the rate limit to one message: over it, messages are
+// dropped without a word.
 func (s *Server) admit() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.mu.deaf {
-		s.dropped.Add(1)
-		return false
-	}
 	if s.mu.rate <= 0 {
 		return true
 	}
@@ -183,13 +183,24 @@ func UserBroadcastFrame(topic, event string, meta, payload []byte) []byte {
 
 // ---- silent modes ----
 
-// SetDeaf makes every channel deaf while on: joined, heartbeats answered,
-// and not a change or broadcast delivered, as after the real server's
-// change capture stops.
+// SetDeaf makes every channel joined so far deaf (on) or hearing again
+// (off): still joined, heartbeats answered, and not a change or broadcast
+// delivered, as after the real server's change capture stops. A channel
+// joined later hears, as a rejoin does on the real server.
 func (s *Server) SetDeaf(on bool) {
-	s.mu.Lock()
-	s.mu.deaf = on
-	s.mu.Unlock()
+	for _, so := range s.socketList() {
+		so.mu.Lock()
+		for _, ch := range so.mu.channels {
+			ch.deaf = on
+		}
+		so.mu.Unlock()
+	}
+}
+
+func (so *socket) isDeaf(ch *channel) bool {
+	so.mu.Lock()
+	defer so.mu.Unlock()
+	return ch.deaf
 }
 
 // SetRateLimit delivers at most n messages a second (changes and

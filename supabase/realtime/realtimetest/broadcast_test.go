@@ -127,9 +127,11 @@ func TestDeafChannelFoundByCanary(t *testing.T) {
 				return s.Phase == realtime.Disconnected && errors.Is(s.Err, realtime.ErrDeaf)
 			})
 			t.Logf("deaf channel ended: %v", st.Err)
-			f.srv.SetDeaf(false)
 			mark := c.rec.mark()
 			c.rec.next(t, &mark, 10*time.Second, "the resync after the rejoin", isResync)
+			// The rejoined channel hears again.
+			id2 := f.addPeer(t, f.nodeA)
+			c.rec.next(t, &mark, 5*time.Second, "a change after the rejoin", kindID(events.PeerChanged, id2))
 			for _, e := range c.rec.since(0) {
 				if e.ID == id {
 					t.Fatalf("the lost change arrived: the server was not deaf")

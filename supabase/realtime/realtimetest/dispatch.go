@@ -132,6 +132,10 @@ func (s *Server) candidates(c *walChange, action string) []candidate {
 			if !ch.subbed {
 				continue
 			}
+			if ch.deaf {
+				s.dropped.Add(1)
+				continue
+			}
 			var tg *target
 			for _, b := range ch.bindings {
 				if b.schema != c.Schema || b.table != c.Table || (b.event != "*" && b.event != action) {

@@ -95,9 +95,8 @@ type Server struct {
 		refuseMsg   string
 		tables      map[string]*tableInfo // "schema.table" in the publication
 		messages    bool                  // realtime.messages exists: Broadcast from Database
-		deaf        bool
-		rate        int       // messages per second delivered at most; 0: no limit
-		window      time.Time // start of the current rate window
+		rate        int                   // messages per second delivered at most; 0: no limit
+		window      time.Time             // start of the current rate window
 		inWindow    int
 		joinErr     string      // every join refused with this reason
 		joinTimes   []time.Time // every phx_join received

@@ -45,6 +45,7 @@ type channel struct {
 	topic    string
 	joinRef  string
 	private  bool // joined with config.private: receives private broadcasts
+	deaf     bool // SetDeaf: joined, and nothing delivered
 	bindings []binding
 	subbed   bool // "Subscribed to PostgreSQL" sent: changes flow
 	claims   claims
