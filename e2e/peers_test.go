@@ -24,6 +24,7 @@ func TestNodeLifecycle(t *testing.T) {
 			resync := time.Minute
 			if src == "realtime" {
 				e.withRealtime()
+				e.extraEnv = append(e.extraEnv, "WAYLUME_REALTIME_MODE=postgres_changes")
 				resync = 3 * time.Second
 			}
 			n := e.startNode("userspace", resync, time.Second)
