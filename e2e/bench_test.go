@@ -19,12 +19,14 @@ import (
 	"github.com/waylume/waylume-node/internal/node"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/realtime"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
 // inProcess runs the production wiring (package node) in this process:
 // store, source and reconciler against a userspace WireGuard device in the
-// node namespace. src is "listen" or "realtime".
+// node namespace. src is "listen", "realtime" (postgres_changes) or
+// "broadcast".
 func (e *env) inProcess(tb testing.TB, src string, resync time.Duration, obs node.Observer) *node.Node {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -34,7 +36,12 @@ func (e *env) inProcess(tb testing.TB, src string, resync time.Duration, obs nod
 		EgressInterface: e.uplink, Isolation: true,
 		ResyncInterval: resync, UsageInterval: time.Hour, Version: "e2e",
 	}
-	if src == "realtime" {
+	switch src {
+	case "realtime":
+		cfg.RealtimeMode = realtime.ModePostgresChanges
+		cfg.RealtimeURL, cfg.SupabaseKey, cfg.AccessToken = e.rt.URL(), anonKey(), nodeToken(e.nodeID)
+	case "broadcast":
+		cfg.RealtimeMode = realtime.ModeBroadcast
 		cfg.RealtimeURL, cfg.SupabaseKey, cfg.AccessToken = e.rt.URL(), anonKey(), nodeToken(e.nodeID)
 	}
 	n, err := node.Open(ctx, cfg, node.Runtime{Observe: obs})
@@ -63,10 +70,10 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // BenchmarkEventToKernel: row committed (INSERT returned) to the peer
 // configured on the WireGuard device, one row at a time.
 func BenchmarkEventToKernel(b *testing.B) {
-	for _, src := range []string{"listen", "realtime"} {
+	for _, src := range []string{"listen", "realtime", "broadcast"} {
 		b.Run(src, func(b *testing.B) {
 			e := newEnvPool(b, "10.8.0.1/16")
-			if src == "realtime" {
+			if src != "listen" {
 				e.withRealtime()
 			}
 			var mu sync.Mutex

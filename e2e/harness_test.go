@@ -76,7 +76,8 @@ type env struct {
 	nodePub  wgtypes.Key
 	extraEnv []string
 	rt       *realtimetest.Server
-	rtURL    string // as seen from inside the node's namespace
+	rtURL    string        // as seen from inside the node's namespace
+	rtPoll   time.Duration // the test server's slot poll; 0: 5 ms
 }
 
 func newEnv(t testing.TB) *env { return newEnvPool(t, nodeAddr) }
@@ -87,8 +88,9 @@ func newEnvPool(t testing.TB, address string) *env {
 	netns.Require(t, "wireguard-go", "wg", "iperf3", "tc", "iptables", "ss")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dbfix.SupabaseRoles(t)
-	e := &env{t: t, db: dbfix.Migrated(t)}
+	// Shaped like a Supabase project (realtime schema included), so
+	// Broadcast from Database is set up by the migrations as there.
+	e := &env{t: t, db: dbfix.MigratedSupabase(t)}
 	e.nodeID = dbfix.CreateNode(t, e.db, netns.Name("node"), address)
 	e.nodeURL = dbfix.NodeLogin(t, e.db, e.nodeID)
 	admin, err := pgx.Connect(ctx, e.db.URL)
@@ -138,7 +140,11 @@ func (e *env) withRealtime() {
 	e.admin = admin
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := realtimetest.New(ctx, realtimetest.Config{DatabaseURL: e.db.URLAs("realtime_admin"), JWTSecret: jwtSecret, PollInterval: 5 * time.Millisecond})
+	poll := e.rtPoll
+	if poll == 0 {
+		poll = 5 * time.Millisecond
+	}
+	srv, err := realtimetest.New(ctx, realtimetest.Config{DatabaseURL: e.db.URLAs("realtime_admin"), JWTSecret: jwtSecret, PollInterval: poll})
 	if err != nil {
 		t.Fatal(err)
 	}

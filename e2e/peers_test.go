@@ -24,6 +24,7 @@ func TestNodeLifecycle(t *testing.T) {
 			resync := time.Minute
 			if src == "realtime" {
 				e.withRealtime()
+				e.extraEnv = append(e.extraEnv, "WAYLUME_REALTIME_MODE=postgres_changes")
 				resync = 3 * time.Second
 			}
 			n := e.startNode("userspace", resync, time.Second)
@@ -32,7 +33,7 @@ func TestNodeLifecycle(t *testing.T) {
 
 			netns.WaitFor(t, 30*time.Second, func() error {
 				var st, pub string
-				if err := e.admin.QueryRow(ctx, `SELECT coalesce(status,''), coalesce(public_key,'') FROM waylume.nodes WHERE id = $1`, e.nodeID).Scan(&st, &pub); err != nil {
+				if err := e.admin.QueryRow(ctx, `SELECT coalesce(status,''), coalesce(public_key,'') FROM waylume.node_overview WHERE id = $1`, e.nodeID).Scan(&st, &pub); err != nil {
 					return err
 				}
 				if st != "online" || pub != e.nodePub.String() {
@@ -189,7 +190,7 @@ func TestNodeLifecycle(t *testing.T) {
 				t.Fatalf("node exit: %v", err)
 			}
 			var st string
-			if err := e.admin.QueryRow(ctx, `SELECT status FROM waylume.nodes WHERE id = $1`, e.nodeID).Scan(&st); err != nil || st != "offline" {
+			if err := e.admin.QueryRow(ctx, `SELECT status FROM waylume.node_overview WHERE id = $1`, e.nodeID).Scan(&st); err != nil || st != "offline" {
 				t.Fatalf("node status after SIGTERM %q %v", st, err)
 			}
 		})

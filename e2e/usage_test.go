@@ -127,7 +127,7 @@ func TestUsageExactlyOnceAcrossKills(t *testing.T) {
 	// Make sure the last node is past its startup before stopping it.
 	netns.WaitFor(t, 30*time.Second, func() error {
 		var st string
-		if err := e.queryRow(`SELECT coalesce(status,'') FROM waylume.nodes WHERE id = $1`, []any{e.nodeID}, &st); err != nil {
+		if err := e.queryRow(`SELECT coalesce(status,'') FROM waylume.node_overview WHERE id = $1`, []any{e.nodeID}, &st); err != nil {
 			return err
 		}
 		if st != "online" {

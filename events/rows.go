@@ -78,7 +78,8 @@ type Usage struct {
 	DownloadBytes int64
 }
 
-// Heartbeat is what the node writes to its own row of waylume.nodes.
+// Heartbeat is what the node writes to its row of waylume.node_status
+// (and its public key to waylume.nodes).
 type Heartbeat struct {
 	PublicKey      string
 	Status         string // "online", "offline", "draining"

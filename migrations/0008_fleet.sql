@@ -80,12 +80,13 @@ END $$;
 
 -- Whether node p_node is online: its heartbeat is at most 2 minutes old
 -- (the node writes one every 30 s) and it did not stop cleanly. The one
--- place placement reads heartbeats.
+-- place placement reads heartbeats, through node_overview: the newer of
+-- node_status and the columns a node of an earlier version writes.
 CREATE OR REPLACE FUNCTION waylume.node_online(p_node uuid) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT coalesce((SELECT status = 'online' AND last_seen_at > now() - interval '2 minutes'
-	                 FROM waylume.nodes WHERE id = p_node), false)
+	                 FROM waylume.node_overview WHERE id = p_node), false)
 $$;
 
 -- Placement and capacity serialise on one advisory lock held to the end

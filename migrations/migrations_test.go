@@ -134,11 +134,16 @@ func TestContractColumns(t *testing.T) {
 		"peer_status": {"peer_id", "node_id", "state", "reason", "last_handshake_at", "endpoint",
 			"upload_bytes", "download_bytes", "rx_baseline", "tx_baseline", "counter_epoch",
 			"applied_at", "updated_at"},
-		"peer_usage": {"node_id", "peer_id", "period_start", "period_end", "upload_bytes", "download_bytes"},
+		"peer_usage":  {"node_id", "peer_id", "period_start", "period_end", "upload_bytes", "download_bytes"},
+		"node_status": {"node_id", "status", "last_seen_at", "version", "peer_count", "active_sessions", "updated_at"},
+		"node_canary": {"node_id", "nonce", "sent_at"},
+		"node_overview": {"id", "name", "endpoint", "listen_port", "address", "address6", "dns", "mtu",
+			"public_key", "status", "last_seen_at", "version", "peer_count", "active_sessions", "created_at", "updated_at"},
 	}
 	wantTypes := map[string]string{
 		"nodes.id": "uuid", "nodes.address": "inet", "nodes.address6": "inet", "nodes.dns": "inet[]",
 		"nodes.listen_port": "integer", "nodes.last_seen_at": "timestamp with time zone",
+		"node_status.last_seen_at": "timestamp with time zone", "node_overview.last_seen_at": "timestamp with time zone",
 		"peers.node_id": "uuid", "peers.address": "inet", "peers.allowed_ips": "cidr[]",
 		"nodes.draining": "boolean", "nodes.max_peers": "integer", "peers.quota_bytes": "bigint", "peers.enabled": "boolean", "peers.metadata": "jsonb",
 		"peer_usage.upload_bytes": "bigint", "peer_status.download_bytes": "bigint",
@@ -172,8 +177,8 @@ func TestContractColumns(t *testing.T) {
 		}
 	}
 
-	// Realtime: peers and nodes published with REPLICA IDENTITY FULL;
-	// status and usage not published.
+	// Realtime: peers, nodes and the canaries published with REPLICA
+	// IDENTITY FULL; node and peer status and usage not published.
 	rows, err := conn.Query(ctx, `SELECT tablename FROM pg_publication_tables
 		WHERE pubname = 'supabase_realtime' AND schemaname = 'waylume' ORDER BY 1`)
 	if err != nil {
@@ -183,10 +188,10 @@ func TestContractColumns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"nodes", "peers"}, published); diff != "" {
+	if diff := cmp.Diff([]string{"node_canary", "nodes", "peers"}, published); diff != "" {
 		t.Errorf("published tables (-want +got):\n%s", diff)
 	}
-	for _, table := range []string{"nodes", "peers"} {
+	for _, table := range []string{"nodes", "peers", "node_canary"} {
 		var ident string
 		if err := conn.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = ('waylume.' || $1)::regclass`, table).Scan(&ident); err != nil {
 			t.Fatal(err)
@@ -195,7 +200,7 @@ func TestContractColumns(t *testing.T) {
 			t.Errorf("%s replica identity %q, want f (full)", table, ident)
 		}
 	}
-	for _, table := range []string{"nodes", "peers", "peer_status", "peer_usage"} {
+	for _, table := range []string{"nodes", "peers", "peer_status", "peer_usage", "node_status", "node_canary"} {
 		var rls bool
 		if err := conn.QueryRow(ctx, `SELECT relrowsecurity FROM pg_class WHERE oid = ('waylume.' || $1)::regclass`, table).Scan(&rls); err != nil {
 			t.Fatal(err)
@@ -206,7 +211,7 @@ func TestContractColumns(t *testing.T) {
 	}
 	for _, fn := range []string{"waylume.current_node_id()", "waylume.create_node(text,text,inet,inet,integer,inet[],integer)",
 		"waylume.create_node_login(uuid,text)", "waylume.node_channel(uuid)", "waylume.client_config(uuid)",
-		"waylume.node_online(uuid)", "waylume.max_routed_prefixes()"} {
+		"waylume.node_online(uuid)", "waylume.max_routed_prefixes()", "waylume.node_topic(uuid)"} {
 		var ok bool
 		if err := conn.QueryRow(ctx, `SELECT to_regprocedure($1) IS NOT NULL`, fn).Scan(&ok); err != nil || !ok {
 			t.Errorf("function %s missing (%v)", fn, err)
@@ -256,7 +261,7 @@ func TestPublicationVariants(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff([]string{"public.other", "waylume.nodes", "waylume.peers"}, got); diff != "" {
+		if diff := cmp.Diff([]string{"public.other", "waylume.node_canary", "waylume.nodes", "waylume.peers"}, got); diff != "" {
 			t.Fatalf("publication (-want +got):\n%s", diff)
 		}
 	})

@@ -15,7 +15,9 @@ import (
 // publication exists FOR ALL TABLES, owned by a superuser.
 func TestSupabaseShapedDatabase(t *testing.T) {
 	ctx := context.Background()
+	dbfix.SupabaseRoles(t)
 	db := pgtest.New(t)
+	dbfix.SupabaseRealtime(t, db)
 	super := connect(t, db.URL)
 	for _, sql := range []string{
 		`DO $$ BEGIN
@@ -25,7 +27,7 @@ func TestSupabaseShapedDatabase(t *testing.T) {
 			IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN CREATE ROLE service_role NOLOGIN BYPASSRLS; END IF;
 		END $$`,
 		`GRANT anon, service_role TO authenticator`,
-		`GRANT service_role TO supa_owner`,
+		`GRANT service_role, supabase_realtime_admin TO supa_owner`,
 		`ALTER DATABASE ` + db.Name + ` OWNER TO supa_owner`,
 		`CREATE PUBLICATION supabase_realtime FOR ALL TABLES`,
 	} {
@@ -40,6 +42,15 @@ func TestSupabaseShapedDatabase(t *testing.T) {
 	var granted bool
 	if err := super.QueryRow(ctx, `SELECT pg_has_role('authenticator', 'waylume_node', 'MEMBER')`).Scan(&granted); err != nil || !granted {
 		t.Fatalf("waylume_node not granted to authenticator (%v)", err)
+	}
+	// Broadcast from Database: triggers and policies made by the
+	// non-superuser owner (a member of the realtime schema's owner, as
+	// Supabase's postgres role is).
+	var triggers, policies int
+	if err := super.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE '%broadcast'),
+		(SELECT count(*) FROM pg_policies WHERE schemaname = 'realtime' AND tablename = 'messages')`).Scan(&triggers, &policies); err != nil ||
+		triggers != 3 || policies != 2 {
+		t.Fatalf("broadcast triggers %d, realtime.messages policies %d (%v); want 3 and 2", triggers, policies, err)
 	}
 
 	// The operator path works for the non-superuser owner.

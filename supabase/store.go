@@ -69,8 +69,10 @@ var errInvalidURL = errors.New("invalid database URL")
 // Close closes the pool.
 func (s *Store) Close() { s.pool.Close() }
 
+// The node's status is its own last heartbeat's (waylume.node_status).
 const nodeColumns = `id::text, name, coalesce(endpoint, ''), listen_port, address, address6,
-	array(SELECT host(d) FROM unnest(dns) d), coalesce(mtu, 0), status, updated_at`
+	array(SELECT host(d) FROM unnest(dns) d), coalesce(mtu, 0),
+	coalesce((SELECT s.status FROM waylume.node_status s WHERE s.node_id = nodes.id), status), updated_at`
 
 func scanNode(row pgx.Row) (events.Node, error) {
 	var n events.Node
@@ -246,19 +248,41 @@ func (s *Store) QuotaUsage(ctx context.Context, nodeID string) (map[string]int64
 	return out, opError("quota usage", rows.Err())
 }
 
-// Heartbeat writes the node-owned columns of the node's row; last_seen_at
-// is the database's clock. An empty PublicKey keeps the stored one.
+// Heartbeat writes the node's liveness and counts to waylume.node_status,
+// which Realtime does not publish, with last_seen_at the database's clock.
+// The public key stays on waylume.nodes, where clients' configuration
+// reads it, and is written only when it differs: at rest a heartbeat
+// changes no published row. An empty PublicKey keeps the stored one. A
+// node row that is absent or not visible is ErrNotFound.
 func (s *Store) Heartbeat(ctx context.Context, nodeID string, hb events.Heartbeat) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE waylume.nodes SET public_key = coalesce(nullif($2, ''), public_key),
-		status = $3, last_seen_at = now(), version = nullif($4, ''), peer_count = $5, active_sessions = $6
-		WHERE id = $1`, nodeID, hb.PublicKey, hb.Status, hb.Version, hb.Peers, hb.ActiveSessions)
+	var n int
+	err := s.pool.QueryRow(ctx, `WITH k AS (
+			UPDATE waylume.nodes SET public_key = $2
+			WHERE id = $1 AND $2 <> '' AND public_key IS DISTINCT FROM $2
+		), st AS (
+			INSERT INTO waylume.node_status AS s (node_id, status, last_seen_at, version, peer_count, active_sessions, updated_at)
+			SELECT id, $3, now(), nullif($4, ''), $5, $6, now() FROM waylume.nodes WHERE id = $1
+			ON CONFLICT (node_id) DO UPDATE SET status = EXCLUDED.status, last_seen_at = EXCLUDED.last_seen_at,
+				version = EXCLUDED.version, peer_count = EXCLUDED.peer_count,
+				active_sessions = EXCLUDED.active_sessions, updated_at = EXCLUDED.updated_at
+			RETURNING 1
+		) SELECT count(*) FROM st`, nodeID, hb.PublicKey, hb.Status, hb.Version, hb.Peers, hb.ActiveSessions).Scan(&n)
 	if err != nil {
 		return opError("heartbeat", err)
 	}
-	if tag.RowsAffected() == 0 {
+	if n == 0 {
 		return opError("heartbeat", fmt.Errorf("node %s: %w", nodeID, ErrNotFound))
 	}
 	return nil
+}
+
+// WriteCanary writes the node's canary row (waylume.node_canary) with
+// nonce; the database sends it back on the node's Realtime channel, which
+// proves the channel delivers. One row per node, overwritten each time.
+func (s *Store) WriteCanary(ctx context.Context, nodeID, nonce string) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO waylume.node_canary (node_id, nonce, sent_at) VALUES ($1, $2, now())
+		ON CONFLICT (node_id) DO UPDATE SET nonce = EXCLUDED.nonce, sent_at = EXCLUDED.sent_at`, nodeID, nonce)
+	return opError("canary", err)
 }
 
 // isForeignKeyViolation reports SQLSTATE 23503 (a referenced row vanished meanwhile).

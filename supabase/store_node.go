@@ -41,7 +41,7 @@ func (s *Store) Overview(ctx context.Context, nodeID string) (Overview, error) {
 		o.Status[st.PeerID] = st
 	}
 	var seen pgtype.Timestamptz
-	if err := s.pool.QueryRow(ctx, `SELECT last_seen_at FROM waylume.nodes WHERE id = $1`, nodeID).Scan(&seen); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT last_seen_at FROM waylume.node_overview WHERE id = $1`, nodeID).Scan(&seen); err != nil {
 		return Overview{}, opError("overview: last seen", err)
 	}
 	if seen.Valid {

@@ -146,17 +146,26 @@ func TestStoreModes(t *testing.T) {
 				t.Errorf("Snapshot(B) as A = %v, want ErrNotFound", err)
 			}
 
-			// Heartbeat: node-owned columns only.
+			// Heartbeat: node-owned columns only, liveness in node_status.
 			if err := s.Heartbeat(ctx, f.a, events.Heartbeat{PublicKey: key2, Status: "online", Version: "v1.2.3", Peers: 2, ActiveSessions: 1}); err != nil {
 				t.Fatal(err)
 			}
 			var pk, status, version string
-			var seen time.Time
+			var seen, updated, updated2 time.Time
 			var peerCount int
-			dbfix.QueryRow(t, f.db, `SELECT public_key, status, version, last_seen_at, peer_count FROM waylume.nodes WHERE id = $1`, []any{f.a},
+			dbfix.QueryRow(t, f.db, `SELECT public_key, status, version, last_seen_at, peer_count FROM waylume.node_overview WHERE id = $1`, []any{f.a},
 				&pk, &status, &version, &seen, &peerCount)
 			if pk != key2 || status != "online" || version != "v1.2.3" || time.Since(seen) > time.Minute || peerCount != 2 {
 				t.Errorf("after heartbeat: %s %s %s %v %d", pk, status, version, seen, peerCount)
+			}
+			// At rest a heartbeat leaves the published row alone.
+			dbfix.QueryRow(t, f.db, `SELECT updated_at FROM waylume.nodes WHERE id = $1`, []any{f.a}, &updated)
+			if err := s.Heartbeat(ctx, f.a, events.Heartbeat{PublicKey: key2, Status: "online", Version: "v1.2.3", Peers: 3}); err != nil {
+				t.Fatal(err)
+			}
+			dbfix.QueryRow(t, f.db, `SELECT updated_at FROM waylume.nodes WHERE id = $1`, []any{f.a}, &updated2)
+			if !updated2.Equal(updated) {
+				t.Errorf("a heartbeat with an unchanged key rewrote waylume.nodes (updated_at %v -> %v)", updated, updated2)
 			}
 			if err := s.Heartbeat(ctx, f.b, events.Heartbeat{Status: "online"}); !errors.Is(err, supabase.ErrNotFound) {
 				t.Errorf("heartbeat for B as A = %v, want ErrNotFound", err)

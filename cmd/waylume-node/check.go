@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/supabase"
@@ -285,41 +284,25 @@ func checkListen(ctx context.Context, conn *pgx.Conn, dbURL string) checkResult 
 // "Subscribed to PostgreSQL", which proves the URL, the key, the token and
 // the server's view of the publication.
 func checkRealtime(ctx context.Context, cfg Config) checkResult {
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	states := make(chan realtime.State, 16)
-	rt, err := realtime.New(realtime.Config{
-		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID,
-		Logger: newLogger(io.Discard, "error", "json"),
-		OnState: func(s realtime.State) {
-			select {
-			case states <- s:
-			default:
-			}
-		},
-	}, events.SinkFunc(func(events.Event) {}))
-	if err != nil {
-		return fail("realtime", oneLine(err.Error()), "fix WAYLUME_REALTIME_URL / WAYLUME_SUPABASE_KEY")
-	}
-	go rt.Run(ctx)
 	host := cfg.RealtimeURL
 	if u, err := url.Parse(cfg.RealtimeURL); err == nil {
 		host = u.Host
 	}
-	for {
-		select {
-		case s := <-states:
-			switch {
-			case s.Phase == realtime.Live:
-				return pass("realtime", "subscribed at "+host)
-			case s.Phase == realtime.Disconnected && s.Err != nil:
-				return fail("realtime", oneLine(s.Err.Error()),
-					"check WAYLUME_REALTIME_URL, WAYLUME_SUPABASE_KEY and the token (waylume-node token; expired?), and that Realtime is enabled for the project")
-			}
-		case <-ctx.Done():
-			return fail("realtime", "no subscription within 20s at "+host, "check that Realtime is enabled and reachable from this host")
-		}
+	err := realtime.Probe(ctx, realtime.Config{
+		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID,
+		Mode: cfg.RealtimeMode, Logger: newLogger(io.Discard, "error", "json"),
+	}, 20*time.Second)
+	var rerr *realtime.Error
+	switch {
+	case err == nil:
+		return pass("realtime", cfg.RealtimeMode+" subscribed at "+host)
+	case errors.Is(err, realtime.ErrProbeTimeout):
+		return fail("realtime", "no subscription within 20s at "+host, "check that Realtime is enabled and reachable from this host")
+	case errors.As(err, &rerr) && rerr.Hint() != "":
+		return fail("realtime", oneLine(err.Error()), rerr.Hint())
 	}
+	return fail("realtime", oneLine(err.Error()),
+		"check WAYLUME_REALTIME_URL, WAYLUME_SUPABASE_KEY and the token (waylume-node token; expired?), and that Realtime is enabled for the project")
 }
 
 func checkPublication(r migrations.Report) checkResult {

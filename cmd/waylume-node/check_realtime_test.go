@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/pgtest"
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
@@ -17,7 +18,9 @@ import (
 // token minted by the token command: the server verifies its signature and
 // joins as role waylume_node under RLS.
 func TestCheckRealtime(t *testing.T) {
+	dbfix.SupabaseRoles(t)
 	db := pgtest.New(t)
+	dbfix.SupabaseRealtime(t, db)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, db.URL)
@@ -65,5 +68,25 @@ func TestCheckRealtime(t *testing.T) {
 	}
 	if strings.Contains(out, env["WAYLUME_ACCESS_TOKEN"]) {
 		t.Error("check printed the token")
+	}
+
+	// Another node's token: the private join is refused, and the line
+	// names the policy and grants to check.
+	var other string
+	if err := conn.QueryRow(ctx, `SELECT waylume.create_node('rt2', 'x:1', '10.9.0.1/24')::text`).Scan(&other); err != nil {
+		t.Fatal(err)
+	}
+	env["WAYLUME_ACCESS_TOKEN"] = realtimetest.NodeToken(secret, other, time.Hour)
+	code, out, _ = runCLI(t, env, "check")
+	l = checkLine(t, out, "realtime")
+	if code != exitFail || !strings.Contains(l, "Unauthorized") || !strings.Contains(l, "waylume_node_receive_") || !strings.Contains(l, "USAGE on schema realtime") {
+		t.Errorf("another node's token: code %d line %q", code, l)
+	}
+
+	// postgres_changes stays a setting.
+	env["WAYLUME_ACCESS_TOKEN"], env["WAYLUME_REALTIME_MODE"] = realtimetest.NodeToken(secret, nodeID, time.Hour), "postgres_changes"
+	_, out, _ = runCLI(t, env, "check")
+	if l := checkLine(t, out, "realtime"); !strings.HasPrefix(l, "ok") || !strings.Contains(l, "postgres_changes subscribed") {
+		t.Errorf("realtime line in postgres_changes mode: %q", l)
 	}
 }

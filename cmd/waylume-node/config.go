@@ -30,6 +30,7 @@ type Config struct {
 	DatabaseURL     string
 	NodeID          string
 	RealtimeURL     string // empty: LISTEN/NOTIFY on the database connection
+	RealtimeMode    string // "broadcast" or "postgres_changes"
 	SupabaseKey     string // Realtime apikey; a secret
 	AccessToken     string // Realtime JWT; defaults to SupabaseKey; a secret
 	AccessTokenFile string // file holding AccessToken, reread while running (rotation)
@@ -97,6 +98,9 @@ func settings() []setting {
 		{flag: "realtime-url", env: "WAYLUME_REALTIME_URL", def: "", scope: forRun | forCheck,
 			help: "Supabase Realtime websocket URL, e.g. wss://<ref>.supabase.co/realtime/v1/websocket; empty = LISTEN/NOTIFY on the database connection",
 			set:  func(c *Config, v string) error { c.RealtimeURL = v; return nil }},
+		{flag: "realtime-mode", env: "WAYLUME_REALTIME_MODE", def: "broadcast", scope: forRun | forCheck,
+			help: "broadcast (the node's private topic, fed by the database's triggers) or postgres_changes",
+			set:  func(c *Config, v string) error { c.RealtimeMode = v; return nil }},
 		{flag: "supabase-key", env: "WAYLUME_SUPABASE_KEY", def: "", scope: forRun | forCheck,
 			help: "apikey for Realtime (the project's anon key)",
 			set:  func(c *Config, v string) error { c.SupabaseKey = v; return nil }},
@@ -274,6 +278,11 @@ func (c Config) Validate() error {
 		if c.SupabaseKey == "" {
 			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required when --realtime-url is set"}
 		}
+	}
+	switch c.RealtimeMode {
+	case "broadcast", "postgres_changes":
+	default:
+		return settingErr(byFlag["realtime-mode"], "unknown mode %q: want broadcast or postgres_changes", c.RealtimeMode)
 	}
 	if err := checkIfname(c.Interface); err != nil {
 		return settingErr(byFlag["interface"], "%v", err)

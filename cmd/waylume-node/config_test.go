@@ -156,7 +156,7 @@ func TestFlagWinsOverEnvWinsOverDefault(t *testing.T) {
 		return cfg
 	}
 	def := load(nil)
-	want := Config{Interface: "wg0", WGMode: "auto", PrivateKeyFile: "/var/lib/waylume/private.key",
+	want := Config{RealtimeMode: "broadcast", Interface: "wg0", WGMode: "auto", PrivateKeyFile: "/var/lib/waylume/private.key",
 		ResyncInterval: 60 * time.Second, UsageInterval: 60 * time.Second, MetricsAddr: "127.0.0.1:9586",
 		LogLevel: "info", LogFormat: "json", Isolation: true, TeardownOnExit: false}
 	if diff := cmp.Diff(want, def, cmp.AllowUnexported(Config{})); diff != "" {
@@ -211,7 +211,7 @@ func TestHelpListsEveryEnvVar(t *testing.T) {
 		t.Fatalf("--help exit %d", code)
 	}
 	contract := map[string]string{
-		"WAYLUME_DATABASE_URL": `""`, "WAYLUME_NODE_ID": `""`, "WAYLUME_REALTIME_URL": `""`,
+		"WAYLUME_DATABASE_URL": `""`, "WAYLUME_NODE_ID": `""`, "WAYLUME_REALTIME_URL": `""`, "WAYLUME_REALTIME_MODE": "broadcast",
 		"WAYLUME_SUPABASE_KEY": `""`, "WAYLUME_ACCESS_TOKEN": `""`, "WAYLUME_ACCESS_TOKEN_FILE": `""`, "WAYLUME_INTERFACE": "wg0",
 		"WAYLUME_WG_MODE": "auto", "WAYLUME_PRIVATE_KEY_FILE": "/var/lib/waylume/private.key", "WAYLUME_STATE_DIR": `""`,
 		"WAYLUME_EGRESS_INTERFACE": `""`, "WAYLUME_RESYNC_INTERVAL": "60s", "WAYLUME_USAGE_INTERVAL": "60s",

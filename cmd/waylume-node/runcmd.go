@@ -90,7 +90,7 @@ func (c Config) stateDir() string {
 func (c Config) node() node.Config {
 	return node.Config{
 		DatabaseURL: c.DatabaseURL, NodeID: c.NodeID,
-		RealtimeURL: c.RealtimeURL, SupabaseKey: c.SupabaseKey, AccessToken: c.AccessToken,
+		RealtimeURL: c.RealtimeURL, RealtimeMode: c.RealtimeMode, SupabaseKey: c.SupabaseKey, AccessToken: c.AccessToken,
 		Interface: c.Interface, WGMode: c.WGMode, PrivateKeyFile: c.PrivateKeyFile, StateDir: c.stateDir(),
 		EgressInterface: c.EgressInterface, Isolation: c.Isolation, TeardownOnExit: c.TeardownOnExit,
 		AllowPrivate: c.AllowPrivate, AllowLocal: c.AllowLocal, RoutedSubnets: c.RoutedSubnets,

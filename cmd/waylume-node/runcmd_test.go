@@ -211,7 +211,7 @@ func TestRunProcessServesMetricsAndStopsOnSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	if err := conn.QueryRow(ctx, "SELECT status FROM waylume.nodes WHERE id = $1", nodeID).Scan(&status); err != nil || status != "offline" {
+	if err := conn.QueryRow(ctx, "SELECT status FROM waylume.node_overview WHERE id = $1", nodeID).Scan(&status); err != nil || status != "offline" {
 		t.Errorf("node status after SIGTERM: %q %v", status, err)
 	}
 	logMu.Lock()

@@ -28,6 +28,24 @@ const RandomKeySQL = `encode(decode(replace(gen_random_uuid()::text || gen_rando
 func Migrated(t testing.TB) *pgtest.DB {
 	t.Helper()
 	db := pgtest.New(t)
+	migrate(t, db)
+	return db
+}
+
+// MigratedSupabase returns a new database shaped like a Supabase project
+// (SupabaseRoles, the auth and realtime stand-ins of SupabaseRealtime)
+// with all migrations applied on top, as the Supabase CLI would.
+func MigratedSupabase(t testing.TB) *pgtest.DB {
+	t.Helper()
+	SupabaseRoles(t)
+	db := pgtest.New(t)
+	SupabaseRealtime(t, db)
+	migrate(t, db)
+	return db
+}
+
+func migrate(t testing.TB, db *pgtest.DB) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, db.URL)
@@ -40,7 +58,6 @@ func Migrated(t testing.TB) *pgtest.DB {
 	if _, err := migrations.Apply(ctx, conn); err != nil {
 		t.Fatalf("dbfix: migrate: %v", err)
 	}
-	return db
 }
 
 // SupabaseRoles creates, once per cluster, the roles a Supabase project

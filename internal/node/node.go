@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/realtime"
 )
 
 // ReadyGrace is how long the control plane may be unreachable before
@@ -31,8 +33,11 @@ type Config struct {
 	// RealtimeURL selects Realtime as the event source; empty: LISTEN/NOTIFY
 	// on the database connection.
 	RealtimeURL string
-	SupabaseKey string // Realtime apikey; a secret
-	AccessToken string // Realtime JWT; a secret
+	// RealtimeMode is realtime.ModeBroadcast (empty: the default) or
+	// realtime.ModePostgresChanges.
+	RealtimeMode string
+	SupabaseKey  string // Realtime apikey; a secret
+	AccessToken  string // Realtime JWT; a secret
 
 	Interface       string
 	WGMode          string // "auto", "kernel" or "userspace"
@@ -98,6 +103,8 @@ type Node struct {
 	plane *linkPlane
 	rec   *reconcile.Reconciler
 	state *statefile.File // nil: no local state kept
+	// refused is the Realtime refusal /readyz reports, nil when none.
+	refused atomic.Pointer[realtime.Error]
 }
 
 var _ reconcile.Store = (*supabase.Store)(nil)
@@ -183,7 +190,7 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 // ends, with usage flushed and the node marked offline.
 func (n *Node) Run(ctx context.Context) error {
 	if n.rt.Health != nil {
-		n.rt.Health.SetReadiness(func() error { return n.rec.Ready(ReadyGrace) })
+		n.rt.Health.SetReadiness(n.ready)
 		defer n.rt.Health.SetReadiness(nil)
 	}
 	sink := n.rec.Sink()
@@ -210,6 +217,19 @@ func (n *Node) Run(ctx context.Context) error {
 	stopSources()
 	wg.Wait()
 	return runErr
+}
+
+// ready is /readyz: the reconciler's verdict, then a Realtime refusal
+// that retrying cannot fix (the node still serves and resyncs, but hears
+// no changes until the cause is fixed).
+func (n *Node) ready() error {
+	if err := n.rec.Ready(ReadyGrace); err != nil {
+		return err
+	}
+	if e := n.refused.Load(); e != nil {
+		return fmt.Errorf("realtime refused: %s", e.Reason)
+	}
+	return nil
 }
 
 // Close closes the link (tearing it down first with

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,27 +24,24 @@ func (n *Node) source(sink events.Sink) (func(context.Context) error, error) {
 		lc := supabase.ListenConfig{URL: cfg.DatabaseURL, NodeID: cfg.NodeID, Log: n.log, Dropped: dropped.Inc}
 		return func(ctx context.Context) error { return supabase.Listen(ctx, lc, sink) }, nil
 	}
-	connected := prometheus.NewGauge(prometheus.GaugeOpts{Name: "waylume_realtime_connected", Help: "1 while the Realtime subscription is live."})
-	reconnects := prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_realtime_reconnects_total", Help: "Realtime sessions started after the first."})
-	for _, c := range []prometheus.Collector{connected, reconnects} {
-		if err := n.rt.Registerer.Register(c); err != nil {
-			return nil, err
-		}
+	m, err := newRealtimeMetrics(n.rt.Registerer)
+	if err != nil {
+		return nil, err
 	}
-	sessions := 0
 	client, err := realtime.New(realtime.Config{
-		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID, Logger: n.log,
+		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID,
+		Mode: cfg.RealtimeMode, Logger: n.log,
+		// The canary goes through the node's own store: the same
+		// credentials and RLS as every other write.
+		Canary: func(ctx context.Context, nonce string) error {
+			return n.store.WriteCanary(ctx, cfg.NodeID, nonce)
+		},
 		OnState: func(s realtime.State) {
+			m.observe(s)
 			if s.Phase == realtime.Live {
-				connected.Set(1)
-			} else {
-				connected.Set(0)
-			}
-			if s.Sessions > sessions {
-				if sessions > 0 {
-					reconnects.Add(float64(s.Sessions - sessions))
-				}
-				sessions = s.Sessions
+				n.refused.Store(nil)
+			} else if s.Refused != nil {
+				n.refused.Store(s.Refused)
 			}
 		},
 	}, sink)
@@ -54,4 +52,54 @@ func (n *Node) source(sink events.Sink) (func(context.Context) error, error) {
 		n.rt.Tokens.OnChange(client.SetAccessToken)
 	}
 	return client.Run, nil
+}
+
+// realtimeMetrics are the Realtime client's series (docs/contract.md,
+// "Metrics"); observe runs on the client's goroutine only.
+type realtimeMetrics struct {
+	connected, refused prometheus.Gauge
+	reconnects, deaf   prometheus.Counter
+	sessions           int
+}
+
+func newRealtimeMetrics(reg prometheus.Registerer) (*realtimeMetrics, error) {
+	m := &realtimeMetrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "waylume_realtime_connected",
+			Help: "1 while the Realtime subscription is live."}),
+		refused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "waylume_realtime_refused",
+			Help: "1 while Realtime refuses the node for a reason retrying cannot fix (token, policy, private-only project)."}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_realtime_reconnects_total",
+			Help: "Realtime sessions started after the first."}),
+		deaf: prometheus.NewCounter(prometheus.CounterOpts{Name: "waylume_realtime_deaf_total",
+			Help: "Realtime sessions ended because the node's canary did not come back."}),
+	}
+	for _, c := range []prometheus.Collector{m.connected, m.refused, m.reconnects, m.deaf} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *realtimeMetrics) observe(s realtime.State) {
+	live, refused := 0.0, 0.0
+	if s.Phase == realtime.Live {
+		live = 1
+	}
+	if s.Refused != nil {
+		refused = 1
+	}
+	m.connected.Set(live)
+	if s.Phase == realtime.Live || s.Phase == realtime.Disconnected && s.Retry > 0 {
+		m.refused.Set(refused)
+	}
+	if s.Phase == realtime.Disconnected && errors.Is(s.Err, realtime.ErrDeaf) && s.Retry > 0 {
+		m.deaf.Inc()
+	}
+	if s.Sessions > m.sessions {
+		if m.sessions > 0 {
+			m.reconnects.Add(float64(s.Sessions - m.sessions))
+		}
+		m.sessions = s.Sessions
+	}
 }

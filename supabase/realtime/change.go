@@ -41,6 +41,11 @@ func (s *session) changes(raw json.RawMessage) {
 	default:
 		return // older servers send types we did not ask for
 	}
+	if b.Table == "node_canary" {
+		nonce, _ := newRecord(d.Columns, d.Record).str("nonce")
+		s.proof.back(nonce)
+		return
+	}
 	commit, _ := parseTime(d.CommitTimestamp)
 	ev, ok := changeEvent(c.cfg.NodeID, d, c.log)
 	if !ok {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,8 +23,22 @@ const (
 	defaultMaxBackoff        = 10 * time.Second
 	defaultPermanentRetry    = 60 * time.Second
 	defaultSubscribeTimeout  = 60 * time.Second
+	defaultCanaryInterval    = 60 * time.Second
+	defaultCanaryTimeout     = 20 * time.Second
+	defaultRejoinSpread      = 30 * time.Second
+	defaultRateLimitBackoff  = 5 * time.Minute
 	readLimit                = 32 << 20 // the server caps records near 1 MB; leave room
 	writeTimeout             = 10 * time.Second
+)
+
+// Modes: what the channel subscribes to.
+const (
+	// ModeBroadcast joins the node's private topic "waylume:node:<id>",
+	// fed by the database's triggers (Broadcast from Database).
+	ModeBroadcast = "broadcast"
+	// ModePostgresChanges subscribes to the node's rows of waylume.peers
+	// and waylume.nodes through the server's change capture.
+	ModePostgresChanges = "postgres_changes"
 )
 
 // Config configures a Client.
@@ -36,6 +52,15 @@ type Config struct {
 	// AccessToken is the JWT sent with the join; empty means APIKey.
 	AccessToken string
 	NodeID      string
+	// Mode is ModeBroadcast (default) or ModePostgresChanges.
+	Mode string
+	// Canary, when set, writes a canary with nonce for the node through the
+	// database (waylume.node_canary); the client expects it back on its
+	// channel every CanaryInterval and rejoins when it is not back within
+	// CanaryTimeout (defaults 60 s and 20 s). Nil: the server's silence is
+	// trusted.
+	Canary                        func(ctx context.Context, nonce string) error
+	CanaryInterval, CanaryTimeout time.Duration
 	// VSN is the protocol version to request: VSN1 (default) or VSN2.
 	VSN               string
 	HeartbeatInterval time.Duration // default 25 s
@@ -51,7 +76,15 @@ type Config struct {
 	// fix (rejected token, refused upgrade with 401/403/404, bad
 	// subscription parameters); default 60 s. SetAccessToken cuts it short.
 	PermanentRetry time.Duration
-	Logger         *slog.Logger
+	// RejoinSpread: a session that was live and ended on the server's side
+	// (a deploy drops every socket) is followed by a delay drawn uniformly
+	// from MinBackoff to RejoinSpread (default 30 s), so a fleet does not
+	// rejoin in the same second.
+	RejoinSpread time.Duration
+	// RateLimitBackoff caps the jittered backoff after the project's join,
+	// connection or channel limits (from RejoinSpread up; default 5 min).
+	RateLimitBackoff time.Duration
+	Logger           *slog.Logger
 	// OnState, when set, is called from Run's goroutine on every state
 	// change; it must not block.
 	OnState func(State)
@@ -93,6 +126,9 @@ type State struct {
 	// Sessions counts sessions started so far, including the current one;
 	// Sessions-1 is the reconnect count.
 	Sessions int
+	// Refused is set, with Phase Disconnected, while the last session ended
+	// on an error that retrying soon cannot fix.
+	Refused *Error
 }
 
 // Client is a postgres_changes subscription for one node.
@@ -136,22 +172,33 @@ func New(cfg Config, sink events.Sink) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{
-		cfg:   cfg,
-		sink:  sink,
-		log:   log.With("component", "realtime"),
-		topic: "realtime:waylume-node-" + cfg.NodeID,
-		binds: []binding{
-			{Event: "*", Schema: "waylume", Table: "peers", Filter: "node_id=eq." + cfg.NodeID},
-			{Event: "*", Schema: "waylume", Table: "nodes", Filter: "id=eq." + cfg.NodeID},
-		},
-	}
+	c := &Client{cfg: cfg, sink: sink, log: log.With("component", "realtime", "mode", cfg.Mode)}
+	c.topic, c.binds = channelOf(cfg)
 	c.mu.token = cfg.AccessToken
 	if c.mu.token == "" {
 		c.mu.token = cfg.APIKey
 	}
 	c.mu.wake = make(chan struct{}, 1)
 	return c, nil
+}
+
+// Topic is the private Broadcast topic of node nodeID, as the database's
+// waylume.node_topic(uuid) names it.
+func Topic(nodeID string) string { return "waylume:node:" + strings.ToLower(nodeID) }
+
+// channelOf returns the channel's topic and postgres_changes bindings.
+func channelOf(cfg Config) (topic string, binds []binding) {
+	if cfg.Mode == ModeBroadcast {
+		return "realtime:" + Topic(cfg.NodeID), []binding{}
+	}
+	binds = []binding{
+		{Event: "*", Schema: "waylume", Table: "peers", Filter: "node_id=eq." + cfg.NodeID},
+		{Event: "*", Schema: "waylume", Table: "nodes", Filter: "id=eq." + cfg.NodeID},
+	}
+	if cfg.Canary != nil {
+		binds = append(binds, binding{Event: "*", Schema: "waylume", Table: "node_canary", Filter: "node_id=eq." + cfg.NodeID})
+	}
+	return "realtime:waylume-node-" + cfg.NodeID, binds
 }
 
 // validate checks cfg and sink and fills in cfg's defaults.
@@ -184,6 +231,13 @@ func validate(cfg *Config, sink events.Sink) error {
 	if sink == nil {
 		return errors.New("realtime: sink is required")
 	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModeBroadcast
+	case ModeBroadcast, ModePostgresChanges:
+	default:
+		return fmt.Errorf("realtime: Mode %q: want %s or %s", cfg.Mode, ModeBroadcast, ModePostgresChanges)
+	}
 	switch cfg.VSN {
 	case "":
 		cfg.VSN = VSN1
@@ -202,9 +256,15 @@ func validate(cfg *Config, sink events.Sink) error {
 	def(&cfg.MaxBackoff, defaultMaxBackoff)
 	def(&cfg.PermanentRetry, defaultPermanentRetry)
 	def(&cfg.SubscribeTimeout, defaultSubscribeTimeout)
+	def(&cfg.CanaryInterval, defaultCanaryInterval)
+	def(&cfg.CanaryTimeout, defaultCanaryTimeout)
+	def(&cfg.RejoinSpread, defaultRejoinSpread)
+	def(&cfg.RateLimitBackoff, defaultRateLimitBackoff)
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = cfg.MinBackoff
 	}
+	cfg.RejoinSpread = max(cfg.RejoinSpread, cfg.MinBackoff)
+	cfg.RateLimitBackoff = max(cfg.RateLimitBackoff, cfg.RejoinSpread)
 	return nil
 }
 
@@ -252,7 +312,7 @@ func (c *Client) state(s State) {
 // It never gives up on its own: errors are logged, reported through
 // OnState and retried.
 func (c *Client) Run(ctx context.Context) error {
-	bo := retry.Policy{Initial: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}.New()
+	w := c.newWaits()
 	sessions := 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -265,26 +325,66 @@ func (c *Client) Run(ctx context.Context) error {
 			c.state(State{Phase: Disconnected, Err: ctx.Err(), Sessions: sessions})
 			return ctx.Err()
 		}
-		if live {
-			// A session that got changes flowing earns a fresh backoff.
-			bo.Reset()
-		}
-		var rerr *Error
-		permanent := errors.As(err, &rerr) && rerr.Permanent
-		wait := bo.Next()
-		if permanent {
-			wait = c.cfg.PermanentRetry
-			c.log.Error("realtime subscription refused; retrying slowly: fix the cause (token, key, publication)",
-				"err", err, "retry_in", wait)
-		} else {
+		wait, refused := w.after(live, err)
+		switch {
+		case refused != nil:
+			c.log.Error("realtime subscription refused; retrying slowly: fix the cause",
+				"err", err, "hint", refused.Hint(), "retry_in", wait)
+		case isRateLimited(err):
+			c.log.Warn("realtime: over the project's limits; backing off", "err", err, "retry_in", wait)
+		default:
 			c.log.Warn("realtime session ended; reconnecting", "err", err, "retry_in", wait)
 		}
-		c.state(State{Phase: Disconnected, Err: err, Retry: wait, Sessions: sessions})
-		if !c.sleep(ctx, wait, permanent, c.usedGen) {
+		c.state(State{Phase: Disconnected, Err: err, Retry: wait, Sessions: sessions, Refused: refused})
+		if !c.sleep(ctx, wait, refused != nil, c.usedGen) {
 			c.state(State{Phase: Disconnected, Err: ctx.Err(), Sessions: sessions})
 			return ctx.Err()
 		}
 	}
+}
+
+// waits picks the delay before the next session.
+type waits struct {
+	cfg              *Config
+	transient, limit *retry.Backoff
+}
+
+func (c *Client) newWaits() *waits {
+	return &waits{cfg: &c.cfg,
+		transient: retry.Policy{Initial: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}.New(),
+		// Half the spread either way: a fleet told to slow down spreads
+		// its next joins over minutes.
+		limit: retry.Policy{Initial: c.cfg.RejoinSpread, Max: c.cfg.RateLimitBackoff, Jitter: 0.5}.New(),
+	}
+}
+
+// after returns the wait after a session that ended with err (live: it
+// was subscribed at some point), and the error when it is permanent.
+func (w *waits) after(live bool, err error) (time.Duration, *Error) {
+	var rerr *Error
+	errors.As(err, &rerr)
+	switch {
+	case rerr != nil && rerr.Permanent:
+		return w.cfg.PermanentRetry, rerr
+	case rerr != nil && rerr.RateLimited:
+		return w.limit.Next(), nil
+	}
+	w.limit.Reset()
+	if !live {
+		return w.transient.Next(), nil
+	}
+	// A session that got changes flowing earns a fresh backoff.
+	w.transient.Reset()
+	if errors.Is(err, ErrDeaf) {
+		return w.transient.Next(), nil // the client's own verdict: no fleet in step
+	}
+	lo, hi := w.cfg.MinBackoff, w.cfg.RejoinSpread
+	return lo + rand.N(hi-lo+1), nil
+}
+
+func isRateLimited(err error) bool {
+	var rerr *Error
+	return errors.As(err, &rerr) && rerr.RateLimited
 }
 
 // sleep waits d; a permanent error's wait ends early when a token newer

@@ -19,19 +19,28 @@ type Error struct {
 	// Reason is the server's text, e.g. "InvalidJWTToken: Token has expired
 	// 73 seconds ago" (tokens never appear in it).
 	Reason string
+	// Code is the reason's code, the text before its first colon (e.g.
+	// "Unauthorized", "ClientJoinRateLimitReached"); empty when none.
+	Code string
 	// Permanent errors are not fixed by retrying soon; the client retries
 	// them only every PermanentRetry (or when a new token is set).
 	Permanent bool
+	// RateLimited errors are the project's limits: the client backs off
+	// with jitter up to minutes so a fleet does not stay over them.
+	RateLimited bool
 
 	kind error // ErrChannelClosed or ErrChannelCrashed for Op "channel"
 }
 
 // How the server ended the channel (Op "channel"): a close is deliberate
 // (a token problem, a second join), a crash is the channel process dying;
-// both are answered with a rejoin.
+// both are answered with a rejoin. ErrDeaf (Op "liveness") is the client's
+// own verdict: the channel answered heartbeats but its canary never came
+// back.
 var (
 	ErrChannelClosed  = errors.New("channel closed by the server (phx_close)")
 	ErrChannelCrashed = errors.New("channel crashed on the server (phx_error)")
+	ErrDeaf           = errors.New("channel stopped delivering")
 )
 
 func (e *Error) Error() string {
@@ -72,7 +81,8 @@ func upgradeError(resp *http.Response, err error) error {
 	}
 	s := resp.StatusCode
 	return &Error{Op: "upgrade", Status: s, Reason: reason,
-		Permanent: s == http.StatusUnauthorized || s == http.StatusForbidden || s == http.StatusNotFound}
+		Permanent:   s == http.StatusUnauthorized || s == http.StatusForbidden || s == http.StatusNotFound,
+		RateLimited: s == http.StatusTooManyRequests}
 }
 
 // redact strips the query string (the apikey) from dial errors, which
@@ -93,31 +103,66 @@ func redact(err error) error {
 }
 
 // permanentCodes are join-reply reason codes that a retry with the same
-// credentials cannot fix.
+// configuration and credentials cannot fix.
 var permanentCodes = map[string]bool{
 	"InvalidJWTToken":           true,
 	"JwtSignatureError":         true,
 	"MalformedJWT":              true,
 	"Unauthorized":              true,
+	"PrivateOnly":               true,
 	"TenantNotFound":            true,
 	"TopicNameRequired":         true,
 	"RealtimeDisabledForTenant": true,
 }
 
+// rateLimitCodes are the project's limits on joins, connections and
+// channels.
+var rateLimitCodes = map[string]bool{
+	"ClientJoinRateLimitReached": true,
+	"ConnectionRateLimitReached": true,
+	"ChannelRateLimitReached":    true,
+}
+
 func joinError(reason string) *Error {
 	code, _, _ := strings.Cut(reason, ":")
-	return &Error{Op: "join", Reason: reason, Permanent: permanentCodes[strings.TrimSpace(code)]}
+	code = strings.TrimSpace(code)
+	return &Error{Op: "join", Reason: reason, Code: code,
+		Permanent:   permanentCodes[code] || badParameters(reason),
+		RateLimited: rateLimitCodes[code]}
+}
+
+// badParameters says whether a join or subscription error blames the
+// bindings: the server never retries these.
+func badParameters(msg string) bool {
+	return strings.HasPrefix(msg, "Unable to subscribe to changes") || strings.HasPrefix(msg, "Error parsing `filter` params")
 }
 
 // permanentSubscribe says whether a postgres_changes system error is one
 // the server never retries (bad parameters, table not in the publication).
-func permanentSubscribe(msg string) bool {
-	return strings.HasPrefix(msg, "Unable to subscribe to changes with given parameters")
-}
+func permanentSubscribe(msg string) bool { return badParameters(msg) }
 
 // tokenProblem says whether a system error that preceded a channel close
 // blames the token: a retry with the same token would be closed again.
 func tokenProblem(msg string) bool {
 	m := strings.ToLower(msg)
-	return strings.Contains(m, "token") || strings.Contains(m, "jwt")
+	// ":signature_error" is how the server words a bad pushed token.
+	return strings.Contains(m, "token") || strings.Contains(m, "jwt") || strings.Contains(m, "signature")
+}
+
+// Hint says what to fix for a permanent error, naming the grant or policy
+// a refused private join lacks; empty when there is nothing to add.
+func (e *Error) Hint() string {
+	switch {
+	case e.Code == "Unauthorized":
+		return "the token's role may not read the topic: it needs USAGE on schema realtime, SELECT on realtime.messages " +
+			"and the policy waylume_node_receive_<role> on realtime.messages (migration 0006_broadcast), " +
+			"and the token's node_id (app_metadata.node_id for role authenticated) must be this node's"
+	case e.Code == "PrivateOnly":
+		return "the project allows private channels only: use WAYLUME_REALTIME_MODE=broadcast"
+	case e.Code == "JwtSignatureError" || e.Code == "InvalidJWTToken" || e.Code == "MalformedJWT":
+		return "the access token is not accepted by this project: mint a new one (waylume-node token) or check the signing key"
+	case badParameters(e.Reason):
+		return "the tables are not in publication supabase_realtime or a filter is wrong: run waylume-node migrate"
+	}
+	return ""
 }

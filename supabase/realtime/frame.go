@@ -4,8 +4,8 @@ package realtime
 // vsn 1.0.0 frames are JSON objects {"topic","event","payload","ref","join_ref"};
 // vsn 2.0.0 frames are arrays [join_ref, ref, topic, event, payload]. The
 // decoder accepts both whatever vsn was requested, so a server that answers in
-// the other framing still works. Binary frames (v2 broadcasts) never reach
-// this code: the read loop drops them.
+// the other framing still works. Binary frames (v2 broadcasts) are decoded
+// in broadcast.go.
 
 import (
 	"bytes"
@@ -32,6 +32,7 @@ const (
 	eventAccessToken = "access_token"
 	eventSystem      = "system"
 	eventChanges     = "postgres_changes"
+	eventBroadcast   = "broadcast"
 	topicPhoenix     = "phoenix"
 )
 

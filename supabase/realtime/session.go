@@ -21,8 +21,8 @@ import (
 type session struct {
 	c       *Client
 	conn    *websocket.Conn
-	frames  <-chan []byte // text frames from the reader
-	readErr <-chan error  // the reader's final error
+	frames  <-chan inbound // frames from the reader
+	readErr <-chan error   // the reader's final error
 	refs    refCounter
 	joinRef string
 	ids     map[string]int // binding id from the join reply -> index in c.binds
@@ -35,6 +35,13 @@ type session struct {
 	// pendingHB is the ref of the heartbeat awaiting its reply, "" when
 	// none is outstanding.
 	pendingHB string
+	proof     *canaryProof
+}
+
+// inbound is one frame as read: text (JSON) or binary (v2 broadcasts).
+type inbound struct {
+	binary bool
+	data   []byte
 }
 
 // session runs one connection until it fails or ctx ends. live reports
@@ -54,7 +61,8 @@ func (c *Client) session(ctx context.Context, n int) (live bool, err error) {
 	push := make(chan struct{}, 1)
 	c.setPush(push)
 
-	s := &session{c: c, conn: conn, frames: frames, readErr: readErr, n: n, ids: map[string]int{}}
+	s := &session{c: c, conn: conn, frames: frames, readErr: readErr, n: n, ids: map[string]int{},
+		proof: newCanaryProof(c.cfg.Canary, c.cfg.CanaryTimeout)}
 	defer func() {
 		c.setPush(nil)
 		if ctx.Err() != nil {
@@ -74,10 +82,10 @@ func (c *Client) session(ctx context.Context, n int) (live bool, err error) {
 	return s.live, err
 }
 
-// read runs conn's only reader until a read fails or ctx ends: text frames
-// go to frames, the failure to readErr; done closes when it has returned.
-func read(ctx context.Context, conn *websocket.Conn) (frames <-chan []byte, readErr <-chan error, done <-chan struct{}) {
-	fc := make(chan []byte, 64)
+// read runs conn's only reader until a read fails or ctx ends: frames go
+// to frames, the failure to readErr; done closes when it has returned.
+func read(ctx context.Context, conn *websocket.Conn) (frames <-chan inbound, readErr <-chan error, done <-chan struct{}) {
+	fc := make(chan inbound, 64)
 	ec := make(chan error, 1)
 	dc := make(chan struct{})
 	go func() {
@@ -88,11 +96,8 @@ func read(ctx context.Context, conn *websocket.Conn) (frames <-chan []byte, read
 				ec <- err
 				return
 			}
-			if typ != websocket.MessageText {
-				continue // v2 binary frames carry broadcasts only
-			}
 			select {
-			case fc <- data:
+			case fc <- inbound{binary: typ == websocket.MessageBinary, data: data}:
 			case <-ctx.Done():
 				return
 			}
@@ -114,6 +119,16 @@ func (s *session) loop(ctx, sctx context.Context, push <-chan struct{}) error {
 	subArmed := true
 	hb := time.NewTicker(cfg.HeartbeatInterval)
 	defer hb.Stop()
+	// The canary clock runs only when canaries are on; checks at a tenth
+	// of the timeout find a late one within 10% of it.
+	var canaryC, overdueC <-chan time.Time
+	if s.proof.enabled() {
+		ct := time.NewTicker(cfg.CanaryInterval)
+		defer ct.Stop()
+		ot := time.NewTicker(max(cfg.CanaryTimeout/10, 10*time.Millisecond))
+		defer ot.Stop()
+		canaryC, overdueC = ct.C, ot.C
+	}
 
 	for {
 		select {
@@ -136,6 +151,18 @@ func (s *session) loop(ctx, sctx context.Context, push <-chan struct{}) error {
 			}
 		case <-push:
 			if err := s.pushToken(sctx); err != nil {
+				return err
+			}
+		case <-canaryC:
+			if s.subbed {
+				s.proof.start(sctx)
+			}
+		case r := <-s.proof.result:
+			if err := s.proof.written(r); err != nil {
+				s.c.log.Warn("realtime: canary not written; the channel is not judged this round", "err", err)
+			}
+		case now := <-overdueC:
+			if err := s.proof.overdue(now); err != nil {
 				return err
 			}
 		case data := <-s.frames:
@@ -186,9 +213,21 @@ func (s *session) heartbeat(ctx context.Context) error {
 	return s.send(ctx, frame{Topic: topicPhoenix, Event: eventHeartbeat, Ref: s.pendingHB})
 }
 
-// receive handles one text frame from the server.
-func (s *session) receive(ctx context.Context, data []byte) error {
+// receive handles one frame from the server.
+func (s *session) receive(ctx context.Context, in inbound) error {
 	c := s.c
+	if in.binary {
+		m, err := decodeBinary(in.data)
+		if err != nil {
+			c.log.Warn("realtime: dropping malformed binary frame", "err", err, "bytes", len(in.data))
+			return nil
+		}
+		if m.Topic == c.topic && s.subbed {
+			s.broadcast(m)
+		}
+		return nil
+	}
+	data := in.data
 	f, err := decodeFrame(data)
 	if err != nil {
 		c.log.Warn("realtime: dropping malformed frame", "err", err, "bytes", len(data))
@@ -229,7 +268,7 @@ func (s *session) join(ctx context.Context) error {
 			"broadcast":        map[string]any{"ack": false, "self": false},
 			"presence":         map[string]any{"key": "", "enabled": false},
 			"postgres_changes": s.c.binds,
-			"private":          false,
+			"private":          s.c.cfg.Mode == ModeBroadcast,
 		},
 		"access_token": tok,
 	}
@@ -305,6 +344,17 @@ func (s *session) handle(ctx context.Context, f frame) error {
 	case eventChanges:
 		s.changes(f.Payload)
 		return nil
+
+	case eventBroadcast:
+		var tb textBroadcast
+		if err := unmarshal(f.Payload, &tb); err != nil {
+			s.c.log.Warn("realtime: malformed broadcast", "err", err)
+			return nil
+		}
+		if s.subbed {
+			s.broadcast(broadcastMsg{Topic: f.Topic, Event: tb.Event, Payload: tb.Payload})
+		}
+		return nil
 	}
 	s.c.log.Debug("realtime: ignoring event", "event", f.Event)
 	return nil
@@ -331,7 +381,12 @@ func (s *session) joinReply(ctx context.Context, payload json.RawMessage) error 
 		return err
 	}
 	s.joined = true
-	s.c.log.Debug("realtime: joined; waiting for the subscription", "topic", s.c.topic)
+	if s.c.cfg.Mode == ModeBroadcast {
+		// A broadcast channel delivers from its ok reply on.
+		s.subscribed("joined the private topic")
+	} else {
+		s.c.log.Debug("realtime: joined; waiting for the subscription", "topic", s.c.topic)
+	}
 	// A token set while the join was in flight goes out now.
 	return s.pushToken(ctx)
 }
@@ -359,9 +414,19 @@ func (s *session) checkBindings(raw json.RawMessage) error {
 	return nil
 }
 
+// subscribed marks the channel live: from now on changes flow.
+func (s *session) subscribed(msg string) {
+	c := s.c
+	s.subbed, s.live = true, true
+	c.log.Info("realtime: subscription live", "topic", c.topic, "message", msg)
+	c.state(State{Phase: Live, Sessions: s.n})
+	// Nothing is replayed: whatever changed before now may be missing.
+	c.sink.Add(events.Event{Kind: events.Resync, Source: "realtime"})
+}
+
 func (s *session) system(sp systemPayload) error {
 	c := s.c
-	if sp.Extension != "postgres_changes" {
+	if sp.Extension != "postgres_changes" || s.c.cfg.Mode == ModeBroadcast {
 		if sp.Status == "error" {
 			// The server follows this with phx_close; remember why.
 			s.sysErr = sp.Message
@@ -370,11 +435,7 @@ func (s *session) system(sp systemPayload) error {
 		return nil
 	}
 	if sp.Status == "ok" {
-		s.subbed, s.live = true, true
-		c.log.Info("realtime: subscription live", "topic", c.topic, "message", sp.Message)
-		c.state(State{Phase: Live, Sessions: s.n})
-		// Nothing is replayed: whatever changed before now may be missing.
-		c.sink.Add(events.Event{Kind: events.Resync, Source: "realtime"})
+		s.subscribed(sp.Message)
 		return nil
 	}
 	err := &Error{Op: "subscribe", Reason: sp.Message, Permanent: permanentSubscribe(sp.Message)}

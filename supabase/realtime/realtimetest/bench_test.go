@@ -22,6 +22,7 @@ func BenchmarkCommitToEvent(b *testing.B) {
 	rt, err := realtime.New(realtime.Config{
 		URL: f.srv.URL(), APIKey: realtimetest.AnonKey(secret),
 		AccessToken: realtimetest.NodeToken(secret, f.nodeA, time.Hour), NodeID: f.nodeA,
+		Mode: realtime.ModePostgresChanges,
 	}, events.SinkFunc(func(e events.Event) { got <- e }))
 	if err != nil {
 		b.Fatal(err)

@@ -58,7 +58,7 @@ func (s *Server) dispatch(ctx context.Context, c *walChange) error {
 	t := s.mu.tables[c.Schema+"."+c.Table]
 	lose, force, asText := s.mu.loseEvents, s.mu.forceErrors, s.mu.strings
 	s.mu.Unlock()
-	if t == nil || lose {
+	if t == nil || lose || !s.admit() {
 		return nil
 	}
 	d := &delivery{c: c, t: t, action: action, errs: force, pks: map[string]bool{}, commit: commitTimestamp(c.Timestamp)}
@@ -130,6 +130,10 @@ func (s *Server) candidates(c *walChange, action string) []candidate {
 		so.mu.Lock()
 		for _, ch := range so.mu.channels {
 			if !ch.subbed {
+				continue
+			}
+			if ch.deaf {
+				s.dropped.Add(1)
 				continue
 			}
 			var tg *target

@@ -42,8 +42,7 @@ func newFixtureTB(t testing.TB, mod func(*realtimetest.Config)) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	dbfix.SupabaseRoles(t)
-	db := dbfix.Migrated(t)
+	db := dbfix.MigratedSupabase(t)
 	// The server connects as a non-superuser that may switch to the tokens'
 	// roles (REPLICATION for the slot); TestSuperuserServer covers the
 	// superuser connection self-hosted Supabase uses.
@@ -258,14 +257,16 @@ func (f *fixture) startClient(t *testing.T, mod func(*realtime.Config)) *client 
 	t.Helper()
 	rec := newRecorder()
 	cfg := realtime.Config{
-		URL:         f.srv.URL(),
-		APIKey:      realtimetest.AnonKey(secret),
-		AccessToken: realtimetest.NodeToken(secret, f.nodeA, time.Hour),
-		NodeID:      f.nodeA,
-		MinBackoff:  10 * time.Millisecond,
-		MaxBackoff:  50 * time.Millisecond,
-		Logger:      testLogger(),
-		OnState:     rec.state,
+		URL:          f.srv.URL(),
+		APIKey:       realtimetest.AnonKey(secret),
+		AccessToken:  realtimetest.NodeToken(secret, f.nodeA, time.Hour),
+		NodeID:       f.nodeA,
+		Mode:         realtime.ModePostgresChanges,
+		MinBackoff:   10 * time.Millisecond,
+		MaxBackoff:   50 * time.Millisecond,
+		RejoinSpread: 50 * time.Millisecond,
+		Logger:       testLogger(),
+		OnState:      rec.state,
 	}
 	if mod != nil {
 		mod(&cfg)

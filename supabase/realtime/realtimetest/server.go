@@ -54,6 +54,9 @@ type Config struct {
 	MaxRecordBytes int
 	// IdleTimeout closes sockets silent that long (no heartbeat); default 60 s.
 	IdleTimeout time.Duration
+	// PrivateOnly refuses public joins, as a project set to private
+	// channels only does.
+	PrivateOnly bool
 	// Addr to listen on; default 127.0.0.1:0.
 	Addr   string
 	Logger *slog.Logger
@@ -73,6 +76,8 @@ type Server struct {
 	connections atomic.Int64
 	delivered   atomic.Int64
 	polled      atomic.Int64
+	broadcasts  atomic.Int64 // broadcast messages sent to channels
+	dropped     atomic.Int64 // messages the silent modes swallowed
 
 	mu struct {
 		sync.Mutex
@@ -89,6 +94,12 @@ type Server struct {
 		refuse      int
 		refuseMsg   string
 		tables      map[string]*tableInfo // "schema.table" in the publication
+		messages    bool                  // realtime.messages exists: Broadcast from Database
+		rate        int                   // messages per second delivered at most; 0: no limit
+		window      time.Time             // start of the current rate window
+		inWindow    int
+		joinErr     string      // every join refused with this reason
+		joinTimes   []time.Time // every phx_join received
 	}
 }
 
@@ -424,7 +435,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(1 << 20)
 	s.connections.Add(1)
-	so := &socket{srv: s, conn: conn, vsn: vsn, apikey: key, out: make(chan []byte, 4096), done: make(chan struct{})}
+	so := &socket{srv: s, conn: conn, vsn: vsn, apikey: key, out: make(chan outFrame, 4096), done: make(chan struct{})}
 	so.mu.channels = map[string]*channel{}
 	s.mu.Lock()
 	s.mu.sockets[so] = struct{}{}

@@ -24,7 +24,7 @@ type socket struct {
 	conn   *websocket.Conn
 	vsn    string
 	apikey string
-	out    chan []byte
+	out    chan outFrame
 	done   chan struct{}
 	ctx    context.Context // ends when the socket closes
 
@@ -34,10 +34,18 @@ type socket struct {
 	}
 }
 
+// outFrame is one queued frame: text, or binary (v2 broadcasts).
+type outFrame struct {
+	binary bool
+	b      []byte
+}
+
 // channel is one joined topic.
 type channel struct {
 	topic    string
 	joinRef  string
+	private  bool // joined with config.private: receives private broadcasts
+	deaf     bool // SetDeaf: joined, and nothing delivered
 	bindings []binding
 	subbed   bool // "Subscribed to PostgreSQL" sent: changes flow
 	claims   claims
@@ -101,9 +109,13 @@ func (so *socket) writer(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case b := <-so.out:
+		case f := <-so.out:
+			typ := websocket.MessageText
+			if f.binary {
+				typ = websocket.MessageBinary
+			}
 			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := so.conn.Write(wctx, websocket.MessageText, b)
+			err := so.conn.Write(wctx, typ, f.b)
 			cancel()
 			if err != nil {
 				so.conn.CloseNow()
@@ -113,10 +125,13 @@ func (so *socket) writer(ctx context.Context) {
 	}
 }
 
-// enqueue queues a frame; a client too slow to drain 4096 frames is cut off.
-func (so *socket) enqueue(b []byte) {
+// enqueue queues a text frame; a client too slow to drain 4096 frames is
+// cut off.
+func (so *socket) enqueue(b []byte) { so.enqueueFrame(outFrame{b: b}) }
+
+func (so *socket) enqueueFrame(f outFrame) {
 	select {
-	case so.out <- b:
+	case so.out <- f:
 	default:
 		so.conn.CloseNow()
 	}
@@ -214,6 +229,7 @@ func (so *socket) handle(f inFrame) {
 	if f.event == "phx_join" {
 		srv.mu.Lock()
 		ignore := srv.mu.noJoinReply
+		srv.mu.joinTimes = append(srv.mu.joinTimes, time.Now())
 		srv.mu.Unlock()
 		if !ignore {
 			so.join(f, ch)
@@ -341,6 +357,7 @@ func (so *socket) join(f inFrame, old *channel) {
 	var p struct {
 		Config struct {
 			PostgresChanges []map[string]any `json:"postgres_changes"`
+			Private         bool             `json:"private"`
 		} `json:"config"`
 		AccessToken string `json:"access_token"`
 	}
@@ -359,13 +376,18 @@ func (so *socket) join(f inFrame, old *channel) {
 		so.reply(f, "error", map[string]any{"reason": err.Error()})
 		return
 	}
+	if reason := srv.joinRefusal(sub, p.Config.Private, c); reason != "" {
+		time.Sleep(srv.cfg.ErrorReplyDelay)
+		so.reply(f, "error", map[string]any{"reason": reason})
+		return
+	}
 	joinRef := ""
 	if f.joinRef != nil {
 		joinRef = *f.joinRef
 	} else if f.ref != nil {
 		joinRef = *f.ref
 	}
-	ch := &channel{topic: f.topic, joinRef: joinRef, claims: c}
+	ch := &channel{topic: f.topic, joinRef: joinRef, claims: c, private: p.Config.Private}
 	var echo []map[string]any
 	ch.bindings, echo = parseBindings(p.Config.PostgresChanges)
 	so.mu.Lock()

@@ -130,6 +130,9 @@ func (s *Server) pollOnce(ctx context.Context, conn *pgx.Conn) error {
 	for _, t := range s.mu.tables {
 		add = append(add, escapeTable(t.schema)+"."+escapeTable(t.name))
 	}
+	if s.mu.messages {
+		add = append(add, "realtime.*") // every partition of realtime.messages
+	}
 	s.mu.Unlock()
 	if len(add) == 0 {
 		return nil
@@ -159,8 +162,14 @@ func (s *Server) pollOnce(ctx context.Context, conn *pgx.Conn) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read slot: %w", err)
 	}
-	defer s.polled.Add(int64(len(changes)))
+	var polled int64
+	defer func() { s.polled.Add(polled) }()
 	for i := range changes {
+		if isMessages(&changes[i]) {
+			s.dispatchMessage(&changes[i])
+			continue
+		}
+		polled++
 		if err := s.dispatch(ctx, &changes[i]); err != nil && ctx.Err() == nil {
 			s.log.Warn("realtimetest: dispatch", "table", changes[i].Table, "err", err)
 		}
