@@ -48,7 +48,33 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "build waylume-node: %v\n%s", err, out)
 		return 1
 	}
-	return pgtest.Main(m)
+	code := pgtest.Main(m)
+	// Every node a test starts runs in a namespace the harness checks for
+	// leftovers; this catches one started anywhere else.
+	if left := running(binPath); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "waylume-node processes left running (killed now): %v\n", left)
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return 1
+	}
+	return code
+}
+
+// running lists the processes executing the binary at path.
+func running(path string) []int {
+	dirs, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(filepath.Join("/proc", d.Name(), "exe")); err == nil && exe == path {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 const (

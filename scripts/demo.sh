@@ -11,7 +11,9 @@
 #
 # Everything lives in two network namespaces and a temp dir made here and
 # removed on exit, Ctrl-C or failure. Nothing touches the host's default
-# namespace. Needs root.
+# namespace. Every process the demo starts is stopped, and the demo fails
+# if one is left: it looks in its namespaces and for its run's tag in each
+# process's environment, so a child of a child is found too. Needs root.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,11 +59,38 @@ UNDERLAY_CLI=10.199.0.2
 POOL_ADDR=10.201.0.1/24
 NODE_TUN=10.201.0.1
 WORK=$(mktemp -d /tmp/waylume-demo.XXXXXX)
+# Inherited by everything started from here on (ip netns exec, env,
+# runuser and pg_ctl keep the environment): the accounting at the end
+# finds each of them by it.
+export WAYLUME_DEMO_RUN=$ID-${WORK##*.}
 PGDIR=$WORK/pg
 NODE_PID=
 CLI_WG_PID=
 IPERF_PID=
+POLL_PID=
 PG_STARTED=
+PG_PID=
+
+# leftovers writes "pid command" to $WORK/leftovers for every process this
+# run started that is still running: anything inside its namespaces, any
+# process carrying its tag, and the postmaster. It runs in the demo's own
+# shell (no pipeline or subshell alive while grep looks): the shell carries
+# the tag and is skipped, grep runs without it, and bash expands the glob
+# before grep starts.
+leftovers() {
+	local pid cmd
+	: >"$WORK/pids"
+	for ns in "$NS_NODE" "$NS_CLI"; do ip netns pids "$ns" >>"$WORK/pids" 2>/dev/null; done
+	env -u WAYLUME_DEMO_RUN grep -lzxF "WAYLUME_DEMO_RUN=$WAYLUME_DEMO_RUN" /proc/[0-9]*/environ >>"$WORK/pids" 2>/dev/null
+	if [ -n "$PG_PID" ] && kill -0 "$PG_PID" 2>/dev/null; then echo "$PG_PID" >>"$WORK/pids"; fi
+	: >"$WORK/leftovers"
+	for pid in $(sed 's|^/proc/\([0-9]*\)/environ$|\1|' "$WORK/pids" | sort -un); do
+		[ "$pid" != $$ ] || continue
+		cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)
+		# Gone by now, or a zombie (no command line): not running.
+		[ -n "$cmd" ] && printf '%s %s\n' "$pid" "$cmd" >>"$WORK/leftovers"
+	done
+}
 
 cleanup() {
 	code=$?
@@ -88,18 +117,28 @@ cleanup() {
 		for _ in $(seq 1 100); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$NODE_PID" 2>/dev/null
 	fi
-	[ -n "$IPERF_PID" ] && kill "$IPERF_PID" 2>/dev/null
-	[ -n "$CLI_WG_PID" ] && kill "$CLI_WG_PID" 2>/dev/null
+	for pid in "$IPERF_PID" "$POLL_PID" "$CLI_WG_PID"; do
+		[ -n "$pid" ] && kill "$pid" 2>/dev/null
+	done
 	wait 2>/dev/null
-	ip netns del "$NS_CLI" 2>/dev/null
-	ip netns del "$NS_NODE" 2>/dev/null
-	rm -f "/var/run/wireguard/$WG_NODE.sock" "/var/run/wireguard/$WG_CLI.sock"
 	if [ -n "$PG_STARTED" ]; then
 		runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -m immediate -w stop >/dev/null 2>&1
 	fi
+	# Everything started was stopped above by its own pid; what is still
+	# running was not accounted for, and fails the demo.
+	leftovers
+	if [ -s "$WORK/leftovers" ]; then
+		printf '\n\033[31mdemo FAILED: processes it started are still running (killed now):\033[0m\n' >&2
+		cat "$WORK/leftovers" >&2
+		kill -KILL $(cut -d' ' -f1 "$WORK/leftovers") 2>/dev/null
+		[ "$code" = 0 ] && code=1
+	fi
+	ip netns del "$NS_CLI" 2>/dev/null
+	ip netns del "$NS_NODE" 2>/dev/null
+	rm -f "/var/run/wireguard/$WG_NODE.sock" "/var/run/wireguard/$WG_CLI.sock"
 	rm -rf "$WORK"
 	if [ "$code" = 0 ]; then
-		printf '\n\033[32mdemo passed\033[0m (everything it created is removed)\n'
+		printf '\n\033[32mdemo passed\033[0m (everything it created is removed; no process it started is left)\n'
 	else
 		printf 'cleaned up\n' >&2
 	fi
@@ -137,6 +176,7 @@ runuser -u postgres -- "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust -E 
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w -o \
 	"-c listen_addresses='' -c unix_socket_directories='$PGDIR' -c wal_level=logical -c fsync=off" start >/dev/null
 PG_STARTED=1
+PG_PID=$(head -n 1 "$PGDIR/data/postmaster.pid")
 ADMIN_URL="postgres://postgres@/postgres?host=$PGDIR&sslmode=disable"
 sql() { psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -qAt "$@"; }
 info "$("$PGBIN/postgres" --version), socket in $PGDIR, wal_level=$(sql -c 'show wal_level')"
@@ -228,7 +268,9 @@ info "handshake $(($(date +%s) - HS))s ago (client: wg show $WG_CLI)"
 cli_ns wg show "$WG_CLI" | sed -n 's/^/   /;/endpoint\|handshake\|transfer/p'
 
 step "shaped throughput: node -> client, limit $LIMIT_MBIT Mbit/s"
-node_ns iperf3 -s -B "$NODE_TUN" -p 5201 >"$WORK/iperf-server.log" 2>&1 &
+# Started directly, not through node_ns: a function run in the background
+# is a subshell, and $! would be its pid, not iperf3's.
+ip netns exec "$NS_NODE" iperf3 -s -B "$NODE_TUN" -p 5201 >"$WORK/iperf-server.log" 2>&1 &
 IPERF_PID=$!
 # Not probed through the tunnel: iperf3 serves one client at a time and a
 # probe connection can make it reset the real test. The test itself is the
@@ -260,7 +302,7 @@ fi
 step "the app backend lowers the limit to 10 Mbit/s: how fast the kernel follows"
 # One poller process inside the namespace, started before the UPDATE, so
 # the figure is not mostly process start-up.
-node_ns bash -c "t0=\$(date +%s%N); until tc class show dev $WG_NODE | grep -q 'rate 10Mbit'; do
+ip netns exec "$NS_NODE" bash -c "t0=\$(date +%s%N); until tc class show dev $WG_NODE | grep -q 'rate 10Mbit'; do
 	[ \$(( (\$(date +%s%N) - t0) / 1000000 )) -lt 10000 ] || exit 1; done; date +%s%N" >"$WORK/applied_at" &
 POLL_PID=$!
 sleep 0.2
@@ -268,6 +310,7 @@ T0=$(date +%s%N)
 psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -qAt -c "\\timing on" -c "UPDATE waylume.peers SET download_kbps = 10000 WHERE id = '$PEER_ID'" | sed "s/^/   psql: /"
 T1=$(date +%s%N)
 wait "$POLL_PID" || die "the new limit did not reach tc within 10s"
+POLL_PID=
 TA=$(cat "$WORK/applied_at")
 # The commit happened somewhere between starting psql and psql returning.
 info "tc showed rate 10Mbit $(((TA - T1) / 1000000))-$(((TA - T0) / 1000000)) ms after the commit (LISTEN/NOTIFY -> reconcile -> netlink; the range is psql's own run time)"

@@ -3,7 +3,8 @@
 // inside them, a Debian wireguard-go + wg client and iperf3 with parsed
 // results. Every resource it makes is removed by t.Cleanup, also when the
 // test fails, and nothing runs in the host's namespace except `ip netns`
-// itself.
+// itself. Processes are accounted for: a process still inside a namespace
+// when the namespace goes fails the test (and is killed).
 //
 // Names are unique on the host (interface names too: UAPI sockets in
 // /var/run/wireguard are shared by all namespaces), derived from the pid and
@@ -17,8 +18,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,14 +71,57 @@ func New(t testing.TB, prefix string) *NS {
 		t.Fatalf("ip netns add %s: %v: %s", n.Name, err, out)
 	}
 	t.Cleanup(func() {
-		// Processes still inside keep the namespace alive but not the
-		// name; the harness stops its own processes in earlier cleanups.
+		// The harness stops its own processes in earlier cleanups, so
+		// anything still inside is a leak: a process the test started
+		// without accounting for it, or one a child left behind. It
+		// would keep the namespace alive after the name is gone.
+		if left := n.leftovers(); len(left) > 0 {
+			t.Errorf("processes left in namespace %s (killed now): %s", n.Name, strings.Join(left, "; "))
+			n.killAll()
+		}
 		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", n.Name, err, out)
 		}
 	})
 	n.MustRun(t, "ip", "link", "set", "lo", "up")
 	return n
+}
+
+// pids lists the processes inside the namespace other than this one (a
+// thread of this process may have entered it; the process has not).
+func (n *NS) pids() []int {
+	out, err := exec.Command("ip", "netns", "pids", n.Name).Output()
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// leftovers describes each process still inside: pid and command line.
+func (n *NS) leftovers() []string {
+	var left []string
+	for _, pid := range n.pids() {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		left = append(left, fmt.Sprintf("%d %s", pid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))))
+	}
+	return left
+}
+
+// killAll kills what is left inside and waits (up to 5s) until it is gone.
+func (n *NS) killAll() {
+	for _, pid := range n.pids() {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(n.pids()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Command returns a command that runs inside the namespace.

@@ -2,6 +2,7 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -40,4 +41,27 @@ func TestNamespacesVethAndPing(t *testing.T) {
 		t.Error("Stop did not end the process")
 	}
 	WaitFor(t, time.Second, func() error { return nil })
+}
+
+// A child that outlives what the test started (a daemonising tool, a
+// background job) is still found: the namespace is searched, not a list
+// of started pids.
+func TestLeftoverProcessesAreFound(t *testing.T) {
+	Require(t, "sh", "sleep")
+	n := New(t, "htl")
+	p := n.Start(t, "sh", "-c", "sleep 60 >/dev/null 2>&1 & exit 0")
+	WaitFor(t, 10*time.Second, func() error {
+		if exited, _ := p.Exited(); !exited {
+			return errors.New("sh still running")
+		}
+		return nil
+	})
+	left := n.leftovers()
+	if len(left) != 1 || !strings.Contains(left[0], "sleep 60") {
+		t.Fatalf("leftovers = %q, want the one sleep", left)
+	}
+	n.killAll()
+	if left := n.leftovers(); len(left) != 0 {
+		t.Fatalf("after killAll: %q", left)
+	}
 }
