@@ -2,6 +2,7 @@ package main
 
 import (
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -199,5 +200,161 @@ func TestComposeFile(t *testing.T) {
 		if !strings.Contains(string(d), want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
+	}
+}
+
+// yamlLine is one significant line of a YAML file: its indent and text.
+type yamlLine struct {
+	indent int
+	text   string
+}
+
+// parseYAML reads the block-style subset of YAML that compose.yaml uses:
+// maps, "- " lists (of scalars or maps), flow lists ([a, b]), quoted and
+// plain scalars, comments. Scalars stay strings. Anything else (anchors,
+// multi-line scalars) fails the test, so the file stays that simple.
+func parseYAML(t *testing.T, src string) map[string]any {
+	t.Helper()
+	var lines []yamlLine
+	for _, l := range strings.Split(src, "\n") {
+		trim := strings.TrimSpace(l)
+		if trim == "" || strings.HasPrefix(trim, "#") {
+			continue
+		}
+		if i := strings.Index(trim, " #"); i >= 0 && !strings.ContainsAny(trim[:i], `"'`) {
+			trim = strings.TrimSpace(trim[:i])
+		}
+		if strings.ContainsAny(trim[:1], "&*|>") || strings.Contains(trim, ": &") || strings.Contains(trim, "<<:") {
+			t.Fatalf("compose.yaml: %q is beyond the YAML this test reads", trim)
+		}
+		lines = append(lines, yamlLine{indent: len(l) - len(strings.TrimLeft(l, " ")), text: trim})
+	}
+	p := &yamlParser{t: t, lines: lines}
+	m, ok := p.block(0).(map[string]any)
+	if !ok || p.i != len(lines) {
+		t.Fatalf("compose.yaml: cannot read from line %q", lines[min(p.i, len(lines)-1)].text)
+	}
+	return m
+}
+
+type yamlParser struct {
+	t     *testing.T
+	lines []yamlLine
+	i     int
+}
+
+// block reads the map or list whose lines are indented by indent.
+func (p *yamlParser) block(indent int) any {
+	if p.i < len(p.lines) && strings.HasPrefix(p.lines[p.i].text, "- ") {
+		var list []any
+		for p.i < len(p.lines) && p.lines[p.i].indent == indent && strings.HasPrefix(p.lines[p.i].text, "- ") {
+			item := strings.TrimPrefix(p.lines[p.i].text, "- ")
+			if k, _, ok := cutKey(item); ok && k != "" {
+				// A map starting on the "- " line: its keys line up after the dash.
+				p.lines[p.i] = yamlLine{indent: indent + 2, text: item}
+				list = append(list, p.block(indent+2))
+				continue
+			}
+			p.i++
+			list = append(list, yamlScalar(item))
+		}
+		return list
+	}
+	m := map[string]any{}
+	for p.i < len(p.lines) && p.lines[p.i].indent == indent {
+		k, v, ok := cutKey(p.lines[p.i].text)
+		if !ok {
+			p.t.Fatalf("compose.yaml: %q is not key: value", p.lines[p.i].text)
+		}
+		p.i++
+		switch {
+		case v != "":
+			m[k] = yamlScalar(v)
+		case p.i < len(p.lines) && p.lines[p.i].indent > indent:
+			m[k] = p.block(p.lines[p.i].indent)
+		default:
+			m[k] = nil
+		}
+	}
+	return m
+}
+
+// cutKey splits "key: value" (or "key:"), the key possibly quoted.
+func cutKey(s string) (key, value string, ok bool) {
+	if strings.HasPrefix(s, `"`) || strings.HasPrefix(s, "[") {
+		return "", "", false
+	}
+	if k, ok := strings.CutSuffix(s, ":"); ok && !strings.Contains(k, ": ") {
+		return k, "", true
+	}
+	k, v, ok := strings.Cut(s, ": ")
+	return k, strings.TrimSpace(v), ok
+}
+
+func yamlScalar(s string) any {
+	if inner, ok := strings.CutPrefix(s, "["); ok {
+		var list []any
+		for _, f := range strings.Split(strings.TrimSuffix(inner, "]"), ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				list = append(list, yamlScalar(f))
+			}
+		}
+		return list
+	}
+	if len(s) >= 2 && (s[0] == '"' || s[0] == '\'') && s[len(s)-1] == s[0] {
+		return s[1 : len(s)-1]
+	}
+	return s
+}
+
+// composeService returns one service of compose.yaml, parsed.
+func composeService(t *testing.T, name string) map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "compose.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	services, _ := parseYAML(t, string(b))["services"].(map[string]any)
+	svc, ok := services[name].(map[string]any)
+	if !ok {
+		t.Fatalf("compose.yaml has no service %q", name)
+	}
+	return svc
+}
+
+// The internet-facing node runs with its own credentials only and the
+// least the data plane needs: NET_ADMIN, a read-only root, no privilege
+// gain, the WireGuard UDP port.
+func TestComposeNodeService(t *testing.T) {
+	node := composeService(t, "node")
+	if env, ok := node["environment"]; ok {
+		t.Errorf("node service has an environment block %v: its settings and credentials come from node.env only", env)
+	}
+	if got := fmt.Sprint(node); strings.Contains(got, "POSTGRES_PASSWORD") || strings.Contains(got, "://") {
+		t.Errorf("node service refers to the database owner's credentials: %s", got)
+	}
+	want := map[string]any{
+		"cap_drop":     []any{"ALL"},
+		"cap_add":      []any{"NET_ADMIN"},
+		"read_only":    "true",
+		"security_opt": []any{"no-new-privileges:true"},
+		"ports":        []any{"51820:51820/udp"},
+		"env_file":     []any{map[string]any{"path": "node.env", "required": "true"}},
+		"command":      []any{"run"},
+	}
+	for k, v := range want {
+		if diff := cmp.Diff(v, node[k]); diff != "" {
+			t.Errorf("node service %s (-want +got):\n%s", k, diff)
+		}
+	}
+	for _, k := range []string{"privileged", "network_mode", "pid", "ipc", "userns_mode", "cgroup_parent"} {
+		if v, ok := node[k]; ok {
+			t.Errorf("node service sets %s: %v", k, v)
+		}
+	}
+	// The local database is a service of its own, reached by its socket.
+	pg := composeService(t, "postgres")
+	if _, ok := pg["ports"]; ok {
+		t.Errorf("postgres service publishes ports: %v", pg["ports"])
 	}
 }
