@@ -3,7 +3,10 @@ package netctl
 // Probe: what a preflight needs to know of the kernel, found by doing it.
 // The shaper and firewall that serve the node build their real tree and
 // chains on a stand-in link in a throwaway namespace, so the host's own
-// namespace is never changed and nothing is left behind.
+// namespace is never changed and nothing is left behind. Where no namespace
+// can be made (a container with NET_ADMIN only: that takes CAP_SYS_ADMIN)
+// the probe runs in the process's own namespace instead, on throwaway links
+// and chains named for the probe, which carry no traffic and are removed.
 
 import (
 	"bufio"
@@ -17,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -35,11 +39,17 @@ type ProbeReport struct {
 	// creating a link to find out would be a change.
 	WireGuardModule bool
 	// Namespace is why no throwaway namespace could be made (it takes
-	// CAP_SYS_ADMIN). IFB, TC and Iptables are then ErrNotProbed, and
-	// MissingModules lists the shaping modules the kernel's module lists
-	// lack: the best that can be said without trying.
-	Namespace      error
-	MissingModules []string
+	// CAP_SYS_ADMIN). The areas are then probed in place (InPlace), in
+	// the process's own namespace on throwaway links and chains.
+	Namespace error
+	InPlace   bool
+	// Without CAP_NET_ADMIN nothing can be probed: IFB, TC and Iptables
+	// are ErrNotProbed, MissingModules lists the shaping modules the
+	// kernel's module lists lack and UnlistedModules those it cannot tell
+	// (no /lib/modules for this kernel, as in a container, and not in
+	// /sys/module): the best that can be said without trying.
+	MissingModules  []string
+	UnlistedModules []string
 	// IFB is creating the upload device.
 	IFB error
 	// TC is the rest of the shaping tree: HTB roots, the hashed u32
@@ -68,26 +78,50 @@ func Probe(ctx context.Context) ProbeReport {
 }
 
 func probe(ctx context.Context, cfg Config) ProbeReport {
-	rep := ProbeReport{WireGuardModule: moduleAvailable("wireguard")}
+	rep := ProbeReport{WireGuardModule: moduleStatus("wireguard") == moduleAvailable}
 	rep.IptablesPath, rep.Iptables = iptablesTools()
 	ns, err := tempNamespace()
 	if err != nil {
 		rep.Namespace = err
-		rep.IFB, rep.TC = ErrNotProbed, ErrNotProbed
-		if rep.Iptables == nil {
-			rep.Iptables = ErrNotProbed
-		}
-		for _, m := range shapingModules {
-			if !moduleAvailable(m) {
-				rep.MissingModules = append(rep.MissingModules, m)
-			}
-		}
-		return rep
+		return probeInPlace(ctx, inPlaceConfig(cfg), rep)
 	}
 	defer ns.close()
 	rep.IFB, rep.TC = probeShaping(ns, cfg)
 	if rep.Iptables == nil {
 		rep.Iptables = probeFirewall(ctx, ns, cfg)
+	}
+	return rep
+}
+
+// inPlaceConfig names the stand-in link for this process, so that neither
+// it nor its IFB can be a link of the node's (or of another probe's).
+func inPlaceConfig(cfg Config) Config {
+	cfg.Interface = fmt.Sprintf("wlp%x", os.Getpid())
+	return cfg
+}
+
+// probeInPlace is the probe in the process's own namespace. Refused for
+// want of CAP_NET_ADMIN, it falls back to the module lists.
+func probeInPlace(ctx context.Context, cfg Config, rep ProbeReport) ProbeReport {
+	rep.IFB, rep.TC = probeShaping(nil, cfg)
+	if errors.Is(rep.IFB, os.ErrPermission) {
+		rep.IFB, rep.TC = ErrNotProbed, ErrNotProbed
+		if rep.Iptables == nil {
+			rep.Iptables = ErrNotProbed
+		}
+		for _, m := range shapingModules {
+			switch moduleStatus(m) {
+			case moduleMissing:
+				rep.MissingModules = append(rep.MissingModules, m)
+			case moduleUnlisted:
+				rep.UnlistedModules = append(rep.UnlistedModules, m)
+			}
+		}
+		return rep
+	}
+	rep.InPlace = true
+	if rep.Iptables == nil {
+		rep.Iptables = probeFirewallInPlace(cfg)
 	}
 	return rep
 }
@@ -126,7 +160,14 @@ func probeShaping(ns *namespace, cfg Config) (ifbErr, tcErr error) {
 	if err == nil {
 		err = probeLimit(s, cfg.Address.Addr().Next())
 	}
-	return nil, errors.Join(err, s.teardown())
+	err = errors.Join(err, s.teardown())
+	// In a throwaway namespace the link goes with it; in place it must go.
+	if l, lerr := h.LinkByName(cfg.Interface); lerr == nil {
+		if derr := h.LinkDel(l); derr != nil {
+			err = errors.Join(err, fmt.Errorf("delete stand-in link %s: %w", cfg.Interface, derr))
+		}
+	}
+	return nil, err
 }
 
 func standIn(h *netlink.Handle, name string) (int, error) {
@@ -172,39 +213,120 @@ func probeFirewall(ctx context.Context, ns *namespace, cfg Config) error {
 	return errors.Join(err, fw.teardown(ctx))
 }
 
-// moduleAvailable looks for a module in the running kernel: loaded, built
-// in, or installed.
-func moduleAvailable(name string) bool {
-	if _, err := os.Stat("/sys/module/" + name); err == nil {
-		return true
+// probeFirewallInPlace fills and hooks chains of the probe's own with what
+// the node's need (conntrack in filter, MASQUERADE in nat), then removes
+// them. The hooks match only the stand-in link, which carries no traffic,
+// and the node's chains are not touched.
+func probeFirewallInPlace(cfg Config) error {
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
 	}
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return false
+	link := cfg.Interface
+	chain := "WLPROBE-" + strings.ToUpper(strings.TrimPrefix(link, "wlp"))
+	rules := []struct {
+		table, hook string
+		rule        []string
+	}{
+		{"filter", "FORWARD", []string{"-o", link, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"}},
+		{"nat", "POSTROUTING", []string{"-s", cfg.Pool().String(), "-o", link, "-j", "MASQUERADE"}},
 	}
-	dir := filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
-	for _, list := range []string{"modules.builtin", "modules.dep"} {
-		if moduleListed(filepath.Join(dir, list), name) {
-			return true
+	removeProbeChains(ipt, chain, link) // a probe killed halfway, same pid
+	for _, r := range rules {
+		if err = probeChain(ipt, r.table, r.hook, chain, link, r.rule); err != nil {
+			break
 		}
 	}
-	return false
+	return errors.Join(err, removeProbeChains(ipt, chain, link))
+}
+
+func probeChain(ipt *iptables.IPTables, table, hook, chain, link string, rule []string) error {
+	if err := ipt.NewChain(table, chain); err != nil {
+		return fmt.Errorf("create chain %s in %s: %w", chain, table, err)
+	}
+	if err := ipt.Append(table, chain, rule...); err != nil {
+		return fmt.Errorf("rule in %s (%s): %w", chain, table, err)
+	}
+	if err := ipt.Insert(table, hook, 1, "-o", link, "-j", chain); err != nil {
+		return fmt.Errorf("hook %s into %s: %w", chain, hook, err)
+	}
+	return nil
+}
+
+func removeProbeChains(ipt *iptables.IPTables, chain, link string) error {
+	var errs []error
+	for _, t := range []struct{ table, hook string }{{"filter", "FORWARD"}, {"nat", "POSTROUTING"}} {
+		if ok, _ := ipt.Exists(t.table, t.hook, "-o", link, "-j", chain); ok {
+			if err := ipt.Delete(t.table, t.hook, "-o", link, "-j", chain); err != nil {
+				errs = append(errs, fmt.Errorf("unhook %s from %s: %w", chain, t.hook, err))
+			}
+		}
+		if ok, _ := ipt.ChainExists(t.table, chain); ok {
+			if err := ipt.ClearAndDeleteChain(t.table, chain); err != nil {
+				errs = append(errs, fmt.Errorf("delete chain %s in %s: %w", chain, t.table, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// moduleState is what the kernel's module lists say of a module.
+type moduleState int
+
+const (
+	moduleMissing   moduleState = iota // the lists exist and lack it
+	moduleAvailable                    // loaded, built in, or installed
+	moduleUnlisted                     // no lists to read: cannot tell
+)
+
+// moduleStatus looks for a module in the running kernel: in /sys/module
+// (loaded, or built in with parameters or a version), then in the
+// kernel's modules.builtin and modules.dep. A container usually has no
+// /lib/modules, and a kernel without loadable modules none at all: then a
+// module absent from /sys/module may still be built in.
+func moduleStatus(name string) moduleState {
+	return moduleStatusIn("/sys/module", kernelModulesDir(), name)
+}
+
+func kernelModulesDir() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:]))
+}
+
+func moduleStatusIn(sysModule, modulesDir, name string) moduleState {
+	if _, err := os.Stat(filepath.Join(sysModule, name)); err == nil {
+		return moduleAvailable
+	}
+	state := moduleUnlisted
+	for _, list := range []string{"modules.builtin", "modules.dep"} {
+		switch listed, err := moduleListed(filepath.Join(modulesDir, list), name); {
+		case err != nil:
+		case listed:
+			return moduleAvailable
+		default:
+			state = moduleMissing
+		}
+	}
+	return state
 }
 
 // moduleListed reports whether a modules.builtin or modules.dep file names
 // the module (file names use '-' and '_' alike).
-func moduleListed(path, name string) bool {
+func moduleListed(path, name string) (bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return false
+		return false, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		p, _, _ := strings.Cut(sc.Text(), ":")
 		if m, _, ok := strings.Cut(filepath.Base(p), ".ko"); ok && (m == name || strings.ReplaceAll(m, "-", "_") == name) {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, sc.Err()
 }

@@ -126,15 +126,21 @@ func checkNetAdmin(ok bool) checkResult {
 func checkTC(rep netctl.ProbeReport) checkResult {
 	const fix = "use a kernel with HTB, u32 hashing, ingress, ifb and mirred (modprobe sch_htb cls_u32 sch_ingress ifb act_mirred)"
 	switch {
-	case rep.Namespace != nil && len(rep.MissingModules) > 0:
-		return fail("tc", "modules not found: "+strings.Join(rep.MissingModules, ", ")+" (probe impossible: "+oneLine(rep.Namespace.Error())+")",
+	case errors.Is(rep.TC, netctl.ErrNotProbed) && len(rep.MissingModules) > 0:
+		return fail("tc", "modules not found: "+strings.Join(rep.MissingModules, ", ")+" (not probed: no CAP_NET_ADMIN)",
 			"use a kernel with HTB, u32, ingress, ifb and mirred (modprobe "+strings.Join(rep.MissingModules, " ")+")")
-	case rep.Namespace != nil:
-		return pass("tc", "HTB, u32, ingress, ifb, mirred modules present (not probed: "+oneLine(rep.Namespace.Error())+")")
+	case errors.Is(rep.TC, netctl.ErrNotProbed) && len(rep.UnlistedModules) > 0:
+		return pass("tc", "not probed (no CAP_NET_ADMIN) and no module lists for this kernel: "+
+			strings.Join(rep.UnlistedModules, ", ")+" not verified")
+	case errors.Is(rep.TC, netctl.ErrNotProbed) && errors.Is(rep.IFB, netctl.ErrNotProbed):
+		return pass("tc", "HTB, u32, ingress, ifb, mirred modules present (not probed: no CAP_NET_ADMIN)")
 	case rep.IFB != nil:
 		return fail("tc", oneLine(rep.IFB.Error()), fix)
 	case rep.TC != nil:
 		return fail("tc", oneLine(rep.TC.Error()), fix)
+	}
+	if rep.InPlace {
+		return pass("tc", "HTB, hashed u32, ingress, ifb and mirred work (probed on a throwaway link in this namespace)")
 	}
 	return pass("tc", "HTB, hashed u32, ingress, ifb and mirred work (probed in a throwaway namespace)")
 }
@@ -147,6 +153,9 @@ func checkIptables(rep netctl.ProbeReport) checkResult {
 		return pass("iptables", rep.IptablesPath+" and iptables-restore present (not probed)")
 	case rep.Iptables != nil:
 		return fail("iptables", oneLine(rep.Iptables.Error()), "install iptables with the nat table and MASQUERADE (iptables-nft or legacy)")
+	}
+	if rep.InPlace {
+		return pass("iptables", rep.IptablesPath+": nat and MASQUERADE work (probed with throwaway chains in this namespace)")
 	}
 	return pass("iptables", rep.IptablesPath+": nat and MASQUERADE work (probed in a throwaway namespace)")
 }
