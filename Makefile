@@ -1,11 +1,12 @@
 # Waylume node. Targets need root for the network tests (namespaces, tc,
-# iptables) and install nothing themselves except `demo` and `deps`.
+# iptables) and install nothing themselves except `demo`, `container-test`
+# and `deps`.
 GO      ?= go
 PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test bench demo deps fuzz vet clean
+.PHONY: all build test bench demo container-test deps fuzz vet clean
 
 all: build
 
@@ -32,6 +33,14 @@ fuzz:
 
 demo: deps
 	./scripts/demo.sh
+
+# The image built by a real engine (Debian's podman with runc; installed
+# when missing) and run the way compose.yaml runs the node. Base images
+# (made with debootstrap: no registry needed) and podman's storage are
+# kept in CONTAINER_CACHE; an empty one is filled in a few minutes.
+CONTAINER_CACHE ?= /var/cache/waylume/container-test
+container-test: deps
+	CONTAINER_CACHE=$(CONTAINER_CACHE) ./scripts/container-test.sh
 
 clean:
 	rm -rf bin
