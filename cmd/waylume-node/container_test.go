@@ -230,7 +230,9 @@ func tail(s string, n int) string {
 	return s
 }
 
-// ctrHealthy waits for the image's healthcheck, run by the engine, to pass.
+// ctrHealthy waits for the image's healthcheck, run by the engine, to
+// pass. podman schedules it on a systemd timer, and a CI machine may have
+// no systemd: the test runs it the way the timer would.
 func ctrHealthy(t *testing.T, name string) {
 	testkit.Eventually(t, 90*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
