@@ -83,7 +83,7 @@ func probe(ctx context.Context, cfg Config) ProbeReport {
 	ns, err := tempNamespace()
 	if err != nil {
 		rep.Namespace = err
-		return probeInPlace(ctx, inPlaceConfig(cfg), rep)
+		return probeInPlace(inPlaceConfig(cfg), rep)
 	}
 	defer ns.close()
 	rep.IFB, rep.TC = probeShaping(ns, cfg)
@@ -102,7 +102,7 @@ func inPlaceConfig(cfg Config) Config {
 
 // probeInPlace is the probe in the process's own namespace. Refused for
 // want of CAP_NET_ADMIN, it falls back to the module lists.
-func probeInPlace(ctx context.Context, cfg Config, rep ProbeReport) ProbeReport {
+func probeInPlace(cfg Config, rep ProbeReport) ProbeReport {
 	rep.IFB, rep.TC = probeShaping(nil, cfg)
 	if errors.Is(rep.IFB, os.ErrPermission) {
 		rep.IFB, rep.TC = ErrNotProbed, ErrNotProbed

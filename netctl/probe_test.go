@@ -102,7 +102,7 @@ func TestProbeInPlace(t *testing.T) {
 	defer n.close()
 	var rep ProbeReport
 	n.do(func() error {
-		rep = probeInPlace(context.Background(), inPlaceConfig(probeConfig), ProbeReport{})
+		rep = probeInPlace(inPlaceConfig(probeConfig), ProbeReport{})
 		return nil
 	})
 	if !rep.InPlace || rep.IFB != nil || rep.TC != nil || rep.Iptables != nil {
