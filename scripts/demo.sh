@@ -219,6 +219,7 @@ ip netns exec "$NS_NODE" env WAYLUME_DATABASE_URL="$NODE_URL" WAYLUME_NODE_ID="$
 	"$BIN" check | sed 's/^/   /' || die "waylume-node check failed"
 
 step "run the node (userspace WireGuard, LISTEN/NOTIFY, usage every 2s)"
+# Clients reach no port on the node unless allowed: the iperf3 server is.
 ip netns exec "$NS_NODE" env \
 	WAYLUME_DATABASE_URL="$NODE_URL" \
 	WAYLUME_NODE_ID="$NODE_ID" \
@@ -226,6 +227,7 @@ ip netns exec "$NS_NODE" env \
 	WAYLUME_WG_MODE=userspace \
 	WAYLUME_PRIVATE_KEY_FILE="$WORK/node.key" \
 	WAYLUME_EGRESS_INTERFACE="$VETH_NODE" \
+	WAYLUME_ALLOW_LOCAL=tcp/5201 \
 	WAYLUME_USAGE_INTERVAL=2s \
 	WAYLUME_RESYNC_INTERVAL=30s \
 	WAYLUME_LOG_FORMAT=text \
