@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 // Config is every setting of the node. Validate has checked it before
@@ -220,7 +221,7 @@ func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) 
 		if c.AccessToken != "" {
 			return Config{}, &configError{"invalid --access-token-file (WAYLUME_ACCESS_TOKEN_FILE): set either it or --access-token (WAYLUME_ACCESS_TOKEN), not both"}
 		}
-		tok, err := readTokenFile(c.AccessTokenFile)
+		tok, err := auth.ReadTokenFile(c.AccessTokenFile)
 		if err != nil {
 			return Config{}, &configError{"invalid --access-token-file (WAYLUME_ACCESS_TOKEN_FILE): " + err.Error()}
 		}

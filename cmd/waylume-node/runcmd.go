@@ -12,6 +12,7 @@ import (
 
 	"github.com/waylume/waylume-node/internal/health"
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 // runCmd is the run subcommand around node.Run: config, logger, registry,
@@ -34,7 +35,7 @@ func (c *cli) runCmd(args []string) int {
 	reg := newRegistry()
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	token := watchAccessToken(ctx, cfg, reg, log)
+	token := auth.WatchFile(ctx, auth.FileConfig{Token: cfg.AccessToken, Path: cfg.AccessTokenFile, Registerer: reg, Log: log})
 
 	if cfg.MetricsAddr != "" {
 		ms, err := health.Listen(cfg.MetricsAddr, reg, readiness, log)

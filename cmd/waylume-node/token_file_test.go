@@ -2,21 +2,19 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/waylume/waylume-node/internal/jwt"
 )
 
 func mintTestToken(t *testing.T, ttl time.Duration) string {
 	t.Helper()
 	now := time.Now()
-	tok, err := signToken(tokenClaims{Role: nodeRole, NodeID: goodNode, Iat: now.Unix(), Exp: now.Add(ttl).Unix()}, []byte("secret-secret-secret-secret-1234"))
+	tok, err := jwt.SignHS256(jwt.Claims{Role: nodeRole, NodeID: goodNode, Iat: now.Unix(), Exp: now.Add(ttl).Unix()}, []byte("secret-secret-secret-secret-1234"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,55 +57,5 @@ func TestAccessTokenFileConfig(t *testing.T) {
 	_, err = load(map[string]string{"WAYLUME_ACCESS_TOKEN_FILE": file})
 	if err == nil || strings.Contains(err.Error(), "tokens") {
 		t.Errorf("malformed token file (content must not be echoed): %v", err)
-	}
-}
-
-// A rotated token file reaches the Realtime client (OnChange) and the
-// expiry metric; an unreadable file keeps the current token.
-func TestAccessTokenFileRotation(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "token")
-	old := mintTestToken(t, time.Hour)
-	if err := os.WriteFile(file, []byte(old), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg := prometheus.NewRegistry()
-	a := watchAccessToken(ctx, Config{AccessToken: old, AccessTokenFile: file}, reg, slog.New(slog.DiscardHandler))
-	got := make(chan string, 4)
-	a.OnChange(func(tok string) { got <- tok })
-
-	if a.reload() {
-		t.Fatal("an unchanged file counted as a new token")
-	}
-	if left := a.secondsLeft(); left < 3500 || left > 3600 {
-		t.Fatalf("expiry of the first token: %.0fs left, want about 3600", left)
-	}
-	fresh := mintTestToken(t, 48*time.Hour)
-	if err := os.WriteFile(file, []byte(fresh+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if !a.reload() {
-		t.Fatal("a rotated file was not picked up")
-	}
-	select {
-	case tok := <-got:
-		if tok != fresh {
-			t.Fatal("OnChange got another token than the file's")
-		}
-	default:
-		t.Fatal("OnChange not called for the new token")
-	}
-	if left := a.secondsLeft(); left < 47*3600 {
-		t.Errorf("expiry metric still follows the old token: %.0fs left", left)
-	}
-	if err := os.Remove(file); err != nil {
-		t.Fatal(err)
-	}
-	if a.reload() {
-		t.Error("a missing file replaced the token")
-	}
-	if left := a.secondsLeft(); left < 47*3600 {
-		t.Errorf("a missing file changed the token in use: %.0fs left", left)
 	}
 }
