@@ -5,11 +5,8 @@
 package jwt
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
 )
@@ -28,17 +25,8 @@ type Claims struct {
 var b64 = base64.RawURLEncoding
 
 // SignHS256 signs claims with a shared secret, as Supabase's legacy JWT
-// secret does.
-func SignHS256(claims any, secret []byte) (string, error) {
-	payload, err := json.Marshal(claims)
-	if err != nil {
-		return "", fmt.Errorf("encode claims: %w", err)
-	}
-	head := b64.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." + b64.EncodeToString(payload)
-	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(head))
-	return head + "." + b64.EncodeToString(mac.Sum(nil)), nil
-}
+// secret does; the header has no kid.
+func SignHS256(claims any, secret []byte) (string, error) { return SecretKey(secret).Sign(claims) }
 
 // Expiry reads the exp claim of a JWT without verifying it: the node
 // cannot verify its own token and only wants to warn, or renew, before
