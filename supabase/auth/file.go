@@ -102,6 +102,13 @@ func (a *TokenFile) secondsLeft() float64 {
 	return secondsLeft(a.exp, a.hasExp)
 }
 
+// Token returns the token in use.
+func (a *TokenFile) Token(context.Context) (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.token, nil
+}
+
 // OnChange registers f to receive each new token read from the file. Nil
 // receivers (tests without a watcher) do nothing.
 func (a *TokenFile) OnChange(f func(string)) {
