@@ -8,13 +8,19 @@ package main
 // lives in internal/jwt.
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/waylume/waylume-node/internal/jwt"
+	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 const (
@@ -130,4 +136,23 @@ func (c *cli) tokenKey(f tokenFlags) (jwt.Key, error) {
 	key := jwt.SecretKey(secret)
 	key.ID = *f.kid
 	return key, nil
+}
+
+// tokenSource is the run command's Realtime identity: the Auth user's
+// session (running until ctx ends) or the token setting, followed in its
+// file.
+func tokenSource(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (node.TokenSource, error) {
+	if cfg.AuthEmail == "" {
+		return auth.WatchFile(ctx, auth.FileConfig{Token: cfg.AccessToken, Path: cfg.AccessTokenFile, Registerer: reg, Log: log}), nil
+	}
+	client, err := auth.NewClient(cfg.SupabaseURL, cfg.SupabaseKey, nil)
+	if err != nil {
+		return nil, err
+	}
+	src, err := auth.NewSessionSource(auth.SessionConfig{Client: client, Email: cfg.AuthEmail, Password: cfg.AuthPassword, Log: log, Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	go src.Run(ctx)
+	return src, nil
 }

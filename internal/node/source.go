@@ -27,7 +27,7 @@ func (n *Node) source(sink events.Sink) (func(context.Context) error, error) {
 		}
 	}
 	sessions := 0
-	client, err := realtime.New(realtime.Config{
+	rcfg := realtime.Config{
 		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID, Logger: n.log,
 		OnState: func(s realtime.State) {
 			if s.Phase == realtime.Live {
@@ -42,12 +42,36 @@ func (n *Node) source(sink events.Sink) (func(context.Context) error, error) {
 				sessions = s.Sessions
 			}
 		},
-	}, sink)
+	}
+	// Built now so a bad setting fails Run at once; with a token source
+	// the client is built again once the first token is there.
+	client, err := realtime.New(rcfg, sink)
 	if err != nil {
 		return nil, fmt.Errorf("realtime: %w", err)
 	}
-	if n.rt.Tokens != nil {
-		n.rt.Tokens.OnChange(client.SetAccessToken)
+	if n.rt.Tokens == nil {
+		return client.Run, nil
 	}
-	return client.Run, nil
+	return func(ctx context.Context) error { return n.runRealtime(ctx, rcfg, sink) }, nil
+}
+
+// runRealtime waits for the first access token, then runs the client with
+// every later token pushed to it. Peers are served meanwhile: the
+// reconciler runs from the database alone until events flow.
+func (n *Node) runRealtime(ctx context.Context, rcfg realtime.Config, sink events.Sink) error {
+	tok, err := n.rt.Tokens.Token(ctx)
+	if err != nil {
+		return err
+	}
+	rcfg.AccessToken = tok
+	client, err := realtime.New(rcfg, sink)
+	if err != nil {
+		return fmt.Errorf("realtime: %w", err)
+	}
+	n.rt.Tokens.OnChange(client.SetAccessToken)
+	// A token issued between the first read and OnChange would be missed.
+	if now, err := n.rt.Tokens.Token(ctx); err == nil && now != tok {
+		client.SetAccessToken(now)
+	}
+	return client.Run(ctx)
 }
