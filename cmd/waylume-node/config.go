@@ -248,7 +248,7 @@ func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) 
 		}
 		c.AuthPassword = pw
 	}
-	if c.RealtimeURL == "" && c.SupabaseURL != "" {
+	if c.RealtimeURL == "" && c.SupabaseURL != "" && cf.scope&(forRun|forCheck) != 0 {
 		c.RealtimeURL = realtimeURLOf(c.SupabaseURL)
 	}
 	// A legacy anon key is a JWT and may stand in for the token; an sb_
@@ -371,8 +371,11 @@ func (c Config) validateIdentity(byFlag map[string]setting) error {
 		if err := checkRealtimeURL(c.RealtimeURL); err != nil {
 			return settingErr(byFlag["realtime-url"], "%v", err)
 		}
+		if c.SupabaseKey == "" && c.SupabaseURL != "" {
+			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required with --supabase-url (the publishable key)"}
+		}
 		if c.SupabaseKey == "" {
-			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required when Realtime is used (--supabase-url or --realtime-url)"}
+			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required when --realtime-url is set"}
 		}
 	}
 	switch {

@@ -2,6 +2,8 @@ package auth
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -81,4 +83,43 @@ func (u User) Banned(now time.Time) bool {
 	}
 	t, err := time.Parse(time.RFC3339Nano, u.BannedUntil)
 	return err != nil || t.After(now)
+}
+
+// CreateNodeUser makes the Auth user node nodeID signs in as: email
+// confirmed, app_metadata.node_id set (only a secret key can set it, so
+// the claim is trustworthy), a random password, which is returned and
+// kept nowhere else.
+func (c *Client) CreateNodeUser(ctx context.Context, nodeID, email string) (User, string, error) {
+	b := make([]byte, 32)
+	rand.Read(b)
+	password := base64.RawURLEncoding.EncodeToString(b)
+	u, err := c.CreateUser(ctx, UserSpec{Email: email, Password: password, EmailConfirm: true,
+		AppMetadata: map[string]any{"node_id": nodeID}})
+	if err != nil {
+		return User{}, "", err
+	}
+	return u, password, nil
+}
+
+// RevokeNodeUsers deletes every Auth user of node nodeID, or with ban
+// bans it without end; deleting or banning ends its refresh tokens. It
+// returns the users' ids.
+func (c *Client) RevokeNodeUsers(ctx context.Context, nodeID string, ban bool) ([]string, error) {
+	users, err := c.NodeUsers(ctx, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, u := range users {
+		if ban {
+			_, err = c.UpdateUser(ctx, u.ID, UserSpec{BanDuration: Forever})
+		} else {
+			err = c.DeleteUser(ctx, u.ID)
+		}
+		if err != nil {
+			return ids, err
+		}
+		ids = append(ids, u.ID)
+	}
+	return ids, nil
 }
