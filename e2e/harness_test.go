@@ -76,7 +76,8 @@ type env struct {
 	nodePub  wgtypes.Key
 	extraEnv []string
 	rt       *realtimetest.Server
-	rtURL    string // as seen from inside the node's namespace
+	rtURL    string               // as seen from inside the node's namespace
+	authRT   *realtimetest.Server // Realtime of withAuthProject
 }
 
 func newEnv(t testing.TB) *env { return newEnvPool(t, nodeAddr) }

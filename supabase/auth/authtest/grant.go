@@ -122,6 +122,7 @@ func (s *Server) writeSession(w http.ResponseWriter, u *user, se *sess, refresh 
 		authError(w, http.StatusInternalServerError, "unexpected_failure", "cannot sign")
 		return
 	}
+	s.mu.issued = append(s.mu.issued, tok)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"access_token": tok, "token_type": "bearer", "expires_in": int64(s.cfg.AccessTTL.Seconds()),
 		"expires_at": exp.Unix(), "refresh_token": refresh, "user": userJSON(u),

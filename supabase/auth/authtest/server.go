@@ -58,8 +58,9 @@ type Server struct {
 		refresh   map[string]*rtok // by token
 		sessions  map[string]*sess // by id
 		stats     Stats
-		dropNext  int // requests answered by closing the connection unanswered
-		loseNext  int // refreshes processed but answered by closing the connection
+		issued    []string // access tokens signed
+		dropNext  int      // requests answered by closing the connection unanswered
+		loseNext  int      // refreshes processed but answered by closing the connection
 		grantHook func(kind string)
 	}
 }
@@ -211,8 +212,8 @@ func (s *Server) RevokeSessions(userID string) {
 	}
 }
 
-// RefreshTokens lists every refresh token issued so far (tests check that
-// none reaches a log line).
+// RefreshTokens and AccessTokens list every token issued so far (tests
+// check that none reaches a log line).
 func (s *Server) RefreshTokens() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -221,6 +222,12 @@ func (s *Server) RefreshTokens() []string {
 		out = append(out, t)
 	}
 	return out
+}
+
+func (s *Server) AccessTokens() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.mu.issued...)
 }
 
 // AddUser creates a confirmed user with appMeta, as the admin API would,
