@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -242,7 +241,7 @@ func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) 
 		c.AccessToken = tok
 	}
 	if c.AuthPasswordFile != "" {
-		pw, err := readPasswordFile(c.AuthPasswordFile)
+		pw, err := auth.ReadSecretFile(c.AuthPasswordFile)
 		if err != nil {
 			return Config{}, &configError{"invalid --auth-password-file (WAYLUME_AUTH_PASSWORD_FILE): " + err.Error()}
 		}
@@ -275,20 +274,6 @@ func realtimeURLOf(project string) string {
 	}
 	u.Path = strings.TrimRight(u.Path, "/") + "/realtime/v1/websocket"
 	return u.String()
-}
-
-// readPasswordFile reads a password: the file's content without the final
-// line break. The error never includes the content.
-func readPasswordFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	pw := strings.TrimRight(string(b), "\r\n")
-	if pw == "" || strings.ContainsAny(pw, "\r\n") {
-		return "", fmt.Errorf("%s: want the password on one line", path)
-	}
-	return pw, nil
 }
 
 // requireFor marks the settings a subcommand cannot do without.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -42,11 +41,11 @@ func (c *cli) authAdmin(cfg Config, af authFlags) (*auth.Client, error) {
 	}
 	key, ok := c.getenv("WAYLUME_SUPABASE_SECRET_KEY")
 	if *af.secretFile != "" {
-		b, err := os.ReadFile(*af.secretFile)
-		if err != nil {
+		var err error
+		if key, err = auth.ReadSecretFile(*af.secretFile); err != nil {
 			return nil, fmt.Errorf("invalid --secret-key-file: %v", err)
 		}
-		key, ok = strings.TrimSpace(string(b)), true
+		ok = true
 	}
 	if !ok || key == "" {
 		return nil, errors.New("missing --secret-key-file (or WAYLUME_SUPABASE_SECRET_KEY): the project's secret key")
@@ -71,12 +70,10 @@ func (c *cli) provisionAuth(ctx context.Context, admin *auth.Client, cfg Config,
 	if err := writePassword(pwFile, password); err != nil {
 		return err
 	}
-	env := fmt.Sprintf("# waylume-node settings of node %s (Auth user %s), from `waylume-node node`\n"+
-		"WAYLUME_NODE_ID=%s\nWAYLUME_SUPABASE_URL=%s\nWAYLUME_SUPABASE_KEY=%s\nWAYLUME_AUTH_EMAIL=%s\nWAYLUME_AUTH_PASSWORD_FILE=%s\n"+
-		"# WAYLUME_DATABASE_URL: the node's login role (waylume-node node login), sslmode=verify-full\n",
-		id, user.ID, id, cfg.SupabaseURL, cfg.SupabaseKey, *af.email, pwFile)
-	if err := os.WriteFile(*af.envFile, []byte(env), 0o600); err != nil {
-		return fmt.Errorf("write env file: %w", err)
+	settings := auth.NodeSettings{NodeID: id, UserID: user.ID, ProjectURL: cfg.SupabaseURL, APIKey: cfg.SupabaseKey,
+		Email: *af.email, PasswordFile: pwFile}
+	if err := settings.WriteEnvFile(*af.envFile); err != nil {
+		return err
 	}
 	if cfg.SupabaseKey == "" {
 		fmt.Fprintln(c.stderr, "note: no WAYLUME_SUPABASE_KEY given: add the publishable key to the env file")

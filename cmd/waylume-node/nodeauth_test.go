@@ -101,11 +101,11 @@ func TestNodeAuthUserLifecycle(t *testing.T) {
 	}
 	id := strings.TrimSpace(out)
 	env := readEnvFile(t, envFile)
-	pw, err := readPasswordFile(env["WAYLUME_AUTH_PASSWORD_FILE"])
+	pw, err := auth.ReadSecretFile(env["WAYLUME_AUTH_PASSWORD_FILE"])
 	if err != nil {
 		t.Fatal(err)
 	}
-	dbPW, _ := readPasswordFile(filepath.Join(dir, "db.password"))
+	dbPW, _ := auth.ReadSecretFile(filepath.Join(dir, "db.password"))
 	for _, secret := range []string{pw, dbPW, p.auth.SecretKey()} {
 		if strings.Contains(out+stderr, secret) {
 			t.Fatal("node create printed a secret")

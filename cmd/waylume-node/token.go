@@ -100,19 +100,12 @@ func (c *cli) tokenKey(f tokenFlags) (jwt.Key, error) {
 		if *f.secretFile != "" {
 			return jwt.Key{}, errors.New("invalid --signing-key: set either it or --jwt-secret-file, not both")
 		}
-		b, err := os.ReadFile(*f.signingKey)
-		if err != nil {
-			return jwt.Key{}, fmt.Errorf("invalid --signing-key: %v", err)
-		}
-		key, err := jwt.ParseKey(b)
-		if err != nil {
-			return jwt.Key{}, fmt.Errorf("invalid --signing-key: %v", err)
-		}
-		if *f.kid != "" {
-			key.ID = *f.kid
-		}
-		if key.ID == "" {
+		key, err := jwt.LoadKey(*f.signingKey, *f.kid)
+		if errors.Is(err, jwt.ErrNoKid) {
 			return jwt.Key{}, errors.New("missing --kid: the key file names no key id; give the kid the project lists for this key")
+		}
+		if err != nil {
+			return jwt.Key{}, fmt.Errorf("invalid --signing-key: %v", err)
 		}
 		return key, nil
 	}
@@ -139,20 +132,8 @@ func (c *cli) tokenKey(f tokenFlags) (jwt.Key, error) {
 }
 
 // tokenSource is the run command's Realtime identity: the Auth user's
-// session (running until ctx ends) or the token setting, followed in its
-// file.
+// session or the token setting, followed in its file.
 func tokenSource(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (node.TokenSource, error) {
-	if cfg.AuthEmail == "" {
-		return auth.WatchFile(ctx, auth.FileConfig{Token: cfg.AccessToken, Path: cfg.AccessTokenFile, Registerer: reg, Log: log}), nil
-	}
-	client, err := auth.NewClient(cfg.SupabaseURL, cfg.SupabaseKey, nil)
-	if err != nil {
-		return nil, err
-	}
-	src, err := auth.NewSessionSource(auth.SessionConfig{Client: client, Email: cfg.AuthEmail, Password: cfg.AuthPassword, Log: log, Registerer: reg})
-	if err != nil {
-		return nil, err
-	}
-	go src.Run(ctx)
-	return src, nil
+	return auth.Start(ctx, auth.SourceConfig{ProjectURL: cfg.SupabaseURL, APIKey: cfg.SupabaseKey, Email: cfg.AuthEmail,
+		Password: cfg.AuthPassword, Token: cfg.AccessToken, TokenFile: cfg.AccessTokenFile, Log: log, Registerer: reg})
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
 	"strings"
 )
 
@@ -67,6 +68,29 @@ func ParseKey(data []byte) (Key, error) {
 	}
 	return Key{}, fmt.Errorf("%w: no private key in the JWK list", ErrKey)
 }
+
+// LoadKey reads a key file with ParseKey; kid, when set, replaces the
+// file's. A key without a kid is refused: verifiers find keys by it.
+func LoadKey(path, kid string) (Key, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Key{}, err
+	}
+	k, err := ParseKey(b)
+	if err != nil {
+		return Key{}, err
+	}
+	if kid != "" {
+		k.ID = kid
+	}
+	if k.ID == "" {
+		return Key{}, ErrNoKid
+	}
+	return k, nil
+}
+
+// ErrNoKid: the key file names no key id and none was given.
+var ErrNoKid = errors.New("the key names no kid")
 
 func parsePEM(b *pem.Block) (Key, error) {
 	var parsed any

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -122,4 +123,22 @@ func (c *Client) RevokeNodeUsers(ctx context.Context, nodeID string, ban bool) (
 		ids = append(ids, u.ID)
 	}
 	return ids, nil
+}
+
+// NodeSettings are what a node needs to sign in as its Auth user.
+type NodeSettings struct {
+	NodeID, UserID, ProjectURL, APIKey, Email, PasswordFile string
+}
+
+// WriteEnvFile writes the settings as WAYLUME_* lines, readable by the
+// owner only. The password stays in its own file.
+func (n NodeSettings) WriteEnvFile(path string) error {
+	env := fmt.Sprintf("# waylume-node settings of node %s (Auth user %s), from `waylume-node node`\n"+
+		"WAYLUME_NODE_ID=%s\nWAYLUME_SUPABASE_URL=%s\nWAYLUME_SUPABASE_KEY=%s\nWAYLUME_AUTH_EMAIL=%s\nWAYLUME_AUTH_PASSWORD_FILE=%s\n"+
+		"# WAYLUME_DATABASE_URL: the node's login role (waylume-node node login), sslmode=verify-full\n",
+		n.NodeID, n.UserID, n.NodeID, n.ProjectURL, n.APIKey, n.Email, n.PasswordFile)
+	if err := os.WriteFile(path, []byte(env), 0o600); err != nil {
+		return fmt.Errorf("write env file: %w", err)
+	}
+	return nil
 }

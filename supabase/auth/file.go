@@ -186,3 +186,17 @@ func (a *TokenFile) run(ctx context.Context) {
 		}
 	}
 }
+
+// ReadSecretFile reads a password or key: the file's content without the
+// final line break, on one line. The error never includes the content.
+func ReadSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" || strings.ContainsAny(s, "\r\n") {
+		return "", fmt.Errorf("%s: want the secret on one line", path)
+	}
+	return s, nil
+}
