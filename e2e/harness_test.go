@@ -102,8 +102,9 @@ type env struct {
 	nodePub  wgtypes.Key
 	extraEnv []string
 	rt       *realtimetest.Server
-	rtURL    string        // as seen from inside the node's namespace
-	rtPoll   time.Duration // the test server's slot poll; 0: 5 ms
+	rtURL    string               // as seen from inside the node's namespace
+	rtPoll   time.Duration        // the test server's slot poll; 0: 5 ms
+	authRT   *realtimetest.Server // Realtime of withAuthProject
 }
 
 func newEnv(t testing.TB) *env { return newEnvPool(t, nodeAddr) }

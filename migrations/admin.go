@@ -2,8 +2,8 @@ package migrations
 
 // Operator actions on a migrated database. They go through the SQL
 // functions the migrations define (waylume.create_node,
-// waylume.create_node_login), so psql users and the command do the same
-// thing, and need the owner's or service credentials.
+// waylume.create_node_login, waylume.revoke_node), so psql users and the
+// command do the same thing, and need the owner's or service credentials.
 
 import (
 	"context"
@@ -95,4 +95,20 @@ func scramVerifier(password string) (string, error) {
 	server := mac(salted, "Server Key")
 	enc := base64.StdEncoding.EncodeToString
 	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iter, enc(salt), enc(stored[:]), enc(server)), nil
+}
+
+// RevokeNode runs waylume.revoke_node: tokens issued up to now refused,
+// the node's login role disabled with its sessions ended and what it owns
+// dropped, and its Auth users banned where Supabase Auth shares the
+// database. It returns the function's account of what it did.
+func RevokeNode(ctx context.Context, conn *pgx.Conn, nodeID string) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT waylume.revoke_node($1::uuid)`, nodeID)
+	if err != nil {
+		return nil, fmt.Errorf("revoke node: %w", err)
+	}
+	said, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("revoke node: %w", err)
+	}
+	return said, nil
 }

@@ -14,8 +14,11 @@
 //   - NOTIFY on channel waylume.node_channel(node_id) = "waylume_node_<uuid>",
 //     payload {"table","op","id","node_id"};
 //   - group role waylume_node, waylume.current_node_id(), row level security;
-//   - operator functions waylume.create_node(name, endpoint, address, ...)
-//     and waylume.create_node_login(node_id, password).
+//   - operator functions waylume.create_node(name, endpoint, address, ...),
+//     waylume.create_node_login(node_id, password) and
+//     waylume.revoke_node(node_id);
+//   - Auth-user nodes (role authenticated, app_metadata.node_id) and claims
+//     trusted only in JWT proxies' sessions (waylume_jwt_proxy).
 //
 // Apply installs it, Verify reports what of it a database lacks, and
 // CreateNode and CreateNodeLogin are the operator's calls of those

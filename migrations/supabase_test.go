@@ -111,6 +111,26 @@ func TestSupabaseShapedDatabase(t *testing.T) {
 	}
 	sp.Rollback(ctx)
 
+	// The non-superuser owner revokes a node whose login owns a large
+	// object and has a session open: it borrows the role's privileges.
+	nodeLogin := connect(t, db.URLAs(role))
+	if _, err := nodeLogin.Exec(ctx, `SELECT lo_from_bytea(0, 'x')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Exec(ctx, `SELECT waylume.revoke_node($1::uuid)`, a); err != nil {
+		t.Fatalf("revoke_node as a non-superuser owner: %v", err)
+	}
+	if err := nodeLogin.Ping(ctx); err == nil {
+		t.Error("the revoked login's session survived")
+	}
+	var left int
+	if err := super.QueryRow(ctx, `SELECT count(*) FROM pg_largeobject_metadata m JOIN pg_roles r ON r.oid = m.lomowner WHERE r.rolname = $1`, role).Scan(&left); err != nil || left != 0 {
+		t.Errorf("large objects of the revoked login: %d (%v)", left, err)
+	}
+	if _, err := owner.Exec(ctx, `SELECT waylume.drop_node_login($1::uuid)`, a); err != nil {
+		t.Fatalf("drop_node_login as a non-superuser owner: %v", err)
+	}
+
 	// Applying again (a second node, a redeploy) is a no-op.
 	if applied, err := migrations.Apply(ctx, owner); err != nil || len(applied) != 0 {
 		t.Fatalf("re-apply: %v %v", applied, err)

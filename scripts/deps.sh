@@ -29,7 +29,10 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-# The conformance test runs the official @supabase/realtime-js client.
-if [ -f supabase/realtime/realtimetest/js/package-lock.json ] && [ ! -d supabase/realtime/realtimetest/js/node_modules ]; then
-	(cd supabase/realtime/realtimetest/js && npm ci --no-audit --no-fund --silent)
-fi
+# The conformance tests run the official @supabase/realtime-js and
+# @supabase/auth-js clients.
+for dir in supabase/realtime/realtimetest/js supabase/auth/authtest/js; do
+	if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules" ]; then
+		(cd "$dir" && npm ci --no-audit --no-fund --silent)
+	fi
+done

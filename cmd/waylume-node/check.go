@@ -20,6 +20,7 @@ import (
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/auth"
 	"github.com/waylume/waylume-node/supabase/realtime"
 )
 
@@ -211,9 +212,17 @@ func checkDatabase(ctx context.Context, cfg Config) []checkResult {
 	schema := migrations.Verify(ctx, conn)
 	out := []checkResult{tlsLine, pass("database", "reachable (PostgreSQL "+serverVersion+")"),
 		checkMigrated(schema), checkNodeRow(ctx, conn, cfg.NodeID)}
-	if cfg.RealtimeURL == "" {
+	switch {
+	case cfg.RealtimeURL == "":
 		out = append(out, checkListen(ctx, conn, cfg.DatabaseURL))
-	} else {
+	case cfg.AuthEmail != "":
+		r, tok := checkAuth(ctx, cfg)
+		out = append(out, r)
+		if r.OK {
+			cfg.AccessToken = tok
+			out = append(out, checkRealtime(ctx, cfg))
+		}
+	default:
 		out = append(out, checkRealtime(ctx, cfg))
 	}
 	return append(out, checkPublication(schema))
@@ -287,6 +296,26 @@ func checkListen(ctx context.Context, conn *pgx.Conn, dbURL string) checkResult 
 		return fail("events", oneLine(err.Error()), fix)
 	}
 	return pass("events", "LISTEN/NOTIFY works (no WAYLUME_REALTIME_URL: the node uses it)")
+}
+
+// checkAuth signs in as the node's Auth user, as run does, and checks
+// that the user stands for this node (app_metadata.node_id).
+func checkAuth(ctx context.Context, cfg Config) (checkResult, string) {
+	const fix = "check WAYLUME_AUTH_EMAIL, the password file and WAYLUME_SUPABASE_KEY (publishable); a revoked node's user is gone: waylume-node node auth makes a new one"
+	client, err := auth.NewClient(cfg.SupabaseURL, cfg.SupabaseKey, nil)
+	if err != nil {
+		return fail("auth", oneLine(err.Error()), "fix WAYLUME_SUPABASE_URL"), ""
+	}
+	s, err := client.SignInWithPassword(ctx, cfg.AuthEmail, cfg.AuthPassword)
+	if err != nil {
+		return fail("auth", oneLine(err.Error()), fix), ""
+	}
+	if got := s.User.NodeID(); got != cfg.NodeID {
+		return fail("auth", fmt.Sprintf("Auth user %s has app_metadata.node_id %q, not this node", s.User.ID, got),
+			"make the node's user with waylume-node node auth --node-id "+cfg.NodeID), ""
+	}
+	return pass("auth", fmt.Sprintf("signed in as Auth user %s (app_metadata.node_id matches; token for %s)",
+		s.User.ID, time.Until(s.Expiry()).Round(time.Second))), s.AccessToken
 }
 
 // checkRealtime joins the node's channel the way run does and waits for

@@ -22,30 +22,35 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 // Config is every setting of the node. Validate has checked it before
 // anything starts; Config.node hands the run command's share to package node.
 type Config struct {
-	DatabaseURL     string
-	NodeID          string
-	RealtimeURL     string // empty: LISTEN/NOTIFY on the database connection
-	RealtimeMode    string // "broadcast" or "postgres_changes"
-	SupabaseKey     string // Realtime apikey; a secret
-	AccessToken     string // Realtime JWT; defaults to SupabaseKey; a secret
-	AccessTokenFile string // file holding AccessToken, reread while running (rotation)
-	Interface       string
-	WGMode          string // "auto", "kernel" or "userspace"
-	PrivateKeyFile  string
-	StateDir        string // empty: the private key file's directory
-	EgressInterface string // empty: from the default route
-	ResyncInterval  time.Duration
-	UsageInterval   time.Duration
-	MetricsAddr     string // empty: no metrics server
-	LogLevel        string
-	LogFormat       string
-	Isolation       bool // client-to-client traffic blocked
-	TeardownOnExit  bool // remove interface, tc and chains on exit instead of leaving peers up
+	DatabaseURL      string
+	NodeID           string
+	SupabaseURL      string // project URL: Auth, and Realtime's URL unless RealtimeURL is set
+	RealtimeURL      string // empty: LISTEN/NOTIFY on the database connection
+	RealtimeMode     string // "broadcast" or "postgres_changes"
+	SupabaseKey      string // apikey for Auth and Realtime (publishable or legacy anon)
+	AccessToken      string // Realtime JWT; defaults to a legacy JWT SupabaseKey; a secret
+	AccessTokenFile  string // file holding AccessToken, reread while running (rotation)
+	AuthEmail        string // the node's Supabase Auth user
+	AuthPassword     string // read from AuthPasswordFile; a secret
+	AuthPasswordFile string
+	Interface        string
+	WGMode           string // "auto", "kernel" or "userspace"
+	PrivateKeyFile   string
+	StateDir         string // empty: the private key file's directory
+	EgressInterface  string // empty: from the default route
+	ResyncInterval   time.Duration
+	UsageInterval    time.Duration
+	MetricsAddr      string // empty: no metrics server
+	LogLevel         string
+	LogFormat        string
+	Isolation        bool // client-to-client traffic blocked
+	TeardownOnExit   bool // remove interface, tc and chains on exit instead of leaving peers up
 	// AllowPrivate are non-global destinations clients may reach;
 	// AllowLocal the node's ports they may reach; RoutedSubnets the sources
 	// besides the pools forwarded from the tunnel (docs/dataplane.md).
@@ -95,15 +100,24 @@ func settings() []setting {
 		{flag: "node-id", env: "WAYLUME_NODE_ID", def: "", scope: forRun | forCheck | forStatus,
 			help: "waylume.nodes.id of this node (required for run)",
 			set:  func(c *Config, v string) error { c.NodeID = strings.ToLower(v); return nil }},
+		{flag: "supabase-url", env: "WAYLUME_SUPABASE_URL", def: "", scope: forRun | forCheck | forNode,
+			help: "project URL https://<ref>.supabase.co: Auth for the node's identity, and Realtime (wss://<ref>.supabase.co/realtime/v1/websocket) unless --realtime-url is set",
+			set:  func(c *Config, v string) error { c.SupabaseURL = strings.TrimRight(v, "/"); return nil }},
 		{flag: "realtime-url", env: "WAYLUME_REALTIME_URL", def: "", scope: forRun | forCheck,
-			help: "Supabase Realtime websocket URL, e.g. wss://<ref>.supabase.co/realtime/v1/websocket; empty = LISTEN/NOTIFY on the database connection",
+			help: "Supabase Realtime websocket URL; default: derived from --supabase-url; both empty = LISTEN/NOTIFY on the database connection",
 			set:  func(c *Config, v string) error { c.RealtimeURL = v; return nil }},
 		{flag: "realtime-mode", env: "WAYLUME_REALTIME_MODE", def: "broadcast", scope: forRun | forCheck,
 			help: "broadcast (the node's private topic, fed by the database's triggers) or postgres_changes",
 			set:  func(c *Config, v string) error { c.RealtimeMode = v; return nil }},
-		{flag: "supabase-key", env: "WAYLUME_SUPABASE_KEY", def: "", scope: forRun | forCheck,
-			help: "apikey for Realtime (the project's anon key)",
+		{flag: "supabase-key", env: "WAYLUME_SUPABASE_KEY", def: "", scope: forRun | forCheck | forNode,
+			help: "the project's publishable key (sb_publishable_..., or the legacy anon key): apikey for Auth and Realtime",
 			set:  func(c *Config, v string) error { c.SupabaseKey = v; return nil }},
+		{flag: "auth-email", env: "WAYLUME_AUTH_EMAIL", def: "", scope: forRun | forCheck,
+			help: "the node's Supabase Auth user (from `waylume-node node create --auth-email`): signs in, renews its token itself",
+			set:  func(c *Config, v string) error { c.AuthEmail = v; return nil }},
+		{flag: "auth-password-file", env: "WAYLUME_AUTH_PASSWORD_FILE", def: "", scope: forRun | forCheck,
+			help: "file holding the Auth user's password (mode 0600)",
+			set:  func(c *Config, v string) error { c.AuthPasswordFile = v; return nil }},
 		{flag: "access-token", env: "WAYLUME_ACCESS_TOKEN", def: "", scope: forRun | forCheck,
 			help: "JWT for Realtime RLS, from `waylume-node token` (default: the Supabase key)",
 			set:  func(c *Config, v string) error { c.AccessToken = v; return nil }},
@@ -226,16 +240,46 @@ func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) 
 		if c.AccessToken != "" {
 			return Config{}, &configError{"invalid --access-token-file (WAYLUME_ACCESS_TOKEN_FILE): set either it or --access-token (WAYLUME_ACCESS_TOKEN), not both"}
 		}
-		tok, err := readTokenFile(c.AccessTokenFile)
+		tok, err := auth.ReadTokenFile(c.AccessTokenFile)
 		if err != nil {
 			return Config{}, &configError{"invalid --access-token-file (WAYLUME_ACCESS_TOKEN_FILE): " + err.Error()}
 		}
 		c.AccessToken = tok
 	}
-	if c.AccessToken == "" {
+	if c.AuthPasswordFile != "" {
+		pw, err := auth.ReadSecretFile(c.AuthPasswordFile)
+		if err != nil {
+			return Config{}, &configError{"invalid --auth-password-file (WAYLUME_AUTH_PASSWORD_FILE): " + err.Error()}
+		}
+		c.AuthPassword = pw
+	}
+	if c.RealtimeURL == "" && c.SupabaseURL != "" && cf.scope&(forRun|forCheck) != 0 {
+		c.RealtimeURL = realtimeURLOf(c.SupabaseURL)
+	}
+	// A legacy anon key is a JWT and may stand in for the token; an sb_
+	// key never is one.
+	if c.AccessToken == "" && c.AuthEmail == "" && !strings.HasPrefix(c.SupabaseKey, "sb_") {
 		c.AccessToken = c.SupabaseKey
 	}
 	return c, nil
+}
+
+// realtimeURLOf is the project's Realtime websocket: https://<ref>.supabase.co
+// becomes wss://<ref>.supabase.co/realtime/v1/websocket. An unparsable URL
+// gives "", which Validate reports as the project URL's fault.
+func realtimeURLOf(project string) string {
+	u, err := url.Parse(project)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	switch u.Scheme {
+	case "https":
+		u.Scheme = "wss"
+	case "http":
+		u.Scheme = "ws"
+	}
+	u.Path = strings.TrimRight(u.Path, "/") + "/realtime/v1/websocket"
+	return u.String()
 }
 
 // requireFor marks the settings a subcommand cannot do without.
@@ -271,13 +315,8 @@ func (c Config) Validate() error {
 	if c.NodeID != "" && !uuidRE.MatchString(c.NodeID) {
 		return settingErr(byFlag["node-id"], "not a UUID (waylume.nodes.id)")
 	}
-	if c.RealtimeURL != "" {
-		if err := checkRealtimeURL(c.RealtimeURL); err != nil {
-			return settingErr(byFlag["realtime-url"], "%v", err)
-		}
-		if c.SupabaseKey == "" {
-			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required when --realtime-url is set"}
-		}
+	if err := c.validateIdentity(byFlag); err != nil {
+		return err
 	}
 	switch c.RealtimeMode {
 	case "broadcast", "postgres_changes":
@@ -311,6 +350,43 @@ func (c Config) Validate() error {
 	case "json", "text":
 	default:
 		return settingErr(byFlag["log-format"], "unknown format %q: want json or text", c.LogFormat)
+	}
+	return nil
+}
+
+// validateIdentity checks the project URL, Realtime and the node's
+// identity there: an Auth user, or a minted token, never an sb_ key as a
+// token.
+func (c Config) validateIdentity(byFlag map[string]setting) error {
+	if c.SupabaseURL != "" {
+		if u, err := url.Parse(c.SupabaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return settingErr(byFlag["supabase-url"], "want the project URL, https://<ref>.supabase.co")
+		}
+	}
+	if c.RealtimeURL != "" {
+		if err := checkRealtimeURL(c.RealtimeURL); err != nil {
+			return settingErr(byFlag["realtime-url"], "%v", err)
+		}
+		if c.SupabaseKey == "" && c.SupabaseURL != "" {
+			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required with --supabase-url (the publishable key)"}
+		}
+		if c.SupabaseKey == "" {
+			return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required when --realtime-url is set"}
+		}
+	}
+	switch {
+	case strings.HasPrefix(c.AccessToken, "sb_"):
+		return &configError{"invalid --access-token (WAYLUME_ACCESS_TOKEN): an sb_ API key is not an access token; use an Auth user (--auth-email) or a token from `waylume-node token`"}
+	case c.AuthEmail != "" && (c.AccessToken != "" || c.AccessTokenFile != ""):
+		return &configError{"invalid --auth-email (WAYLUME_AUTH_EMAIL): set either it or --access-token(-file), not both"}
+	case c.AuthEmail != "" && c.AuthPassword == "":
+		return &configError{"missing --auth-password-file (WAYLUME_AUTH_PASSWORD_FILE): required with --auth-email"}
+	case c.AuthEmail != "" && c.SupabaseURL == "":
+		return &configError{"missing --supabase-url (WAYLUME_SUPABASE_URL): required with --auth-email (Auth lives there)"}
+	case c.AuthEmail != "" && c.SupabaseKey == "":
+		return &configError{"missing --supabase-key (WAYLUME_SUPABASE_KEY): required with --auth-email"}
+	case c.RealtimeURL != "" && c.AccessToken == "" && c.AuthEmail == "":
+		return &configError{"missing the node's Realtime identity: set --auth-email and --auth-password-file (WAYLUME_AUTH_EMAIL, WAYLUME_AUTH_PASSWORD_FILE), or --access-token-file"}
 	}
 	return nil
 }

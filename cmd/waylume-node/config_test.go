@@ -218,6 +218,7 @@ func TestHelpListsEveryEnvVar(t *testing.T) {
 		"WAYLUME_METRICS_ADDR": "127.0.0.1:9586", "WAYLUME_LOG_LEVEL": "info", "WAYLUME_LOG_FORMAT": "json",
 		"WAYLUME_CLIENT_ISOLATION": "true", "WAYLUME_TEARDOWN_ON_EXIT": "false",
 		"WAYLUME_ALLOW_PRIVATE": `""`, "WAYLUME_ALLOW_LOCAL": `""`, "WAYLUME_ROUTED_SUBNETS": `""`,
+		"WAYLUME_SUPABASE_URL": `""`, "WAYLUME_AUTH_EMAIL": `""`, "WAYLUME_AUTH_PASSWORD_FILE": `""`,
 	}
 	for env, def := range contract {
 		line := ""

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/waylume/waylume-node/internal/health"
 	"github.com/waylume/waylume-node/internal/testkit"
@@ -33,17 +31,6 @@ func TestMetricsEndpoint(t *testing.T) {
 	var logBuf testkit.Buffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	reg := newRegistry()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	exp := time.Now().Add(3 * 24 * time.Hour)
-	tok, err := signToken(tokenClaims{Role: nodeRole, NodeID: goodNode, Iat: time.Now().Unix(), Exp: exp.Unix()}, []byte("secret-secret-secret-secret-1234"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	watchAccessToken(ctx, Config{AccessToken: tok}, reg, log)
-	if l := logBuf.String(); !strings.Contains(l, "access token expires soon") || strings.Contains(l, tok) {
-		t.Errorf("a token 3 days from exp: log %q", l)
-	}
 	h := &health.State{}
 	// The default host, any free port: the server binds loopback only.
 	host, _, _ := net.SplitHostPort(defaultMetricsAddr)
@@ -67,21 +54,11 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	for _, want := range []string{
 		`waylume_build_info{version="dev"} 1`,
-		"# TYPE waylume_access_token_expiry_seconds gauge",
 		"go_goroutines",
 		"process_cpu_seconds_total",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
-		}
-	}
-	// The expiry gauge counts down to the token's exp.
-	for _, l := range strings.Split(body, "\n") {
-		if v, ok := strings.CutPrefix(l, "waylume_access_token_expiry_seconds "); ok {
-			d, err := time.ParseDuration(strings.TrimSpace(v) + "s")
-			if err != nil || d < 3*24*time.Hour-time.Minute || d > 3*24*time.Hour {
-				t.Errorf("expiry gauge %q, want about 72h", v)
-			}
 		}
 	}
 

@@ -1,8 +1,9 @@
 package main
 
 // Operator commands for node rows and their credentials. The SQL lives
-// with the schema (migrations.CreateNode, migrations.CreateNodeLogin);
-// this is flags, the password file and output.
+// with the schema (migrations.CreateNode, CreateNodeLogin, RevokeNode),
+// the Auth calls in supabase/auth; this is flags, files and output
+// (nodeauth.go: Auth users and revocation).
 
 import (
 	"context"
@@ -14,10 +15,14 @@ import (
 
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 func (c *cli) nodeCmd(args []string) int {
-	if len(args) == 0 || (args[0] != "create" && args[0] != "login") {
+	sub := map[string]func(*cli, []string) int{
+		"create": (*cli).nodeCreate, "login": (*cli).nodeLogin, "auth": (*cli).nodeAuth, "revoke": (*cli).nodeRevoke,
+	}
+	if len(args) == 0 || sub[args[0]] == nil {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 			fmt.Fprint(c.stdout, nodeUsage)
 			return exitOK
@@ -25,21 +30,29 @@ func (c *cli) nodeCmd(args []string) int {
 		fmt.Fprint(c.stderr, nodeUsage)
 		return exitConfig
 	}
-	if args[0] == "create" {
-		return c.nodeCreate(args[1:])
-	}
-	return c.nodeLogin(args[1:])
+	return sub[args[0]](c, args[1:])
 }
 
 const nodeUsage = `Usage:
   waylume-node node create --name NAME --endpoint HOST:PORT --address 10.8.0.1/16 [flags]
       insert a row into waylume.nodes (waylume.create_node) and print its id;
-      --login-password-file also creates the node's login role (see login)
+      --auth-email also makes its Auth user (see auth); --login-password-file also
+      creates its database login role (see login)
+  waylume-node node auth --node-id ID --auth-email EMAIL --env-file FILE
+      create the node's Supabase Auth user (Admin API, secret key) with
+      app_metadata.node_id, a confirmed email and a random password; write the
+      node's settings to FILE and the password to FILE.password (both 0600)
   waylume-node node login --node-id ID [--password-file FILE]
       create (or reset) the node's database login role waylume_node_<hex id> with a
       random password and print the role name; the password goes to FILE (mode 0600),
       or is printed as the second line
-Both need the owner's or service credentials in WAYLUME_DATABASE_URL.
+  waylume-node node revoke --node-id ID
+      waylume.revoke_node: the node's tokens so far, its login role and (Auth in the
+      database, or a secret key given) its Auth users stop working at once; the node
+      keeps serving its current peers
+create, login and revoke need the owner's credentials in WAYLUME_DATABASE_URL; auth
+and revoke use WAYLUME_SUPABASE_URL with a secret key (--secret-key-file, or
+WAYLUME_SUPABASE_SECRET_KEY holding it).
 `
 
 // nodeFlags are node create's own flags, as given.
@@ -91,6 +104,7 @@ func (c *cli) nodeCreate(args []string) int {
 		mtu:      fs.Int("mtu", 0, "interface MTU (0: default)"),
 	}
 	pwFile := fs.String("login-password-file", "", "also create the node's login role; write its password here (0600)")
+	af := bindAuthFlags(fs)
 	cfg, code, ok := c.parse(fs, cf, args)
 	if !ok {
 		return code
@@ -102,6 +116,13 @@ func (c *cli) nodeCreate(args []string) int {
 	if err != nil {
 		fmt.Fprintf(c.stderr, "waylume-node: %s\n", err)
 		return exitConfig
+	}
+	var admin *auth.Client
+	if *af.email != "" {
+		if admin, err = c.authAdmin(cfg, af); err != nil {
+			fmt.Fprintf(c.stderr, "waylume-node: %s\n", err)
+			return exitConfig
+		}
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 	defer cancel()
@@ -127,6 +148,12 @@ func (c *cli) nodeCreate(args []string) int {
 			return exitFail
 		}
 		fmt.Fprintf(c.stderr, "login role %s; password in %s\n", role, *pwFile)
+	}
+	if admin != nil {
+		if err := c.provisionAuth(ctx, admin, cfg, af, id); err != nil {
+			fmt.Fprintf(c.stderr, "waylume-node node create: node %s created, Auth user failed: %s\n", id, oneLine(err.Error()))
+			return exitFail
+		}
 	}
 	return exitOK
 }

@@ -34,7 +34,11 @@ func (c *cli) runCmd(args []string) int {
 	reg := newRegistry()
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	token := watchAccessToken(ctx, cfg, reg, log)
+	tokens, err := tokenSource(ctx, cfg, reg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFail
+	}
 
 	if cfg.MetricsAddr != "" {
 		ms, err := health.Listen(cfg.MetricsAddr, reg, readiness, log)
@@ -51,7 +55,7 @@ func (c *cli) runCmd(args []string) int {
 	}
 
 	log.Info("starting", "version", version, "node_id", cfg.NodeID, "interface", cfg.Interface, "wg_mode", cfg.WGMode)
-	err := node.Run(ctx, cfg.node(), node.Runtime{Log: log, Registerer: reg, Health: readiness, Tokens: token})
+	err = node.Run(ctx, cfg.node(), node.Runtime{Log: log, Registerer: reg, Health: readiness, Tokens: tokens})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("stopped", "err", err)
 		return exitFail

@@ -2,21 +2,20 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"log/slog"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/waylume/waylume-node/internal/jwt"
 )
 
 func mintTestToken(t *testing.T, ttl time.Duration) string {
 	t.Helper()
 	now := time.Now()
-	tok, err := signToken(tokenClaims{Role: nodeRole, NodeID: goodNode, Iat: now.Unix(), Exp: now.Add(ttl).Unix()}, []byte("secret-secret-secret-secret-1234"))
+	tok, err := jwt.SignHS256(jwt.Claims{Role: nodeRole, NodeID: goodNode, Iat: now.Unix(), Exp: now.Add(ttl).Unix()}, []byte("secret-secret-secret-secret-1234"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,52 +61,64 @@ func TestAccessTokenFileConfig(t *testing.T) {
 	}
 }
 
-// A rotated token file reaches the Realtime client (OnChange) and the
-// expiry metric; an unreadable file keeps the current token.
-func TestAccessTokenFileRotation(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "token")
-	old := mintTestToken(t, time.Hour)
-	if err := os.WriteFile(file, []byte(old), 0o600); err != nil {
+// A 2026 node: the project URL gives Realtime's URL, the publishable key
+// is the apikey and never the access token, the Auth user is the
+// identity; the combinations that cannot work are refused with one line.
+func TestAuthUserConfig(t *testing.T) {
+	pwFile := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pwFile, []byte("correct horse battery\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	reg := prometheus.NewRegistry()
-	a := watchAccessToken(ctx, Config{AccessToken: old, AccessTokenFile: file}, reg, slog.New(slog.DiscardHandler))
-	got := make(chan string, 4)
-	a.OnChange(func(tok string) { got <- tok })
-
-	if a.reload() {
-		t.Fatal("an unchanged file counted as a new token")
-	}
-	if left := a.secondsLeft(); left < 3500 || left > 3600 {
-		t.Fatalf("expiry of the first token: %.0fs left, want about 3600", left)
-	}
-	fresh := mintTestToken(t, 48*time.Hour)
-	if err := os.WriteFile(file, []byte(fresh+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if !a.reload() {
-		t.Fatal("a rotated file was not picked up")
-	}
-	select {
-	case tok := <-got:
-		if tok != fresh {
-			t.Fatal("OnChange got another token than the file's")
+	load := func(env map[string]string) (Config, error) {
+		fs := (&cli{stderr: &bytes.Buffer{}}).flagSet("run", "", "", forRun)
+		cf := bindConfig(fs, forRun)
+		if err := fs.Parse(nil); err != nil {
+			t.Fatal(err)
 		}
-	default:
-		t.Fatal("OnChange not called for the new token")
+		c, err := cf.load(envMap(env))
+		if err == nil {
+			c.requireFor("node-id")
+			err = c.Validate()
+		}
+		return c, err
 	}
-	if left := a.secondsLeft(); left < 47*3600 {
-		t.Errorf("expiry metric still follows the old token: %.0fs left", left)
+	base := func() map[string]string {
+		return map[string]string{"WAYLUME_NODE_ID": goodNode, "WAYLUME_SUPABASE_URL": "https://abcdefgh.supabase.co/",
+			"WAYLUME_SUPABASE_KEY": "sb_publishable_x", "WAYLUME_AUTH_EMAIL": "n@nodes.example", "WAYLUME_AUTH_PASSWORD_FILE": pwFile}
 	}
-	if err := os.Remove(file); err != nil {
+	c, err := load(base())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if a.reload() {
-		t.Error("a missing file replaced the token")
+	if c.RealtimeURL != "wss://abcdefgh.supabase.co/realtime/v1/websocket" || c.AccessToken != "" || c.AuthPassword != "correct horse battery" {
+		t.Errorf("derived realtime %q, access token %q, password read %v", c.RealtimeURL, c.AccessToken, c.AuthPassword != "")
 	}
-	if left := a.secondsLeft(); left < 47*3600 {
-		t.Errorf("a missing file changed the token in use: %.0fs left", left)
+	env := base()
+	env["WAYLUME_REALTIME_URL"] = "ws://127.0.0.1:4000/realtime/v1/websocket"
+	if c, err := load(env); err != nil || c.RealtimeURL != env["WAYLUME_REALTIME_URL"] {
+		t.Errorf("an explicit Realtime URL: %q %v", c.RealtimeURL, err)
+	}
+	for name, mod := range map[string]func(map[string]string){
+		"sb_ key as token": func(e map[string]string) {
+			delete(e, "WAYLUME_AUTH_EMAIL")
+			e["WAYLUME_ACCESS_TOKEN"] = "sb_publishable_x"
+		},
+		"no identity":        func(e map[string]string) { delete(e, "WAYLUME_AUTH_EMAIL"); delete(e, "WAYLUME_AUTH_PASSWORD_FILE") },
+		"no password":        func(e map[string]string) { delete(e, "WAYLUME_AUTH_PASSWORD_FILE") },
+		"auth and token":     func(e map[string]string) { e["WAYLUME_ACCESS_TOKEN"] = "eyJ.x.y" },
+		"bad project URL":    func(e map[string]string) { e["WAYLUME_SUPABASE_URL"] = "abcdefgh.supabase.co" },
+		"no key":             func(e map[string]string) { delete(e, "WAYLUME_SUPABASE_KEY") },
+		"missing password":   func(e map[string]string) { e["WAYLUME_AUTH_PASSWORD_FILE"] = pwFile + ".missing" },
+		"auth without a URL": func(e map[string]string) { delete(e, "WAYLUME_SUPABASE_URL") },
+	} {
+		env := base()
+		mod(env)
+		_, err := load(env)
+		var ce *configError
+		if !errors.As(err, &ce) {
+			t.Errorf("%s: %v, want a config error", name, err)
+		} else if strings.Contains(err.Error(), "correct horse") || strings.Contains(err.Error(), "sb_publishable_x") {
+			t.Errorf("%s: the error quotes a secret: %v", name, err)
+		}
 	}
 }

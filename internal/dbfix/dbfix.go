@@ -62,8 +62,10 @@ func migrate(t testing.TB, db *pgtest.DB) {
 
 // SupabaseRoles creates, once per cluster, the roles a Supabase project
 // has before the migrations run: service_role (BYPASSRLS, the app
-// backend's admin path, which the migrations grant) and realtime_admin
-// (LOGIN REPLICATION, the Realtime server's connection). Call it before
+// backend's admin path, which the migrations grant), authenticated (user
+// tokens' role) and realtime_admin (LOGIN REPLICATION, the Realtime
+// server's connection, trusted with request.jwt.claims as a member of
+// waylume_jwt_proxy). Call it before
 // Migrated so the grants land as they would on a project.
 func SupabaseRoles(t testing.TB) {
 	t.Helper()
@@ -80,7 +82,12 @@ func SupabaseRoles(t testing.TB) {
 		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
 			CREATE ROLE service_role NOLOGIN BYPASSRLS; END IF;
 		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'realtime_admin') THEN
-			CREATE ROLE realtime_admin LOGIN REPLICATION; END IF; END $$`); err != nil {
+			CREATE ROLE realtime_admin LOGIN REPLICATION; END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+			CREATE ROLE authenticated NOLOGIN NOINHERIT; END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'waylume_jwt_proxy') THEN
+			CREATE ROLE waylume_jwt_proxy NOLOGIN; END IF;
+		GRANT authenticated, waylume_jwt_proxy TO realtime_admin; END $$`); err != nil {
 		t.Fatalf("dbfix: supabase roles: %v", err)
 	}
 }

@@ -70,7 +70,8 @@ type Runtime struct {
 	Registerer prometheus.Registerer
 	// Health receives the readiness check once the data plane is up.
 	Health Health
-	// Tokens delivers new Realtime access tokens while running.
+	// Tokens is the Realtime access token while running (an Auth session
+	// or a token file); nil: Config.AccessToken, fixed.
 	Tokens TokenSource
 	// Observe, when set, sees what the node does (tests and benchmarks).
 	Observe Observer
@@ -81,8 +82,11 @@ type Health interface {
 	SetReadiness(func() error)
 }
 
-// TokenSource calls f with every new access token.
+// TokenSource is the node's Realtime identity. Token waits for the first
+// token (an Auth sign-in may take a while); OnChange gets every later one,
+// which the node pushes to its live channel without a rejoin.
 type TokenSource interface {
+	Token(ctx context.Context) (string, error)
 	OnChange(f func(token string))
 }
 

@@ -28,7 +28,7 @@ func (n *Node) source(sink events.Sink) (func(context.Context) error, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := realtime.New(realtime.Config{
+	rcfg := realtime.Config{
 		URL: cfg.RealtimeURL, APIKey: cfg.SupabaseKey, AccessToken: cfg.AccessToken, NodeID: cfg.NodeID,
 		Mode: cfg.RealtimeMode, Logger: n.log,
 		// The canary goes through the node's own store: the same
@@ -44,14 +44,38 @@ func (n *Node) source(sink events.Sink) (func(context.Context) error, error) {
 				n.refused.Store(s.Refused)
 			}
 		},
-	}, sink)
+	}
+	// Built now so a bad setting fails Run at once; with a token source
+	// the client is built again once the first token is there.
+	client, err := realtime.New(rcfg, sink)
 	if err != nil {
 		return nil, fmt.Errorf("realtime: %w", err)
 	}
-	if n.rt.Tokens != nil {
-		n.rt.Tokens.OnChange(client.SetAccessToken)
+	if n.rt.Tokens == nil {
+		return client.Run, nil
 	}
-	return client.Run, nil
+	return func(ctx context.Context) error { return n.runRealtime(ctx, rcfg, sink) }, nil
+}
+
+// runRealtime waits for the first access token, then runs the client with
+// every later token pushed to it. Peers are served meanwhile: the
+// reconciler runs from the database alone until events flow.
+func (n *Node) runRealtime(ctx context.Context, rcfg realtime.Config, sink events.Sink) error {
+	tok, err := n.rt.Tokens.Token(ctx)
+	if err != nil {
+		return err
+	}
+	rcfg.AccessToken = tok
+	client, err := realtime.New(rcfg, sink)
+	if err != nil {
+		return fmt.Errorf("realtime: %w", err)
+	}
+	n.rt.Tokens.OnChange(client.SetAccessToken)
+	// A token issued between the first read and OnChange would be missed.
+	if now, err := n.rt.Tokens.Token(ctx); err == nil && now != tok {
+		client.SetAccessToken(now)
+	}
+	return client.Run(ctx)
 }
 
 // realtimeMetrics are the Realtime client's series (docs/contract.md,

@@ -40,8 +40,18 @@ type Config struct {
 	// DatabaseURL connects as a superuser (or a role that may create
 	// replication slots and SET ROLE to the tokens' roles).
 	DatabaseURL string
-	// JWTSecret verifies apikeys and access tokens (HS256).
+	// JWTSecret verifies HS256 apikeys and access tokens (the legacy
+	// secret); a 2026 project may have none.
 	JWTSecret string
+	// JWKS ({"keys":[...]}) and JWKSURL (Auth's
+	// /auth/v1/.well-known/jwks.json, refetched for an unknown kid) hold
+	// the public keys ES256 and RS256 tokens are verified with by kid. At
+	// least one of JWTSecret, JWKS and JWKSURL is required.
+	JWKS    json.RawMessage
+	JWKSURL string
+	// APIKeys are the project's opaque keys accepted as apikey:
+	// sb_publishable_... (acts as anon) and sb_secret_... (service_role).
+	APIKeys []string
 	// Publication is read for the tables to stream; default supabase_realtime.
 	Publication string
 	// PollInterval between slot reads; default 10 ms (the real server: 100 ms).
@@ -68,6 +78,7 @@ type Server struct {
 	log  *slog.Logger
 	pool *pgxpool.Pool
 	slot string
+	keys *keyring
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // poller
@@ -105,8 +116,12 @@ type Server struct {
 
 // New creates the logical slot, starts the poller and listens.
 func New(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.DatabaseURL == "" || cfg.JWTSecret == "" {
-		return nil, errors.New("realtimetest: DatabaseURL and JWTSecret are required")
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("realtimetest: DatabaseURL is required")
+	}
+	keys, err := newKeyring(cfg)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Publication == "" {
 		cfg.Publication = "supabase_realtime"
@@ -134,7 +149,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("realtimetest: pool: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, pool: pool}
+	s := &Server{cfg: cfg, log: log, pool: pool, keys: keys}
 	s.mu.sockets = map[*socket]struct{}{}
 
 	s.slot = fmt.Sprintf("realtimetest_%d", time.Now().UnixNano())
@@ -417,7 +432,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusUnauthorized, "You must provide an apikey")
 		return
 	}
-	if _, err := verify(s.cfg.JWTSecret, key, time.Now()); err != nil {
+	if err := s.checkAPIKey(key, time.Now()); err != nil {
 		writeJSONError(w, http.StatusForbidden, err.Error())
 		return
 	}

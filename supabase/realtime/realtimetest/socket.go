@@ -246,14 +246,14 @@ func (so *socket) handle(f inFrame) {
 			AccessToken string `json:"access_token"`
 		}
 		json.Unmarshal(f.payload, &p)
-		if p.AccessToken == "" {
+		if p.AccessToken == "" || strings.HasPrefix(p.AccessToken, "sb_") {
 			return
 		}
-		c, err := verify(srv.cfg.JWTSecret, p.AccessToken, time.Now())
+		c, err := srv.keys.verify(p.AccessToken, time.Now())
 		if err != nil {
 			msg := err.Error()
 			if je, ok := err.(*jwtError); ok {
-				msg = je.msg
+				msg = je.closeText()
 			}
 			so.closeChannel(ch, "phx_close", msg)
 			return
@@ -366,11 +366,7 @@ func (so *socket) join(f inFrame, old *channel) {
 		so.reply(f, "error", map[string]any{"reason": "MalformedChannelPayload: " + err.Error()})
 		return
 	}
-	tok := p.AccessToken
-	if tok == "" {
-		tok = so.apikey
-	}
-	c, err := verify(srv.cfg.JWTSecret, tok, time.Now())
+	c, err := srv.joinClaims(p.AccessToken, so.apikey, time.Now())
 	if err != nil {
 		time.Sleep(srv.cfg.ErrorReplyDelay)
 		so.reply(f, "error", map[string]any{"reason": err.Error()})
