@@ -2,6 +2,7 @@ package netctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"github.com/waylume/waylume-node/internal/netns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // iperfWithin runs iperf3 through the tunnel and checks the received rate
@@ -241,5 +243,61 @@ func TestClassCollisionInWidePool(t *testing.T) {
 	b.sync(first, second)
 	if got := classOf(t, b.link, b.link.tc.dirs[0], netip.MustParseAddr("10.9.0.5")); got == nil || got.Rate*8/1000 != 2000 {
 		t.Errorf("second peer's class = %+v, want 2000 kbit/s", got)
+	}
+}
+
+// A limited peer is never on WireGuard without its classes and filters:
+// when they cannot be installed (the download HTB root is gone here), a
+// new limited peer is not added and a served one given limits is cut, each
+// failing with ErrShaping and a reason for its status; once shaping works
+// again the next apply serves both, limited.
+func TestLimitsFailClosed(t *testing.T) {
+	b := newBed(t, nil)
+	c, served := b.client("10.8.3.7")
+	b.sync(served)
+	ping(t, c.NS, "10.8.0.1")
+	fresh := Peer{PublicKey: mustKey(t).PublicKey(), AllowedIPs: mustPrefixes("10.8.3.8/32"), DownloadKbps: 1000, UploadKbps: 1000}
+
+	b.node.MustRun(t, "tc", "qdisc", "del", "dev", b.cfg.Interface, "root")
+	served.DownloadKbps, served.UploadKbps = 2000, 2000
+	failed, err := b.link.SyncPeers(context.Background(), []Peer{served, fresh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range map[string]Peer{"served": served, "fresh": fresh} {
+		var r interface{ PeerReason() string }
+		if !errors.Is(failed[p.PublicKey], ErrShaping) || !errors.As(failed[p.PublicKey], &r) || !strings.HasPrefix(r.PeerReason(), "shaping: download") {
+			t.Errorf("%s peer: failed with %v, want ErrShaping with a download reason", name, failed[p.PublicKey])
+		}
+	}
+	devPeers := map[wgtypes.Key]PeerStats{}
+	st, err := b.link.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		devPeers[s.PublicKey] = s
+	}
+	if _, ok := devPeers[fresh.PublicKey]; ok {
+		t.Error("a peer whose limits failed was added to WireGuard")
+	}
+	if s, ok := devPeers[served.PublicKey]; !ok || len(s.AllowedIPs) != 0 {
+		t.Errorf("the served peer whose limits failed holds %v, want it cut", s.AllowedIPs)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.NS.Ping(ctx, "10.8.0.1", 2); err == nil {
+		t.Error("a cut peer still reaches the node")
+	}
+
+	if err := b.link.tc.setup(b.link.ifindex); err != nil {
+		t.Fatal(err)
+	}
+	b.sync(served, fresh)
+	ping(t, c.NS, "10.8.0.1")
+	for _, p := range []Peer{served, fresh} {
+		if s := statsOf(t, b.link, p.PublicKey); s.DownloadKbps != p.DownloadKbps || s.UploadKbps != p.UploadKbps || len(s.AllowedIPs) != 1 {
+			t.Errorf("after repair: %+v, want served with %d/%d kbit/s", s, p.DownloadKbps, p.UploadKbps)
+		}
 	}
 }
