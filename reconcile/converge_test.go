@@ -116,8 +116,10 @@ func TestFailedPeerRetriedWithBackoff(t *testing.T) {
 // not be installed.
 type shapingRefusal struct{}
 
-func (shapingRefusal) Error() string      { return "limits not installed, peer not served" }
-func (shapingRefusal) PeerReason() string { return "shaping: download add class: no buffer space available" }
+func (shapingRefusal) Error() string { return "limits not installed, peer not served" }
+func (shapingRefusal) PeerReason() string {
+	return "shaping: download add class: no buffer space available"
+}
 
 // A peer the data plane refuses with a reason is reported rejected with
 // that reason (not active), stays so while its retries fail, also through
