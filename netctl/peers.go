@@ -202,7 +202,8 @@ func (l *Link) plan(set []Peer, remove []wgtypes.Key, leftovers []netip.Addr, cl
 			release(old, p.PublicKey)
 		}
 		a, ok := p.ShapingAddr()
-		switch lim := (limits{down: p.DownloadKbps, up: p.UploadKbps}); {
+		a6, _ := p.ShapingAddr6()
+		switch lim := wantLimits(p.DownloadKbps, p.UploadKbps, a6); {
 		case p.DownloadKbps < 0 || p.UploadKbps < 0:
 			failed[p.PublicKey] = fmt.Errorf("apply peer %s: negative limit", p.PublicKey)
 			continue

@@ -50,15 +50,33 @@ const (
 	shardKbps = 1_000_000_000
 )
 
-// limits are a peer's installed or wanted rates in kbit/s; 0 = none.
-type limits struct{ down, up int64 }
+// limits are a peer's installed or wanted rates in kbit/s (0 = none) and
+// per direction the IPv6 address its class shapes too (zero = none).
+type limits struct {
+	down, up   int64
+	down6, up6 netip.Addr
+}
+
+// wantLimits are the limits of a peer with rates down and up, whose IPv6
+// address (if valid) goes into the classes it has.
+func wantLimits(down, up int64, a6 netip.Addr) limits {
+	l := limits{down: down, up: up}
+	if down != 0 {
+		l.down6 = a6
+	}
+	if up != 0 {
+		l.up6 = a6
+	}
+	return l
+}
 
 // direction is one shaped device: the WireGuard interface for download,
 // the IFB for upload, matching the destination or source address.
 type direction struct {
-	name  string
-	link  int
-	field int32 // offset of the address in the IPv4 header
+	name   string
+	link   int
+	field  int32 // offset of the address in the IPv4 header
+	field6 int32 // and in the IPv6 header
 }
 
 type shaper struct {
@@ -75,16 +93,25 @@ type shaper struct {
 	// replaces them, or removes them when they are not wanted.
 	stale  map[netip.Addr][2]bool
 	shards [2]map[uint16]bool // shard qdiscs in place, per direction
-	loaded time.Time          // when classes was last read from the kernel
-	ops    int                // kernel modifications, counted for tests
+	v6root [2]bool            // the root's IPv6 tables are in place
+	// v6node is the node of each shaped IPv6 address's filters (the same
+	// in the root and its shard, both directions), unique among the
+	// addresses sharing its last byte (v6used, by byte<<12 | node). Nodes
+	// are not freed until the mirror is read again (load): a moved
+	// address cannot have its node taken in between.
+	v6node map[netip.Addr]uint32
+	v6used map[uint32]bool
+	loaded time.Time // when classes was last read from the kernel
+	ops    int       // kernel modifications, counted for tests
 }
 
 func newShaper(h *netlink.Handle, cfg Config, log *slog.Logger) *shaper {
-	return &shaper{
+	s := &shaper{
 		nl: h, log: log, pool: cfg.Pool(), iface: cfg.Interface, ifb: ifbName(cfg.Interface),
-		layout: newLayout(cfg.Pool()), classes: map[netip.Addr]limits{}, stale: map[netip.Addr][2]bool{},
-		shards: [2]map[uint16]bool{{}, {}},
+		layout: newLayout(cfg.Pool()),
 	}
+	s.reset()
+	return s
 }
 
 // ifbName is the upload device's name: device names are per namespace, so
@@ -123,8 +150,8 @@ func (s *shaper) setup(wgIndex int) error {
 // attach points the shaper at its two devices without changing them.
 func (s *shaper) attach(wgIndex, ifb int) {
 	s.dirs = [2]direction{
-		{name: "download", link: wgIndex, field: 16},
-		{name: "upload", link: ifb, field: 12},
+		{name: "download", link: wgIndex, field: 16, field6: 24},
+		{name: "upload", link: ifb, field: 12, field6: 8},
 	}
 }
 
@@ -317,12 +344,12 @@ func (s *shaper) ensureShard(dir int, shard uint16) error {
 
 // ensureSkeleton adds what is missing of a qdisc's tables and links.
 func (s *shaper) ensureSkeleton(d direction, major uint16, skel []*netlink.U32) error {
-	have, err := s.filterHandles(d, major)
+	have, linked, err := s.filterHandles(d, major)
 	if err != nil {
 		return err
 	}
 	for _, f := range skel {
-		if have[f.Handle] {
+		if have[f.Handle] && f.Hash != u32Root || f.Hash == u32Root && linked[f.Link] {
 			continue
 		}
 		err := s.nl.FilterAdd(f)
@@ -341,25 +368,27 @@ func (s *shaper) ensureSkeleton(d direction, major uint16, skel []*netlink.U32) 
 	return nil
 }
 
-// filterHandles lists the handles of a qdisc's u32 filters and tables.
-// The dump does not return hash tables themselves (netlink skips entries
-// without a selector), so a table counts as present when a filter lives in
-// it or links to it: the kernel refuses links to missing tables.
-func (s *shaper) filterHandles(d direction, major uint16) (map[uint32]bool, error) {
+// filterHandles lists the handles of a qdisc's u32 filters and tables,
+// and the tables something links to. The dump does not return hash tables
+// themselves (netlink skips entries without a selector), so a table counts
+// as present when a filter lives in it or links to it: the kernel refuses
+// links to missing tables.
+func (s *shaper) filterHandles(d direction, major uint16) (have, linked map[uint32]bool, err error) {
 	fs, err := s.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}}, netlink.MakeHandle(major, 0))
 	if err != nil {
-		return nil, fmt.Errorf("list filters of qdisc %x (%s): %w", major, d.name, err)
+		return nil, nil, fmt.Errorf("list filters of qdisc %x (%s): %w", major, d.name, err)
 	}
-	have := make(map[uint32]bool, len(fs))
+	have, linked = make(map[uint32]bool, len(fs)), map[uint32]bool{}
 	for _, f := range fs {
 		h := f.Attrs().Handle
 		have[h] = true
 		have[h&0xfff00000] = true
 		if u, ok := f.(*netlink.U32); ok && u.Link != 0 {
 			have[u.Link&0xfff00000] = true
+			linked[u.Link&0xfff00000] = true
 		}
 	}
-	return have, nil
+	return have, linked, nil
 }
 
 func isNotExist(err error) bool {
@@ -389,7 +418,38 @@ func (s *shaper) teardown() error {
 			errs = append(errs, fmt.Errorf("delete IFB %s: %w", s.ifb, err))
 		}
 	}
-	s.classes, s.stale = map[netip.Addr]limits{}, map[netip.Addr][2]bool{}
-	s.shards = [2]map[uint16]bool{{}, {}}
+	s.reset()
 	return errors.Join(errs...)
+}
+
+// reset empties the mirror.
+func (s *shaper) reset() {
+	s.classes, s.stale = map[netip.Addr]limits{}, map[netip.Addr][2]bool{}
+	s.shards, s.v6root = [2]map[uint16]bool{{}, {}}, [2]bool{}
+	s.v6node, s.v6used = map[netip.Addr]uint32{}, map[uint32]bool{}
+}
+
+// nodeFor is a6's filter node, allocated on first use.
+func (s *shaper) nodeFor(a6 netip.Addr) (uint32, error) {
+	if n, ok := s.v6node[a6]; ok {
+		return n, nil
+	}
+	last := uint32(a6.As16()[15]) << 12
+	for n := uint32(1); n <= maxNode; n++ {
+		if !s.v6used[last|n] {
+			s.v6used[last|n] = true
+			s.v6node[a6] = n
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("no u32 node left for %v: %d shaped IPv6 addresses share its last byte", a6, maxNode)
+}
+
+// ensureV6Root adds the root's IPv6 tables and links in one direction.
+func (s *shaper) ensureV6Root(dir int) error {
+	if err := s.ensureSkeleton(s.dirs[dir], rootMajor, root6Skeleton(s.dirs[dir])); err != nil {
+		return err
+	}
+	s.v6root[dir] = true
+	return nil
 }

@@ -374,3 +374,60 @@ func TestIncrementalShapingIsConstant(t *testing.T) {
 		}
 	}
 }
+
+// IPv6 traffic of a limited peer goes through the class its IPv4 address
+// keys, both ways: a 10/5 Mbit/s peer moves 10/5 Mbit/s over IPv6 too.
+func TestIPv6ShapedBySameClasses(t *testing.T) {
+	netns.Require(t, "iperf3", "ss")
+	b := newBed(t, func(c *Config) { c.Address6 = netip.MustParsePrefix("fd00:8::1/64") })
+	c, peer := b.client("10.8.3.7")
+	c.NS.MustRun(t, "wg", "set", c.Iface, "peer", b.cfg.PrivateKey.PublicKey().String(), "allowed-ips", "10.8.0.0/16,fd00:8::/64")
+	c.NS.MustRun(t, "ip", "-6", "addr", "add", "fd00:8::307/128", "dev", c.Iface, "nodad")
+	c.NS.MustRun(t, "ip", "-6", "route", "replace", "fd00:8::/64", "dev", c.Iface)
+	peer.AllowedIPs = append(peer.AllowedIPs, netip.MustParsePrefix("fd00:8::307/128"))
+	peer.DownloadKbps, peer.UploadKbps = 10_000, 5_000
+	b.sync(peer)
+	ping(t, c.NS, "fd00:8::1")
+	netns.StartIperfServer(t, b.node, "fd00:8::1", 5201)
+	iperfWithin(t, c, "fd00:8::1", true, 10_000)
+	iperfWithin(t, c, "fd00:8::1", false, 5_000)
+
+	a := netip.MustParseAddr("10.8.3.7")
+	for _, d := range b.link.tc.dirs {
+		cls := classOf(t, b.link, d, a)
+		if cls == nil || cls.Statistics == nil || cls.Statistics.Basic.Packets < 1000 {
+			t.Errorf("%s class of the peer saw too few packets from IPv6 traffic: %+v", d.name, cls)
+		}
+	}
+	// The same classes read back after a restart of the mirror, with the
+	// IPv6 address in them: re-applying changes nothing.
+	if err := b.link.tc.load(); err != nil {
+		t.Fatal(err)
+	}
+	ops := b.link.tc.ops
+	b.sync(peer)
+	if got := b.link.tc.ops - ops; got != 0 {
+		t.Errorf("re-applying after a reread made %d tc changes, want 0", got)
+	}
+	// Dropping the IPv6 address takes its filters out, and only them.
+	peer.AllowedIPs = peer.AllowedIPs[:1]
+	b.sync(peer)
+	if got := b.link.tc.ops - ops; got != 4 {
+		t.Errorf("dropping the IPv6 address made %d tc changes, want 4 (two filters each way)", got)
+	}
+	for _, d := range b.link.tc.dirs {
+		for _, parent := range []string{"2:", "107:"} {
+			out := b.node.MustRun(t, "tc", "filter", "show", "dev", devName(b, d), "parent", parent)
+			if strings.Contains(out, "match 00000307/ffffffff") || !strings.Contains(out, "match 0a080307/ffffffff") {
+				t.Errorf("%s %s: want the IPv4 filter alone:\n%s", d.name, parent, firstLines(out, 40))
+			}
+		}
+	}
+}
+
+func devName(b *bed, d direction) string {
+	if d.name == "download" {
+		return b.cfg.Interface
+	}
+	return ifbName(b.cfg.Interface)
+}

@@ -93,7 +93,8 @@ func TestDefaultRootQdiscReplacedQuietly(t *testing.T) {
 
 // A node restarted over its sharded tree (kernel mode: the device and the
 // tree outlive it) adopts it: opening changes nothing in tc, the limits
-// read back, and re-applying the same peers changes nothing either.
+// and IPv6 addresses read back, and re-applying the same peers changes
+// nothing either.
 func TestRestartAdoptsShardedTree(t *testing.T) {
 	node := newNodeNS(t)
 	cfg := kernelConfig(t, node, externalDevice(t, node))
@@ -101,10 +102,15 @@ func TestRestartAdoptsShardedTree(t *testing.T) {
 	b.link = b.open(cfg)
 	var peers []Peer
 	a := netip.MustParseAddr("10.9.1.0")
+	a6 := netip.MustParseAddr("fd00:9::100")
 	for i := range 600 {
-		peers = append(peers, Peer{PublicKey: mustKey(t).PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(a, 32)},
+		ips := []netip.Prefix{netip.PrefixFrom(a, 32)}
+		if i%2 == 0 { // half of them shaped over IPv6 too
+			ips = append(ips, netip.PrefixFrom(a6, 128))
+		}
+		peers = append(peers, Peer{PublicKey: mustKey(t).PublicKey(), AllowedIPs: ips,
 			DownloadKbps: int64(1000 + i), UploadKbps: int64(500 + i)})
-		a = a.Next()
+		a, a6 = a.Next(), a6.Next()
 	}
 	b.sync(peers...)
 	classes := installedClasses(t, b.link)
@@ -119,6 +125,13 @@ func TestRestartAdoptsShardedTree(t *testing.T) {
 	for _, p := range peers {
 		if s := statsOf(t, l2, p.PublicKey); s.DownloadKbps != p.DownloadKbps || s.UploadKbps != p.UploadKbps {
 			t.Fatalf("adopted limits %d/%d, want %d/%d", s.DownloadKbps, s.UploadKbps, p.DownloadKbps, p.UploadKbps)
+		}
+	}
+	for _, p := range peers {
+		v4, _ := p.ShapingAddr()
+		v6, _ := p.ShapingAddr6()
+		if got := l2.tc.classes[v4]; got.down6 != v6 || got.up6 != v6 {
+			t.Fatalf("%v: adopted IPv6 address %v/%v, want %v", v4, got.down6, got.up6, v6)
 		}
 	}
 	if _, err := l2.SyncPeers(context.Background(), peers); err != nil {

@@ -27,6 +27,19 @@ const (
 	topHT          = 0x001
 	leafHTBase     = 0x100 // + the third octet
 	divisor        = 256
+	// IPv6 has filters of its own (protocol ipv6, prio 11) pointing at the
+	// same classes: hashed on the address's last two bytes in the root
+	// (top table 2:, leaf tables 200+byte 14), on the last byte in a shard
+	// (table 2:). Their nodes are allocated (shaper.v6node): IPv6
+	// addresses of a pool share their low bytes freely.
+	filterPrio6 = 11
+	top6HT      = 0x002
+	leaf6HTBase = 0x200
+	maxNode     = 0xfff
+	// u32Root as a filter's hash table means its own root table: the
+	// IPv6 filters' root is the second u32 root of a qdisc, whose handle
+	// the kernel picks.
+	u32Root = 0xfff00000
 )
 
 // layout places addresses of one IPv4 pool in the tree.
@@ -121,6 +134,94 @@ func filterAttrs(d direction, major uint16, handle uint32) netlink.FilterAttrs {
 	}
 }
 
+func filterAttrs6(d direction, major uint16, handle uint32) netlink.FilterAttrs {
+	a := filterAttrs(d, major, handle)
+	a.Priority, a.Protocol = filterPrio6, unix.ETH_P_IPV6
+	return a
+}
+
+// v6Keys match the IPv6 address a exactly at the direction's offset.
+func v6Keys(d direction, a netip.Addr) []nl.TcU32Key {
+	b := a.As16()
+	keys := make([]nl.TcU32Key, 4)
+	for i := range keys {
+		keys[i] = nl.TcU32Key{Mask: ^uint32(0), Off: d.field6 + int32(4*i),
+			Val: uint32(b[4*i])<<24 | uint32(b[4*i+1])<<16 | uint32(b[4*i+2])<<8 | uint32(b[4*i+3])}
+	}
+	return keys
+}
+
+// v6Addr is the address v6Keys matched, if keys are such.
+func v6Addr(d direction, keys []nl.TcU32Key) (netip.Addr, bool) {
+	if len(keys) != 4 {
+		return netip.Addr{}, false
+	}
+	var b [16]byte
+	for i, k := range keys {
+		if k.Mask != ^uint32(0) || k.Off != d.field6+int32(4*i) {
+			return netip.Addr{}, false
+		}
+		b[4*i], b[4*i+1], b[4*i+2], b[4*i+3] = byte(k.Val>>24), byte(k.Val>>16), byte(k.Val>>8), byte(k.Val)
+	}
+	return netip.AddrFrom16(b), true
+}
+
+// rootFilter6 sends the packets of a's IPv6 address a6 to a's shard; node
+// is a6's (shaper.v6node).
+func (l layout) rootFilter6(d direction, a, a6 netip.Addr, node uint32) *netlink.U32 {
+	b := a6.As16()
+	h := nodeHandle(leaf6HTBase+uint32(b[14]), uint32(b[15]), node)
+	return host6Filter(d, rootMajor, h, netlink.MakeHandle(rootMajor, l.shard(a)), a6)
+}
+
+// shardFilter6 picks a's class for its IPv6 address a6.
+func (l layout) shardFilter6(d direction, a, a6 netip.Addr, node uint32) *netlink.U32 {
+	b := a6.As16()
+	return host6Filter(d, l.shard(a), nodeHandle(top6HT, uint32(b[15]), node), l.classID(a), a6)
+}
+
+func host6Filter(d direction, major uint16, handle, class uint32, a6 netip.Addr) *netlink.U32 {
+	return &netlink.U32{
+		FilterAttrs: filterAttrs6(d, major, handle),
+		Hash:        handle &^ 0xfff,
+		ClassId:     class,
+		Sel:         &nl.TcU32Sel{Flags: nl.TC_U32_TERMINAL, Keys: v6Keys(d, a6)},
+	}
+}
+
+// link6 is a link in the IPv6 tree, hashing on the address's last word.
+func link6(d direction, major uint16, in, bucket, hmask, to uint32) *netlink.U32 {
+	handle, hash := nodeHandle(in, bucket, 1), nodeHandle(in, bucket, 0)
+	if in == u32Root>>20 {
+		handle, hash = 1, u32Root
+	}
+	return &netlink.U32{
+		FilterAttrs: filterAttrs6(d, major, handle),
+		Hash:        hash,
+		Link:        htHandle(to),
+		Sel: &nl.TcU32Sel{Hmask: hmask, Hoff: int16(d.field6 + 12),
+			Keys: []nl.TcU32Key{{Off: d.field6}}}, // every IPv6 packet
+	}
+}
+
+// root6Skeleton is the root qdisc's IPv6 tables and links: every IPv6
+// packet hashed on byte 14 into the top table, each bucket linking to a
+// leaf table hashed on byte 15.
+func root6Skeleton(d direction) []*netlink.U32 {
+	t := func(ht uint32) *netlink.U32 {
+		return &netlink.U32{FilterAttrs: filterAttrs6(d, rootMajor, htHandle(ht)), Divisor: divisor}
+	}
+	out := []*netlink.U32{t(top6HT)}
+	for b := range uint32(256) {
+		out = append(out, t(leaf6HTBase+b))
+	}
+	out = append(out, link6(d, rootMajor, u32Root>>20, 0, 0x0000ff00, top6HT))
+	for b := range uint32(256) {
+		out = append(out, link6(d, rootMajor, top6HT, b, 0x000000ff, leaf6HTBase+b))
+	}
+	return out
+}
+
 func prefixKey(p netip.Prefix, off int32) nl.TcU32Key {
 	mask := ^uint32(0) << (32 - p.Bits())
 	if p.Bits() == 0 {
@@ -171,11 +272,14 @@ func (l layout) rootSkeleton(d direction) []*netlink.U32 {
 	return out
 }
 
-// shardSkeleton is one shard qdisc's table and link: its addresses all
-// share the last octet, so they are hashed on the third.
+// shardSkeleton is one shard qdisc's tables and links: its IPv4
+// addresses all share the last octet, so they are hashed on the third;
+// IPv6 ones on their last byte.
 func (l layout) shardSkeleton(d direction, shard uint16) []*netlink.U32 {
 	return []*netlink.U32{
 		table(d, shard, topHT),
 		link(d, shard, rootHT, 0, prefixKey(l.pool, d.field), 0x0000ff00, topHT),
+		{FilterAttrs: filterAttrs6(d, shard, htHandle(top6HT)), Divisor: divisor},
+		link6(d, shard, u32Root>>20, 0, 0x000000ff, top6HT),
 	}
 }
