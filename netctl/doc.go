@@ -58,7 +58,8 @@
 // handle derives from the peer address, unique in any pool /8../30.
 // Explicit quantum and burst, HTB's default pfifo leaves. Only limited
 // peers get classes; a limited peer whose classes and filters cannot be
-// installed is not served (ErrShaping). IPv6 traffic is not shaped.
+// installed is not served (ErrShaping). The peer's IPv6 address is shaped
+// by the same classes, through IPv6 filters of their own.
 //
 // The installed classes are read back at Open and by SyncPeers when the
 // mirror is older than five minutes; dumping 20,000 classes and filters
