@@ -18,8 +18,10 @@ import (
 //   - bulk: one wg addconf for all peers and one tc -batch per device,
 //     classes before filters (the order that is fastest for the kernel).
 //
-// Both baselines install exactly what netctl installs (hashed leaf filters
-// in the same tables, same classes), so the ratios compare like with like.
+// Both baselines install the flat tree an operator would write: every
+// class in one HTB qdisc, each picked by a hashed leaf filter in the same
+// tables netctl uses. netctl installs the same classes and rates, sharded
+// (tc.go), which is what it is measured against.
 // Run with: make bench, or
 //
 //	go test ./netctl -run '^$' -bench . -benchtime 1x
@@ -46,20 +48,23 @@ func (bd *bed) inNode(stdin []byte, name string, args ...string) error {
 	})
 }
 
-// tcCommands are the tc lines (without "tc") that install p's limits the
-// way netctl does: classes, then leaf filters.
+// tcCommands are the tc lines (without "tc") that install p's limits in
+// the flat tree the baselines build: one HTB class per peer and direction
+// right under the root 2: (class minor the address's low 16 bits, unique
+// in the /16 the benchmarks use), picked by a leaf filter in netctl's root
+// hash tables; classes first, then leaf filters.
 func (bd *bed) tcCommands(p Peer) (classes, filters []string) {
 	a, _ := p.ShapingAddr()
 	v := addrU32(a)
-	ht := bd.link.tc.layout.leafHT(v)
+	ht := leafHT(a)
 	devs := []string{bd.cfg.Interface, ifbName(bd.cfg.Interface)}
 	fields := []string{"dst", "src"}
 	rates := []int64{p.DownloadKbps, p.UploadKbps}
 	for i, dev := range devs {
-		classes = append(classes, fmt.Sprintf("class add dev %s parent 1: classid 1:%x htb rate %dkbit ceil %dkbit quantum %d",
-			dev, classMinor(a), rates[i], rates[i], min(max(uint64(rates[i])*1000/8/10, minQuantum), maxQuantum)))
-		filters = append(filters, fmt.Sprintf("filter add dev %s parent 1: prio %d protocol ip handle %x:%x:1 u32 ht %x:%x: match ip %s %v/32 flowid 1:%x",
-			dev, filterPrio, ht, v&0xff, ht, v&0xff, fields[i], a, classMinor(a)))
+		classes = append(classes, fmt.Sprintf("class add dev %s parent %x: classid %x:%x htb rate %dkbit ceil %dkbit quantum %d",
+			dev, rootMajor, rootMajor, v&0xffff, rates[i], rates[i], min(max(uint64(rates[i])*1000/8/10, minQuantum), maxQuantum)))
+		filters = append(filters, fmt.Sprintf("filter add dev %s parent %x: prio %d protocol ip handle %x:%x:1 u32 ht %x:%x: match ip %s %v/32 flowid %x:%x",
+			dev, rootMajor, filterPrio, ht, v&0xff, ht, v&0xff, fields[i], a, rootMajor, v&0xffff))
 	}
 	return classes, filters
 }

@@ -51,15 +51,15 @@
 // # Shaping
 //
 // See tc.go: HTB on the interface (download) and on an IFB fed by an
-// ingress mirred redirect (upload), u32 hash tables (two levels up to a
-// /16 pool, three for /13 to /15), handles derived from the peer address,
-// explicit quantum and burst, HTB's default pfifo leaves. Only limited
-// peers get classes. IPv6 traffic is not shaped. Pools wider than /13
-// cannot be shaped (peers with limits fail; unlimited ones work). In
-// /13../15 pools two addresses can share a class id (the low 16 bits): the
-// second to ask for limits gets a per-peer error until the first lets go.
-// Classes are added before filters and removed after them: the kernel
-// walks every filter on each class add/delete.
+// ingress mirred redirect (upload). The tree is sharded: a root HTB 2:
+// whose never-limiting classes each hold a small HTB qdisc of one shard
+// (the address's last octet), so no qdisc holds thousands of classes and
+// adding one stays cheap. u32 hash tables classify in both levels; every
+// handle derives from the peer address, unique in any pool /8../30.
+// Explicit quantum and burst, HTB's default pfifo leaves. Only limited
+// peers get classes; a limited peer whose classes and filters cannot be
+// installed is not served (ErrShaping). The peer's IPv6 address is shaped
+// by the same classes, through IPv6 filters of their own.
 //
 // The installed classes are read back at Open and by SyncPeers when the
 // mirror is older than five minutes; dumping 20,000 classes and filters

@@ -141,7 +141,8 @@ func (c Config) equal(o Config) bool { return reflect.DeepEqual(c, o) }
 func (c Config) Pool() netip.Prefix { return c.Address.Masked() }
 
 // Peer is the desired state of one WireGuard peer. Shaping is keyed by the
-// peer's first IPv4 /32 allowed IP; a limit of 0 means unlimited.
+// peer's first IPv4 /32 allowed IP, and its first IPv6 /128 allowed IP is
+// shaped by the same classes; a limit of 0 means unlimited.
 type Peer struct {
 	PublicKey    wgtypes.Key
 	PresharedKey wgtypes.Key // zero = none
@@ -156,6 +157,17 @@ type Peer struct {
 func (p Peer) ShapingAddr() (netip.Addr, bool) {
 	for _, a := range p.AllowedIPs {
 		if a.Addr().Is4() && a.Bits() == 32 {
+			return a.Addr(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// ShapingAddr6 is the IPv6 address the same limits shape: the peer's
+// first IPv6 /128 allowed IP, or false if it has none.
+func (p Peer) ShapingAddr6() (netip.Addr, bool) {
+	for _, a := range p.AllowedIPs {
+		if a.Addr().Is6() && !a.Addr().Is4In6() && a.Bits() == 128 {
 			return a.Addr(), true
 		}
 	}

@@ -17,6 +17,27 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
+// ErrShaping: a limited peer's classes and filters could not be installed,
+// so it is not served: a new peer is not added to WireGuard, one the device
+// holds is cut. Its error also has a PeerReason for the peer's status.
+var ErrShaping = errors.New("limits not installed, peer not served")
+
+// errNoShapingAddr: limits are keyed by an IPv4 /32 allowed IP.
+var errNoShapingAddr = errors.New("limits need an IPv4 /32 allowed IP to key them")
+
+// shapingError is a peer's ErrShaping with its cause.
+type shapingError struct{ err error }
+
+func (e *shapingError) Error() string   { return ErrShaping.Error() + ": " + e.err.Error() }
+func (e *shapingError) Unwrap() []error { return []error{ErrShaping, e.err} }
+
+// PeerReason is why the peer is not served, as its status reports it.
+func (e *shapingError) PeerReason() string { return "shaping: " + e.err.Error() }
+
+func shapingFailed(k wgtypes.Key, err error) error {
+	return fmt.Errorf("apply peer %s: %w", k, &shapingError{err: err})
+}
+
 // wgctrl sends one netlink message per peer once a call carries more than
 // this; the kernel also caps a message's size (docs/dataplane.md).
 const (
@@ -111,18 +132,57 @@ func (l *Link) UpdatePeers(ctx context.Context, set []Peer, remove []wgtypes.Key
 // apply sends the difference between set/remove and the mirror: shaping
 // for new and changed peers first (traffic is limited from its first
 // packet), then WireGuard in chunks, then shaping of removed peers and of
-// the leftover addresses, whose errors it returns.
+// the leftover addresses, whose errors it returns. A peer whose limits
+// could not be installed is kept off WireGuard (withhold): limits fail
+// closed.
 //
 // claimed holds the shaping address of every peer in set: an address
 // released by one peer and claimed by another keeps the new owner's class.
 func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, leftovers []netip.Addr, claimed map[netip.Addr]bool, failed map[wgtypes.Key]error) map[netip.Addr]error {
-	// The wanted shaping of every address this apply touches: set peers'
-	// limits win over removals of the same address (an address moving
-	// between peers).
-	type tcWant struct {
-		lim limits
-		key wgtypes.Key
+	tcw, changes := l.plan(set, remove, leftovers, claimed, failed)
+	pre, post, owner := l.shapingOps(tcw, failed)
+	leftErrs := map[netip.Addr]error{}
+	report := func(errs map[netip.Addr]error, refuse bool) {
+		for a, err := range errs {
+			switch k := owner[a]; {
+			case k == (wgtypes.Key{}):
+				leftErrs[a] = err
+			case failed[k] == nil && refuse:
+				failed[k] = shapingFailed(k, err)
+			case failed[k] == nil:
+				failed[k] = fmt.Errorf("apply peer %s shaping: %w", k, err)
+			}
+		}
 	}
+	report(l.tc.run(pre), true)
+	wgFailed := l.configure(ctx, l.withhold(changes, set, failed))
+	for k, err := range wgFailed {
+		if failed[k] == nil {
+			failed[k] = err
+		}
+	}
+	// A peer whose removal failed keeps its limits.
+	kept := post[:0]
+	for _, op := range post {
+		if k := owner[op.addr]; k == (wgtypes.Key{}) || wgFailed[k] == nil {
+			kept = append(kept, op)
+		}
+	}
+	report(l.tc.run(kept), false)
+	return leftErrs
+}
+
+// tcWant is the wanted shaping of one address and the peer it is for
+// (zero for a leftover).
+type tcWant struct {
+	lim limits
+	key wgtypes.Key
+}
+
+// plan lists the WireGuard changes of set and remove and the wanted
+// shaping of every address they touch: set peers' limits win over
+// releases of the same address (an address moving between peers).
+func (l *Link) plan(set []Peer, remove []wgtypes.Key, leftovers []netip.Addr, claimed map[netip.Addr]bool, failed map[wgtypes.Key]error) (map[netip.Addr]tcWant, []peerChange) {
 	tcw := map[netip.Addr]tcWant{}
 	release := func(a netip.Addr, k wgtypes.Key) {
 		if !claimed[a] {
@@ -141,18 +201,19 @@ func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, left
 		if old, had := have.ShapingAddr(); exists && had {
 			release(old, p.PublicKey)
 		}
-		if a, ok := p.ShapingAddr(); ok {
-			if p.DownloadKbps < 0 || p.UploadKbps < 0 {
-				failed[p.PublicKey] = fmt.Errorf("apply peer %s: negative limit", p.PublicKey)
-				continue
-			}
-			if lim := (limits{down: p.DownloadKbps, up: p.UploadKbps}); l.tc.classes[a] != lim {
-				tcw[a] = tcWant{lim: lim, key: p.PublicKey}
-			} else {
-				delete(tcw, a) // installed as wanted, whoever released it before
-			}
-		} else if p.DownloadKbps != 0 || p.UploadKbps != 0 {
-			failed[p.PublicKey] = fmt.Errorf("apply peer %s: limits need an IPv4 /32 allowed IP to key them", p.PublicKey)
+		a, ok := p.ShapingAddr()
+		a6, _ := p.ShapingAddr6()
+		switch lim := wantLimits(p.DownloadKbps, p.UploadKbps, a6); {
+		case p.DownloadKbps < 0 || p.UploadKbps < 0:
+			failed[p.PublicKey] = fmt.Errorf("apply peer %s: negative limit", p.PublicKey)
+			continue
+		case !ok && lim != (limits{}):
+			failed[p.PublicKey] = shapingFailed(p.PublicKey, errNoShapingAddr)
+		case !ok:
+		case l.tc.classes[a] != lim:
+			tcw[a] = tcWant{lim: lim, key: p.PublicKey}
+		default:
+			delete(tcw, a) // installed as wanted, whoever released it before
 		}
 		if pc, changed := diffPeer(have, exists, p); changed {
 			changes = append(changes, peerChange{key: p.PublicKey, want: p, cfgs: splitIPs(pc)})
@@ -160,26 +221,29 @@ func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, left
 	}
 	for _, k := range remove {
 		h, exists := l.peers[k]
-		have := h.peer(k)
 		if !exists {
 			continue
 		}
 		changes = append(changes, peerChange{key: k, remove: true, cfgs: []wgtypes.PeerConfig{{PublicKey: k, Remove: true}}})
-		if a, ok := have.ShapingAddr(); ok {
+		if a, ok := h.peer(k).ShapingAddr(); ok {
 			release(a, k)
 		}
 	}
-	var zero wgtypes.Key
 	for _, a := range leftovers {
-		release(a, zero)
+		release(a, wgtypes.Key{})
 	}
+	return tcw, changes
+}
 
-	var pre, post []tcOp
-	owner := map[netip.Addr]wgtypes.Key{}
+// shapingOps diffs the wanted shaping against the installed: pre are the
+// classes to add or change (before WireGuard), post the ones to remove
+// (after). owner maps each address to the peer its ops are for.
+func (l *Link) shapingOps(tcw map[netip.Addr]tcWant, failed map[wgtypes.Key]error) (pre, post []tcOp, owner map[netip.Addr]wgtypes.Key) {
+	owner = map[netip.Addr]wgtypes.Key{}
 	for a, w := range tcw {
 		ops, err := l.tc.diff(a, w.lim)
 		if err != nil {
-			failed[w.key] = fmt.Errorf("apply peer %s shaping: %w", w.key, err)
+			failed[w.key] = shapingFailed(w.key, err)
 			continue
 		}
 		owner[a] = w.key
@@ -191,33 +255,39 @@ func (l *Link) apply(ctx context.Context, set []Peer, remove []wgtypes.Key, left
 			}
 		}
 	}
-	leftErrs := map[netip.Addr]error{}
-	report := func(errs map[netip.Addr]error) {
-		for a, err := range errs {
-			switch k := owner[a]; {
-			case k == zero:
-				leftErrs[a] = err
-			case failed[k] == nil:
-				failed[k] = fmt.Errorf("apply peer %s shaping: %w", k, err)
-			}
+	return pre, post, owner
+}
+
+// withhold keeps the peers of set whose limits are not installed off
+// WireGuard: a new one is not added, one the device holds is cut (its
+// allowed IPs emptied, so nothing is routed to or from it; its counters
+// stay for accounting). The rest of changes go as planned.
+func (l *Link) withhold(changes []peerChange, set []Peer, failed map[wgtypes.Key]error) []peerChange {
+	refused := map[wgtypes.Key]bool{}
+	for _, p := range set {
+		if errors.Is(failed[p.PublicKey], ErrShaping) {
+			refused[p.PublicKey] = true
 		}
 	}
-	report(l.tc.run(pre))
-	wgFailed := l.configure(ctx, changes)
-	for k, err := range wgFailed {
-		if failed[k] == nil {
-			failed[k] = err
+	if len(refused) == 0 {
+		return changes
+	}
+	out := make([]peerChange, 0, len(changes))
+	for _, c := range changes {
+		if !refused[c.key] {
+			out = append(out, c)
 		}
 	}
-	// A peer whose removal failed keeps its limits.
-	kept := post[:0]
-	for _, op := range post {
-		if k := owner[op.addr]; k == zero || wgFailed[k] == nil {
-			kept = append(kept, op)
+	for k := range refused {
+		h, held := l.peers[k]
+		if !held || len(h.allowedIPs) == 0 {
+			continue // not on the device, or already cut
 		}
+		cut := h.peer(k)
+		cut.AllowedIPs = nil
+		out = append(out, peerChange{key: k, want: cut, cfgs: []wgtypes.PeerConfig{{PublicKey: k, UpdateOnly: true, ReplaceAllowedIPs: true}}})
 	}
-	report(l.tc.run(kept))
-	return leftErrs
+	return out
 }
 
 type peerChange struct {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -94,33 +95,88 @@ func TestChunking(t *testing.T) {
 
 func TestLayoutHandles(t *testing.T) {
 	for _, tc := range []struct {
-		pool, addr string
-		leaf       uint32
-		minor      uint16
-		err        bool
+		pool, addr  string
+		class, leaf uint32 // leaf: the root filter's handle
+		ok          bool
 	}{
-		{"10.8.0.1/16", "10.8.3.7", 0x103, 0x0307, false},
-		{"10.8.0.1/16", "10.8.255.254", 0x1ff, 0xfffe, false},
-		{"10.8.0.1/24", "10.8.0.9", 0x100, 0x0009, false},
-		{"10.12.0.1/14", "10.13.5.9", 0x205, 0x0509, false},
-		{"10.8.0.1/13", "10.15.255.1", 0x900, 0xff01, false}, // skips 800:
-		{"10.8.0.1/16", "10.9.0.1", 0, 0, true},
-		{"10.0.0.1/8", "10.0.1.1", 0, 0, true},
+		{"10.8.0.1/16", "10.8.3.7", 0x1070004, nodeHandle(0x103, 7, 1), true},
+		{"10.8.0.1/16", "10.8.255.254", 0x1fe0100, nodeHandle(0x1ff, 0xfe, 1), true},
+		{"10.8.0.1/24", "10.8.0.9", 0x1090001, nodeHandle(0x100, 9, 1), true},
+		{"10.8.0.129/25", "10.8.0.130", 0x1820001, nodeHandle(0x100, 0x82, 1), true},
+		{"10.12.0.1/14", "10.13.5.9", 0x1090106, nodeHandle(0x105, 9, 2), true},
+		{"10.0.0.1/8", "10.0.1.1", 0x2010001, nodeHandle(0x101, 1, 1), true},
+		{"10.0.0.1/8", "10.255.255.254", 0x2fe8000, nodeHandle(0x1ff, 0xfe, 0x100), true},
+		{"10.8.0.1/16", "10.9.0.1", 0, 0, false},
+		{"10.8.0.1/16", "fd00::1", 0, 0, false},
 	} {
 		l := newLayout(netip.MustParsePrefix(tc.pool).Masked())
 		a := netip.MustParseAddr(tc.addr)
-		if err := l.check(a); (err != nil) != tc.err {
-			t.Errorf("%s in %s: check error %v, want error %v", tc.addr, tc.pool, err, tc.err)
+		if l.contains(a) != tc.ok {
+			t.Errorf("%s in %s: contains %v, want %v", tc.addr, tc.pool, !tc.ok, tc.ok)
 			continue
 		}
-		if tc.err {
+		if !tc.ok {
 			continue
 		}
-		if got := l.leafHT(addrU32(a)); got != tc.leaf {
-			t.Errorf("%s in %s: leaf table %x, want %x", tc.addr, tc.pool, got, tc.leaf)
+		d := direction{field: 16}
+		if got := l.classID(a); got != tc.class {
+			t.Errorf("%s in %s: class %x, want %x", tc.addr, tc.pool, got, tc.class)
 		}
-		if got := classMinor(a); got != tc.minor {
-			t.Errorf("%s: class minor %x, want %x", tc.addr, got, tc.minor)
+		if got := l.rootFilter(d, a).Handle; got != tc.leaf {
+			t.Errorf("%s in %s: root filter %x, want %x", tc.addr, tc.pool, got, tc.leaf)
+		}
+		if got, ok := l.classAddr(tc.class); !ok || got != a {
+			t.Errorf("%s in %s: class %x reads back as %v %v", tc.addr, tc.pool, tc.class, got, ok)
+		}
+	}
+}
+
+// sampleOffsets is every offset of pools up to 2^19 addresses; in wider
+// ones every offset of the first and last 2^18 and, for every value of the
+// bits above 16, the low 16 bits that are most likely to collide.
+func sampleOffsets(pool netip.Prefix) []uint32 {
+	size := uint32(1) << (32 - pool.Bits())
+	var out []uint32
+	if size <= 1<<19 {
+		for off := range size {
+			out = append(out, off)
+		}
+		return out
+	}
+	for off := range uint32(1 << 18) {
+		out = append(out, off, size-1-off)
+	}
+	for hi := uint32(1 << 2); hi < size>>16-4; hi++ {
+		for _, lo := range []uint32{0, 1, 2, 0xff, 0x100, 0x1ff, 0x200, 0x201, 0xfffe, 0xffff} {
+			out = append(out, hi<<16|lo)
+		}
+	}
+	return out
+}
+
+// Every address of the widest pools has its own class and its own filter
+// handles, in the root and in its shard.
+func TestLayoutUniqueInWidePools(t *testing.T) {
+	for _, pool := range []string{"10.0.0.0/8", "10.0.0.0/9", "10.0.0.0/13"} {
+		l := newLayout(netip.MustParsePrefix(pool))
+		classes := map[uint32]bool{}
+		filters := map[[2]uint32]bool{} // qdisc major, handle
+		d := direction{field: 16}
+		for _, off := range sampleOffsets(l.pool) {
+			a := u32Addr(l.base + off)
+			c := l.classID(a)
+			major, minor := netlink.MajorMinor(c)
+			if classes[c] || minor == 0 || major < shardMajorBase || major >= 0x8000 {
+				t.Fatalf("%s: %v has class %x (taken or invalid)", pool, a, c)
+			}
+			classes[c] = true
+			for _, f := range []*netlink.U32{l.rootFilter(d, a), l.shardFilter(d, a)} {
+				k := [2]uint32{f.Parent, f.Handle}
+				if filters[k] || f.Handle&0xfff == 0 || f.Handle&0xfff > 0xfff {
+					t.Fatalf("%s: %v has filter %x in %x (taken or invalid)", pool, a, f.Handle, f.Parent)
+				}
+				filters[k] = true
+			}
 		}
 	}
 }

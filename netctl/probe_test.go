@@ -54,11 +54,11 @@ func TestProbeWithoutIptables(t *testing.T) {
 	}
 }
 
-// A failure in the tree lands on TC, with the IFB step passed: a pool too
-// wide for the hash tables cannot take the probe's limit.
+// A failure in the tree lands on TC, with the IFB step passed: a /32 pool
+// has no address for the probe's limit.
 func TestProbeReportsShapingFailure(t *testing.T) {
 	netns.Require(t, "iptables", "iptables-restore")
-	rep := probe(context.Background(), Config{Interface: "wlprobe0", Address: netip.MustParsePrefix("10.0.0.1/8")})
+	rep := probe(context.Background(), Config{Interface: "wlprobe0", Address: netip.MustParsePrefix("10.0.0.1/32")})
 	if rep.Namespace != nil || rep.IFB != nil {
 		t.Fatalf("namespace/IFB: %+v", rep)
 	}

@@ -1,28 +1,31 @@
 package netctl
 
-// Per-peer shaping. Download (node -> client) is shaped by an HTB qdisc on
+// Per-peer shaping. Download (node -> client) is shaped by an HTB tree on
 // the WireGuard interface, keyed by destination address; upload (client ->
-// node) by an HTB qdisc on an IFB device that the interface's ingress is
-// redirected to (mirred), keyed by source address. Only limited peers get a
-// class; everything else is unclassified and leaves through HTB's direct
-// queue unshaped.
+// node) by the same tree on an IFB device that the interface's ingress is
+// redirected to (mirred), keyed by source address. Only limited peers get
+// a class; everything else is unclassified and leaves through the root
+// HTB's direct queue unshaped.
 //
-// Classification is u32 hash tables, so a packet costs a fixed number of
-// lookups at 10 or 10,000 peers:
+// The tree is sharded: adding a class to an HTB qdisc walks every class
+// and filter of that qdisc, so one qdisc holding every peer makes a cold
+// apply quadratic. Peers' classes live in up to 256 (512 for a /8) small
+// HTB qdiscs, one per shard, each hanging from a never-limiting class of
+// the root HTB 2:. Classification is u32 hash tables on both levels, so a
+// packet costs a fixed number of lookups at 10 or 10,000 peers:
 //
-//	800:  one filter: "address in pool" -> link top table, hash on octet N
-//	001:  top table, 256 buckets; for pools up to /16 keyed by the third
-//	      octet and linking to a leaf table per /24; for /13../15 keyed by
-//	      the second octet and linking to a middle table (002+) per /16
-//	100+: leaf tables, one per /24 of the pool, hashed on the last octet;
-//	      each bucket holds the one filter "address == peer -> class"
+//	root 2:   800: "address in pool" -> top table 1:, hashed on the third
+//	          octet -> leaf table 100+third, hashed on the last octet ->
+//	          "address == peer" -> the peer's shard class 2:<shard>
+//	shard S:  800: -> table 1:, hashed on the third octet ->
+//	          "address == peer" -> the peer's class S:<minor>
 //
-// All handles derive from the address: leaf filter htid = 0x100 + index of
-// the /24 in the pool, bucket = last octet, node = 1; class minor = the
-// address's low 16 bits. So one peer's change touches exactly its own
-// class and filter, and the installed state can be read back and diffed
-// after a restart. Leaves are HTB's default pfifo (exists on every kernel;
-// fq_codel does not here); its limit is the device's txqueuelen.
+// A peer's limit in one direction is its class and its two filters, added
+// class first and root filter last (its packets enter the shard only once
+// their class is there), removed in the reverse order. Leaves are HTB's
+// default pfifo (exists on every kernel; fq_codel does not here); its limit
+// is the device's txqueuelen. tclayout.go derives every handle from the
+// address.
 
 import (
 	"errors"
@@ -34,33 +37,46 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	htbMajor     = 1
-	filterPrio   = 10
 	ingressPrio  = 1
-	rootHT       = 0x800
-	topHT        = 0x001
-	midHTBase    = 0x002
-	leafHTBase   = 0x100
-	divisor      = 256
 	maxQuantum   = 60000
 	minQuantum   = 1600
 	burstDivisor = 100 // burst = 10 ms of rate
+	// shardKbps is the rate of a shard's class in the root: 1 Tbit/s, so
+	// a shard never limits its peers, their own classes do.
+	shardKbps = 1_000_000_000
 )
 
-// limits are a peer's installed or wanted rates in kbit/s; 0 = none.
-type limits struct{ down, up int64 }
+// limits are a peer's installed or wanted rates in kbit/s (0 = none) and
+// per direction the IPv6 address its class shapes too (zero = none).
+type limits struct {
+	down, up   int64
+	down6, up6 netip.Addr
+}
+
+// wantLimits are the limits of a peer with rates down and up, whose IPv6
+// address (if valid) goes into the classes it has.
+func wantLimits(down, up int64, a6 netip.Addr) limits {
+	l := limits{down: down, up: up}
+	if down != 0 {
+		l.down6 = a6
+	}
+	if up != 0 {
+		l.up6 = a6
+	}
+	return l
+}
 
 // direction is one shaped device: the WireGuard interface for download,
 // the IFB for upload, matching the destination or source address.
 type direction struct {
-	name  string
-	link  int
-	field int32 // offset of the address in the IPv4 header
+	name   string
+	link   int
+	field  int32 // offset of the address in the IPv4 header
+	field6 int32 // and in the IPv6 header
 }
 
 type shaper struct {
@@ -72,20 +88,30 @@ type shaper struct {
 	layout  layout
 	dirs    [2]direction // 0 download, 1 upload
 	classes map[netip.Addr]limits
-	// owners maps a class minor to the address holding (or about to
-	// hold) it. Pools wider than /16 have addresses sharing their low 16
-	// bits; the second one asking for limits gets an error instead of
-	// silently sharing the first one's class.
-	owners map[uint16]netip.Addr
+	// stale holds addresses with some but not all of a direction's class
+	// and filters installed (a crash between two of them): an apply
+	// replaces them, or removes them when they are not wanted.
+	stale  map[netip.Addr][2]bool
+	shards [2]map[uint16]bool // shard qdiscs in place, per direction
+	v6root [2]bool            // the root's IPv6 tables are in place
+	// v6node is the node of each shaped IPv6 address's filters (the same
+	// in the root and its shard, both directions), unique among the
+	// addresses sharing its last byte (v6used, by byte<<12 | node). Nodes
+	// are not freed until the mirror is read again (load): a moved
+	// address cannot have its node taken in between.
+	v6node map[netip.Addr]uint32
+	v6used map[uint32]bool
 	loaded time.Time // when classes was last read from the kernel
 	ops    int       // kernel modifications, counted for tests
 }
 
 func newShaper(h *netlink.Handle, cfg Config, log *slog.Logger) *shaper {
-	return &shaper{
+	s := &shaper{
 		nl: h, log: log, pool: cfg.Pool(), iface: cfg.Interface, ifb: ifbName(cfg.Interface),
-		layout: newLayout(cfg.Pool()), classes: map[netip.Addr]limits{}, owners: map[uint16]netip.Addr{},
+		layout: newLayout(cfg.Pool()),
 	}
+	s.reset()
+	return s
 }
 
 // ifbName is the upload device's name: device names are per namespace, so
@@ -98,171 +124,21 @@ func ifbName(iface string) string {
 	return n
 }
 
-// layout places addresses of a pool in the hash tables.
-type layout struct {
-	pool   netip.Prefix
-	base   uint32
-	levels int // 2 up to /16, 3 for /13../15, 0 = pool too large to shape
-}
-
-func newLayout(pool netip.Prefix) layout {
-	l := layout{pool: pool, base: addrU32(pool.Masked().Addr())}
-	switch {
-	case pool.Bits() >= 16:
-		l.levels = 2
-	case pool.Bits() >= 13:
-		l.levels = 3
-	}
-	return l
-}
-
-func addrU32(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-}
-
-func u32Addr(v uint32) netip.Addr {
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-}
-
-func (l layout) leafHT(a uint32) uint32 {
-	ht := leafHTBase + (a-l.base)>>8
-	if ht >= rootHT { // 800: is the root table
-		ht++
-	}
-	return ht
-}
-
-func (l layout) midHT(a uint32) uint32 { return midHTBase + (a>>16 - l.base>>16) }
-
-func (l layout) check(a netip.Addr) error {
-	switch {
-	case l.levels == 0:
-		return fmt.Errorf("pool %v is larger than /13: too large for hashed shaping", l.pool)
-	case !a.Is4() || !l.pool.Contains(a):
-		return fmt.Errorf("shaping address %v is outside the pool %v", a, l.pool)
-	case uint16(addrU32(a)) == 0:
-		return fmt.Errorf("shaping address %v has no class handle (low 16 bits are zero)", a)
-	}
-	return nil
-}
-
-func classMinor(a netip.Addr) uint16 { return uint16(addrU32(a)) }
-
-func htHandle(ht uint32) uint32                 { return ht << 20 }
-func nodeHandle(ht, bucket, node uint32) uint32 { return ht<<20 | bucket<<12 | node }
-
-func (s *shaper) filterAttrs(d direction, handle uint32) netlink.FilterAttrs {
-	return netlink.FilterAttrs{
-		LinkIndex: d.link, Parent: netlink.MakeHandle(htbMajor, 0),
-		Priority: filterPrio, Protocol: unix.ETH_P_IP, Handle: handle,
-	}
-}
-
-// skeleton lists the hash tables and link filters the pool needs, in the
-// order they must be created.
-func (s *shaper) skeleton(d direction) []*netlink.U32 {
-	l := s.layout
-	if l.levels == 0 {
-		return nil
-	}
-	var out []*netlink.U32
-	table := func(ht uint32) {
-		out = append(out, &netlink.U32{FilterAttrs: s.filterAttrs(d, htHandle(ht)), Divisor: divisor})
-	}
-	link := func(inHT, bucket uint32, match netip.Prefix, hmask uint32, to uint32) {
-		out = append(out, &netlink.U32{
-			FilterAttrs: s.filterAttrs(d, nodeHandle(inHT, bucket, 1)),
-			Hash:        nodeHandle(inHT, bucket, 0),
-			Link:        htHandle(to),
-			Sel: &nl.TcU32Sel{
-				Hmask: hmask, Hoff: int16(d.field),
-				Keys: []nl.TcU32Key{prefixKey(match, d.field)},
-			},
-		})
-	}
-	first, last := l.base, l.base|^uint32(0)>>l.pool.Bits()
-	if l.pool.Bits() == 0 {
-		last = ^uint32(0)
-	}
-	table(topHT)
-	if l.levels == 3 {
-		for a := first; ; a += 1 << 16 {
-			table(l.midHT(a))
-			if a>>16 == last>>16 {
-				break
-			}
-		}
-	}
-	for a := first &^ 0xff; ; a += 1 << 8 {
-		table(l.leafHT(a))
-		if a>>8 == last>>8 {
-			break
-		}
-	}
-	if l.levels == 3 {
-		link(rootHT, 0, l.pool, 0x00ff0000, topHT)
-		for a := first; ; a += 1 << 16 {
-			link(topHT, a>>16&0xff, netip.PrefixFrom(u32Addr(a&^0xffff), 16), 0x0000ff00, l.midHT(a))
-			if a>>16 == last>>16 {
-				break
-			}
-		}
-		for a := first &^ 0xff; ; a += 1 << 8 {
-			link(l.midHT(a), a>>8&0xff, netip.PrefixFrom(u32Addr(a), 24), 0x000000ff, l.leafHT(a))
-			if a>>8 == last>>8 {
-				break
-			}
-		}
-	} else {
-		link(rootHT, 0, l.pool, 0x0000ff00, topHT)
-		for a := first &^ 0xff; ; a += 1 << 8 {
-			link(topHT, a>>8&0xff, netip.PrefixFrom(u32Addr(a), 24), 0x000000ff, l.leafHT(a))
-			if a>>8 == last>>8 {
-				break
-			}
-		}
-	}
-	return out
-}
-
-func prefixKey(p netip.Prefix, off int32) nl.TcU32Key {
-	mask := ^uint32(0) << (32 - p.Bits())
-	if p.Bits() == 0 {
-		mask = 0
-	}
-	return nl.TcU32Key{Mask: mask, Val: addrU32(p.Addr()) & mask, Off: off}
-}
-
-func (s *shaper) leafFilter(d direction, a netip.Addr) *netlink.U32 {
-	v := addrU32(a)
-	ht := s.layout.leafHT(v)
-	return &netlink.U32{
-		FilterAttrs: s.filterAttrs(d, nodeHandle(ht, v&0xff, 1)),
-		Hash:        nodeHandle(ht, v&0xff, 0),
-		ClassId:     netlink.MakeHandle(htbMajor, classMinor(a)),
-		Sel: &nl.TcU32Sel{
-			Flags: nl.TC_U32_TERMINAL,
-			Keys:  []nl.TcU32Key{prefixKey(netip.PrefixFrom(a, 32), d.field)},
-		},
-	}
-}
-
-func htbClass(d direction, a netip.Addr, kbps int64) *netlink.HtbClass {
+func htbClass(d direction, parent uint16, handle uint32, kbps int64) *netlink.HtbClass {
 	bps := uint64(kbps) * 1000
 	bytesPerSec := bps / 8
 	quantum := min(max(bytesPerSec/10, minQuantum), maxQuantum)
-	burst := uint32(bytesPerSec/burstDivisor + minQuantum)
+	burst := uint32(min(bytesPerSec/burstDivisor+minQuantum, 1<<31))
 	return netlink.NewHtbClass(netlink.ClassAttrs{
 		LinkIndex: d.link,
-		Parent:    netlink.MakeHandle(htbMajor, 0),
-		Handle:    netlink.MakeHandle(htbMajor, classMinor(a)),
+		Parent:    netlink.MakeHandle(parent, 0),
+		Handle:    handle,
 	}, netlink.HtbClassAttrs{Rate: bps, Ceil: bps, Buffer: burst, Cbuffer: burst, Quantum: uint32(quantum)})
 }
 
-// setup creates what is missing of the qdiscs, the IFB with its redirect,
-// and the hash table skeleton on both devices, then reads the installed
-// classes back. Running it again changes nothing.
+// setup creates what is missing of the root qdiscs, the IFB with its
+// redirect, and the root hash tables on both devices, then reads the
+// installed classes back. Running it again changes nothing.
 func (s *shaper) setup(wgIndex int) error {
 	ifb, err := s.ensureIFB()
 	if err != nil {
@@ -274,8 +150,8 @@ func (s *shaper) setup(wgIndex int) error {
 // attach points the shaper at its two devices without changing them.
 func (s *shaper) attach(wgIndex, ifb int) {
 	s.dirs = [2]direction{
-		{name: "download", link: wgIndex, field: 16},
-		{name: "upload", link: ifb, field: 12},
+		{name: "download", link: wgIndex, field: 16, field6: 24},
+		{name: "upload", link: ifb, field: 12, field6: 8},
 	}
 }
 
@@ -283,7 +159,7 @@ func (s *shaper) attach(wgIndex, ifb int) {
 func (s *shaper) build(wgIndex, ifb int) error {
 	s.attach(wgIndex, ifb)
 	for _, d := range s.dirs {
-		if err := s.ensureHTB(d); err != nil {
+		if err := s.ensureRoot(d); err != nil {
 			return err
 		}
 	}
@@ -291,7 +167,7 @@ func (s *shaper) build(wgIndex, ifb int) error {
 		return err
 	}
 	for _, d := range s.dirs {
-		if err := s.ensureSkeleton(d); err != nil {
+		if err := s.ensureSkeleton(d, rootMajor, s.layout.rootSkeleton(d)); err != nil {
 			return err
 		}
 	}
@@ -319,18 +195,30 @@ func (s *shaper) ensureIFB() (int, error) {
 	return link.Attrs().Index, nil
 }
 
-func (s *shaper) ensureHTB(d direction) error {
-	ours, foreign, err := s.rootHTB(d.link)
+// ensureRoot puts the root HTB in place, replacing whatever root the
+// device has: the kernel's default quietly, the flat tree of the previous
+// layout once (with everything in it), anything else with a warning.
+func (s *shaper) ensureRoot(d direction) error {
+	ours, root, err := s.rootHTB(d.link)
 	if err != nil {
 		return fmt.Errorf("list qdiscs (%s): %w", d.name, err)
 	}
 	if ours {
 		return nil
 	}
-	if foreign != "" {
-		s.log.Warn("replacing foreign root qdisc", "direction", d.name, "qdisc", foreign)
+	switch {
+	case root == nil:
+	case root.Attrs().Handle == 0:
+		// The kernel's own (pfifo_fast, noqueue, mq, or the
+		// net.core.default_qdisc): it holds nothing of anyone's.
+		s.log.Debug("replacing the default root qdisc", "direction", d.name, "qdisc", root.Type())
+	case previousLayout(root):
+		s.log.Info("replacing the previous layout's shaping tree; limits are re-added by the next sync", "direction", d.name)
+	default:
+		s.log.Warn("replacing foreign root qdisc", "direction", d.name, "qdisc", root.Type(),
+			"handle", netlink.HandleStr(root.Attrs().Handle))
 	}
-	htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: d.link, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(htbMajor, 0)})
+	htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: d.link, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(rootMajor, 0)})
 	if err := s.nl.QdiscReplace(htb); err != nil {
 		return fmt.Errorf("add HTB root (%s): %w", d.name, err)
 	}
@@ -338,22 +226,29 @@ func (s *shaper) ensureHTB(d direction) error {
 	return nil
 }
 
+// previousLayout reports whether a root qdisc is the flat tree the node
+// built before its tree was sharded: one HTB 1: holding every class.
+func previousLayout(q netlink.Qdisc) bool {
+	h, ok := q.(*netlink.Htb)
+	return ok && h.Handle == netlink.MakeHandle(1, 0)
+}
+
 // rootHTB reports whether the device's root qdisc is our HTB, else the
-// type of the root qdisc someone else put there ("" for none).
-func (s *shaper) rootHTB(link int) (ours bool, foreign string, err error) {
+// root qdisc someone else put there (nil for none).
+func (s *shaper) rootHTB(link int) (ours bool, root netlink.Qdisc, err error) {
 	qs, err := s.nl.QdiscList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: link}})
 	if err != nil {
-		return false, "", err
+		return false, nil, err
 	}
 	for _, q := range qs {
 		if q.Attrs().Parent == netlink.HANDLE_ROOT {
-			if h, ok := q.(*netlink.Htb); ok && h.Handle == netlink.MakeHandle(htbMajor, 0) {
-				return true, "", nil
+			if h, ok := q.(*netlink.Htb); ok && h.Handle == netlink.MakeHandle(rootMajor, 0) {
+				return true, q, nil
 			}
-			foreign = q.Type()
+			root = q
 		}
 	}
-	return false, foreign, nil
+	return false, root, nil
 }
 
 // hasIngress reports whether the device has an ingress qdisc.
@@ -427,13 +322,34 @@ func (s *shaper) redirects(wgIndex int) ([]int, error) {
 	return out, nil
 }
 
-func (s *shaper) ensureSkeleton(d direction) error {
-	have, err := s.filterHandles(d)
+// ensureShard gives a direction the shard qdisc: its class in the root,
+// the HTB qdisc in that class, and its hash table.
+func (s *shaper) ensureShard(dir int, shard uint16) error {
+	d := s.dirs[dir]
+	if err := s.nl.ClassReplace(htbClass(d, rootMajor, netlink.MakeHandle(rootMajor, shard), shardKbps)); err != nil {
+		return fmt.Errorf("add shard class %x: %w", shard, err)
+	}
+	s.ops++
+	q := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: d.link, Parent: netlink.MakeHandle(rootMajor, shard), Handle: netlink.MakeHandle(shard, 0)})
+	if err := s.nl.QdiscReplace(q); err != nil {
+		return fmt.Errorf("add shard qdisc %x: %w", shard, err)
+	}
+	s.ops++
+	if err := s.ensureSkeleton(d, shard, s.layout.shardSkeleton(d, shard)); err != nil {
+		return err
+	}
+	s.shards[dir][shard] = true
+	return nil
+}
+
+// ensureSkeleton adds what is missing of a qdisc's tables and links.
+func (s *shaper) ensureSkeleton(d direction, major uint16, skel []*netlink.U32) error {
+	have, linked, err := s.filterHandles(d, major)
 	if err != nil {
 		return err
 	}
-	for _, f := range s.skeleton(d) {
-		if have[f.Handle] {
+	for _, f := range skel {
+		if have[f.Handle] && f.Hash != u32Root || f.Hash == u32Root && linked[f.Link] {
 			continue
 		}
 		err := s.nl.FilterAdd(f)
@@ -445,216 +361,34 @@ func (s *shaper) ensureSkeleton(d direction) error {
 			if f.Divisor != 0 {
 				kind = "table"
 			}
-			return fmt.Errorf("add u32 %s %x (%s): %w", kind, f.Handle, d.name, err)
+			return fmt.Errorf("add u32 %s %x in qdisc %x (%s): %w", kind, f.Handle, major, d.name, err)
 		}
 		s.ops++
 	}
 	return nil
 }
 
-// filterHandles lists the handles of installed u32 filters and tables.
-// The dump does not return hash tables themselves (netlink skips entries
-// without a selector), so a table counts as present when a filter lives in
-// it or links to it: the kernel refuses links to missing tables.
-func (s *shaper) filterHandles(d direction) (map[uint32]bool, error) {
-	fs, err := s.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}}, netlink.MakeHandle(htbMajor, 0))
+// filterHandles lists the handles of a qdisc's u32 filters and tables,
+// and the tables something links to. The dump does not return hash tables
+// themselves (netlink skips entries without a selector), so a table counts
+// as present when a filter lives in it or links to it: the kernel refuses
+// links to missing tables.
+func (s *shaper) filterHandles(d direction, major uint16) (have, linked map[uint32]bool, err error) {
+	fs, err := s.nl.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}}, netlink.MakeHandle(major, 0))
 	if err != nil {
-		return nil, fmt.Errorf("list filters (%s): %w", d.name, err)
+		return nil, nil, fmt.Errorf("list filters of qdisc %x (%s): %w", major, d.name, err)
 	}
-	have := make(map[uint32]bool, len(fs))
+	have, linked = make(map[uint32]bool, len(fs)), map[uint32]bool{}
 	for _, f := range fs {
 		h := f.Attrs().Handle
 		have[h] = true
 		have[h&0xfff00000] = true
 		if u, ok := f.(*netlink.U32); ok && u.Link != 0 {
 			have[u.Link&0xfff00000] = true
+			linked[u.Link&0xfff00000] = true
 		}
 	}
-	return have, nil
-}
-
-// load reads the installed per-peer state back: a peer has a limit in a
-// direction when its leaf filter and the class it points to both exist.
-func (s *shaper) load() error {
-	s.classes = map[netip.Addr]limits{}
-	s.owners = map[uint16]netip.Addr{}
-	s.loaded = time.Time{}
-	for i, d := range s.dirs {
-		if d.link == 0 {
-			continue // not shaped (read-only inspection of a device without it)
-		}
-		link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: d.link}}
-		cs, err := s.nl.ClassList(link, netlink.MakeHandle(htbMajor, 0))
-		if err != nil {
-			return fmt.Errorf("list classes (%s): %w", d.name, err)
-		}
-		rates := make(map[uint32]int64, len(cs))
-		for _, c := range cs {
-			if h, ok := c.(*netlink.HtbClass); ok {
-				rates[h.Handle] = int64(h.Rate * 8 / 1000)
-			}
-		}
-		fs, err := s.nl.FilterList(link, netlink.MakeHandle(htbMajor, 0))
-		if err != nil {
-			return fmt.Errorf("list filters (%s): %w", d.name, err)
-		}
-		for _, f := range fs {
-			u, ok := f.(*netlink.U32)
-			if !ok || u.ClassId == 0 || u.Sel == nil || len(u.Sel.Keys) != 1 || u.Sel.Keys[0].Mask != ^uint32(0) {
-				continue
-			}
-			a := u32Addr(u.Sel.Keys[0].Val)
-			rate, ok := rates[u.ClassId]
-			if !ok || s.layout.check(a) != nil || u.ClassId != netlink.MakeHandle(htbMajor, classMinor(a)) {
-				continue
-			}
-			l := s.classes[a]
-			if i == 0 {
-				l.down = rate
-			} else {
-				l.up = rate
-			}
-			s.classes[a] = l
-		}
-	}
-	for a := range s.classes {
-		s.owners[classMinor(a)] = a
-	}
-	s.loaded = time.Now()
-	return nil
-}
-
-// tcOp is one direction of one address moving from had to kbps (0 = no
-// class).
-type tcOp struct {
-	addr      netip.Addr
-	dir       int
-	had, kbps int64
-}
-
-func (l limits) get(dir int) int64 {
-	if dir == 0 {
-		return l.down
-	}
-	return l.up
-}
-
-func (s *shaper) set(a netip.Addr, dir int, kbps int64) {
-	l := s.classes[a]
-	if dir == 0 {
-		l.down = kbps
-	} else {
-		l.up = kbps
-	}
-	if l == (limits{}) {
-		delete(s.classes, a)
-		if s.owners[classMinor(a)] == a {
-			delete(s.owners, classMinor(a))
-		}
-	} else {
-		s.owners[classMinor(a)] = a
-		s.classes[a] = l
-	}
-}
-
-// diff lists what turns a's installed classes into want.
-func (s *shaper) diff(a netip.Addr, want limits) ([]tcOp, error) {
-	have := s.classes[a]
-	if have == want {
-		return nil, nil
-	}
-	if want != (limits{}) {
-		if err := s.layout.check(a); err != nil {
-			return nil, err
-		}
-		if o, taken := s.owners[classMinor(a)]; taken && o != a {
-			return nil, fmt.Errorf("class 1:%x is %v's (addresses share their low 16 bits in this pool)", classMinor(a), o)
-		}
-		s.owners[classMinor(a)] = a
-	}
-	var ops []tcOp
-	for dir := range s.dirs {
-		if h, w := have.get(dir), want.get(dir); h != w {
-			ops = append(ops, tcOp{addr: a, dir: dir, had: h, kbps: w})
-		}
-	}
-	return ops, nil
-}
-
-// run executes ops in phases: classes (new and changed), then filters for
-// new classes, then filter deletions, then class deletions. The order is
-// for the kernel's sake: adding or deleting an HTB class walks every
-// filter of the qdisc to rebind it (tc_bind_tclass), so classes go in
-// while the filters are few and leave after theirs are gone. A cold apply
-// of n peers is then O(n), not O(n^2). Errors are per address.
-//
-// Ops run in address order: the kernel adds classes with ascending ids
-// about 30% faster than in random order.
-func (s *shaper) run(ops []tcOp) map[netip.Addr]error {
-	slices.SortFunc(ops, func(a, b tcOp) int {
-		if c := a.addr.Compare(b.addr); c != 0 {
-			return c
-		}
-		return a.dir - b.dir
-	})
-	errs := map[netip.Addr]error{}
-	failed := make([]bool, len(ops))
-	fail := func(i int, what string, err error) {
-		failed[i] = true
-		errs[ops[i].addr] = errors.Join(errs[ops[i].addr], fmt.Errorf("%s %s: %w", s.dirs[ops[i].dir].name, what, err))
-	}
-	for i, op := range ops {
-		if op.kbps == 0 {
-			continue
-		}
-		cls := htbClass(s.dirs[op.dir], op.addr, op.kbps)
-		s.ops++
-		if op.had == 0 {
-			// Replace, not add: a class left without its filter by a crash
-			// is taken over instead of failing.
-			if err := s.nl.ClassReplace(cls); err != nil {
-				fail(i, "add class", err)
-			}
-			continue
-		}
-		if err := s.nl.ClassChange(cls); err != nil {
-			fail(i, "change class", err)
-			continue
-		}
-		s.set(op.addr, op.dir, op.kbps)
-	}
-	for i, op := range ops {
-		if op.kbps == 0 || op.had != 0 || failed[i] {
-			continue
-		}
-		s.ops++
-		if err := s.nl.FilterReplace(s.leafFilter(s.dirs[op.dir], op.addr)); err != nil {
-			fail(i, "add filter", err)
-			continue
-		}
-		s.set(op.addr, op.dir, op.kbps)
-	}
-	for i, op := range ops {
-		if op.kbps != 0 {
-			continue
-		}
-		s.ops++
-		if err := s.nl.FilterDel(s.leafFilter(s.dirs[op.dir], op.addr)); err != nil && !isNotExist(err) {
-			fail(i, "delete filter", err)
-			continue
-		}
-		s.set(op.addr, op.dir, 0)
-	}
-	for i, op := range ops {
-		if op.kbps != 0 || failed[i] {
-			continue
-		}
-		s.ops++
-		if err := s.nl.ClassDel(htbClass(s.dirs[op.dir], op.addr, 1)); err != nil && !isNotExist(err) {
-			fail(i, "delete class", err)
-		}
-	}
-	return errs
+	return have, linked, nil
 }
 
 func isNotExist(err error) bool {
@@ -668,7 +402,7 @@ func (s *shaper) teardown() error {
 		if d.link == 0 {
 			continue
 		}
-		htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: d.link, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(htbMajor, 0)})
+		htb := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: d.link, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(rootMajor, 0)})
 		if err := s.nl.QdiscDel(htb); err != nil && !isNotExist(err) {
 			errs = append(errs, fmt.Errorf("delete HTB (%s): %w", d.name, err))
 		}
@@ -684,7 +418,38 @@ func (s *shaper) teardown() error {
 			errs = append(errs, fmt.Errorf("delete IFB %s: %w", s.ifb, err))
 		}
 	}
-	s.classes = map[netip.Addr]limits{}
-	s.owners = map[uint16]netip.Addr{}
+	s.reset()
 	return errors.Join(errs...)
+}
+
+// reset empties the mirror.
+func (s *shaper) reset() {
+	s.classes, s.stale = map[netip.Addr]limits{}, map[netip.Addr][2]bool{}
+	s.shards, s.v6root = [2]map[uint16]bool{{}, {}}, [2]bool{}
+	s.v6node, s.v6used = map[netip.Addr]uint32{}, map[uint32]bool{}
+}
+
+// nodeFor is a6's filter node, allocated on first use.
+func (s *shaper) nodeFor(a6 netip.Addr) (uint32, error) {
+	if n, ok := s.v6node[a6]; ok {
+		return n, nil
+	}
+	last := uint32(a6.As16()[15]) << 12
+	for n := uint32(1); n <= maxNode; n++ {
+		if !s.v6used[last|n] {
+			s.v6used[last|n] = true
+			s.v6node[a6] = n
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("no u32 node left for %v: %d shaped IPv6 addresses share its last byte", a6, maxNode)
+}
+
+// ensureV6Root adds the root's IPv6 tables and links in one direction.
+func (s *shaper) ensureV6Root(dir int) error {
+	if err := s.ensureSkeleton(s.dirs[dir], rootMajor, root6Skeleton(s.dirs[dir])); err != nil {
+		return err
+	}
+	s.v6root[dir] = true
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/waylume/waylume-node/events"
@@ -225,7 +226,15 @@ func (r *Reconciler) planPeer(p *plan, id string) {
 }
 
 // noteState records a changed state or reason; the next flush writes it.
+// A peer the data plane refused stays rejected while its row would be
+// active: only an apply that takes clears it (applied).
 func (r *Reconciler) noteState(p *plan, ps *peerState, d decision) {
+	if ps.refused {
+		if d.state == events.StateActive {
+			return
+		}
+		ps.refused = false
+	}
 	if ps.state == d.state && ps.reason == d.reason {
 		return
 	}
@@ -313,14 +322,54 @@ func (r *Reconciler) applyPlan(ctx context.Context, p *plan) {
 		if ferr, bad := failed[c.PublicKey]; bad {
 			p.errs = append(p.errs, fmt.Errorf("apply peer %s: %w", ps.id, ferr))
 			r.failing.Fail(ps.id, now)
+			if reason, ok := refusalReason(ferr); ok && len(c.AllowedIPs) > 0 {
+				r.refuse(p, ps, reason)
+			}
 			continue
 		}
 		r.applied(p, ps, c)
 	}
 }
 
+// refusal is a data plane error that refuses a peer rather than failing to
+// reach the device: the peer is not served (netctl's limits that could not
+// be installed, say), and PeerReason says why for peer_status.
+type refusal interface{ PeerReason() string }
+
+// maxReason is peer_status.reason's limit.
+const maxReason = 256
+
+func refusalReason(err error) (string, bool) {
+	var r refusal
+	if !errors.As(err, &r) {
+		return "", false
+	}
+	reason := r.PeerReason()
+	return strings.ToValidUTF8(reason[:min(len(reason), maxReason)], ""), true
+}
+
+// refuse marks a peer rejected with the data plane's reason; it is retried
+// on its backoff like every failed row, and the apply that takes makes it
+// active again.
+func (r *Reconciler) refuse(p *plan, ps *peerState, reason string) {
+	ps.refused = true
+	if ps.state == events.StateRejected && ps.reason == reason {
+		return
+	}
+	r.log.Warn("peer not served", "peer_id", ps.id, "reason", reason)
+	ps.state, ps.reason = events.StateRejected, reason
+	ps.gen++
+	p.kick = true
+}
+
 // applied records a config the data plane took.
 func (r *Reconciler) applied(p *plan, ps *peerState, c PeerConfig) {
+	if ps.refused && len(c.AllowedIPs) > 0 {
+		ps.refused = false
+		ps.state, ps.reason = events.StateActive, ""
+		ps.gen++
+		p.kick = true
+	}
 	if !ps.inPlane || ps.key != c.PublicKey {
 		ps.read = false // a new WireGuard peer: its counters start at zero
 	}

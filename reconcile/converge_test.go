@@ -112,6 +112,55 @@ func TestFailedPeerRetriedWithBackoff(t *testing.T) {
 	}
 }
 
+// shapingRefusal stands in for netctl's error when a peer's limits could
+// not be installed.
+type shapingRefusal struct{}
+
+func (shapingRefusal) Error() string { return "limits not installed, peer not served" }
+func (shapingRefusal) PeerReason() string {
+	return "shaping: download add class: no buffer space available"
+}
+
+// A peer the data plane refuses with a reason is reported rejected with
+// that reason (not active), stays so while its retries fail, also through
+// a resync that decides every row again, and is active once an apply takes.
+func TestRefusedPeerReportedWithReason(t *testing.T) {
+	h := newHarness(t, peerRow(1))
+	h.resync()
+	p := peerRow(2)
+	h.store.put(p)
+	h.plane.mu.Lock()
+	h.plane.failKey = map[Key]int{key(2): 2}
+	h.plane.keyErr = shapingRefusal{}
+	h.plane.mu.Unlock()
+	if err := h.r.Handle(h.ctx, []events.Event{{Kind: events.PeerChanged, ID: p.ID, Peer: &p}}); err == nil {
+		t.Fatal("a refused peer was not reported")
+	}
+	h.wantInPlane(2, false)
+	h.flush()
+	h.wantStatus(2, events.StateRejected, "shaping: download add class")
+	h.wantStatus(1, events.StateActive, "")
+
+	if err := h.r.Resync(h.ctx); err == nil {
+		t.Fatal("the second refusal was not reported")
+	}
+	h.flush()
+	h.wantStatus(2, events.StateRejected, "shaping: ")
+
+	due, ok := h.nextRetry()
+	if !ok {
+		t.Fatal("a refused peer is not scheduled for a retry")
+	}
+	h.clk.t = due
+	h.retryDue()
+	h.wantInPlane(2, true)
+	h.flush()
+	h.wantStatus(2, events.StateActive, "")
+	if st := h.store.statusOf(p.ID); st.Reason != "" {
+		t.Fatalf("served peer keeps reason %q", st.Reason)
+	}
+}
+
 // A due retry that panics does not leave the row due: the timer would
 // fire again at once, for ever.
 func TestRetryPanicPostponed(t *testing.T) {

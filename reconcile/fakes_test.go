@@ -27,6 +27,7 @@ type fakePlane struct {
 	fail    error         // every call fails with it when set
 	panics  int           // the next this many peer calls panic (a bug tripped by a row)
 	failKey map[Key]int   // the next this many applies of a key fail for that key alone
+	keyErr  error         // what failKey's failures wrap (nil: a plain refusal)
 	block   bool          // every call blocks until its ctx ends
 	entered chan struct{} // when set, a call that blocks sends on it first
 	adds    int           // peers created
@@ -111,6 +112,9 @@ func (f *fakePlane) apply(ctx context.Context, set []PeerConfig, remove []Key, f
 		if f.failKey[c.PublicKey] > 0 {
 			f.failKey[c.PublicKey]--
 			failed[c.PublicKey] = fmt.Errorf("fake: peer %s refused", c.PublicKey)
+			if f.keyErr != nil {
+				failed[c.PublicKey] = fmt.Errorf("fake: peer %s: %w", c.PublicKey, f.keyErr)
+			}
 		}
 	}
 	if full {

@@ -118,6 +118,7 @@ type peerState struct {
 	// Data plane.
 	inPlane bool // WireGuard holds key for this peer
 	leaving bool // cut; removed after its final usage is committed
+	refused bool // the data plane refused the config (converge.go): state and reason say why
 	// Accounting flags (see rx/tx and quotaBase below).
 	read         bool // rx/tx were read from the current key's counters
 	quotaKnown   bool // quotaBase is meaningful

@@ -103,25 +103,39 @@ func TestStatusReadsKernelAndRows(t *testing.T) {
 		"peer", p2.PublicKey().String(), "allowed-ips", "10.55.0.3/32,192.168.77.0/24")
 	in("ip", "addr", "add", "10.55.0.1/24", "dev", ifname)
 	in("ip", "link", "set", ifname, "up")
-	// Download: HTB on the interface, a 256-bucket hash table keyed on the
-	// last byte of the destination, the leaf in its bucket.
-	in("tc", "qdisc", "add", "dev", ifname, "root", "handle", "1:", "htb")
-	in("tc", "class", "add", "dev", ifname, "parent", "1:", "classid", "1:2", "htb", "rate", "20mbit", "quantum", "1500")
-	in("tc", "filter", "add", "dev", ifname, "parent", "1:", "prio", "1", "handle", "2:", "protocol", "ip", "u32", "divisor", "256")
-	in("tc", "filter", "add", "dev", ifname, "parent", "1:", "prio", "1", "protocol", "ip", "u32", "ht", "800::",
-		"match", "ip", "dst", "10.55.0.0/24", "hashkey", "mask", "0x000000ff", "at", "16", "link", "2:")
-	in("tc", "filter", "add", "dev", ifname, "parent", "1:", "prio", "1", "protocol", "ip", "u32", "ht", "2:2:",
-		"match", "ip", "dst", "10.55.0.2/32", "flowid", "1:2")
-	// Upload: ingress redirect to an IFB, HTB there keyed on the source.
+	// netctl's sharded tree (docs/dataplane.md): the root HTB 2: sends a
+	// limited address to its shard class 2:1<last octet> by hashed u32;
+	// the shard's own HTB picks the peer's class 1<last octet>:1.
+	shaped := func(dev, field, addr string, shard, rate string) {
+		in("tc", "class", "add", "dev", dev, "parent", "2:", "classid", "2:"+shard, "htb", "rate", "10gbit", "quantum", "60000")
+		in("tc", "qdisc", "add", "dev", dev, "parent", "2:"+shard, "handle", shard+":", "htb")
+		in("tc", "class", "add", "dev", dev, "parent", shard+":", "classid", shard+":1", "htb", "rate", rate, "quantum", "1500")
+		at := map[string]string{"dst": "16", "src": "12"}[field]
+		for _, q := range []string{"2:", shard + ":"} {
+			in("tc", "filter", "add", "dev", dev, "parent", q, "prio", "10", "handle", "1:", "protocol", "ip", "u32", "divisor", "256")
+			in("tc", "filter", "add", "dev", dev, "parent", q, "prio", "10", "protocol", "ip", "u32", "ht", "800::",
+				"match", "ip", field, "10.55.0.0/24", "hashkey", "mask", "0x0000ff00", "at", at, "link", "1:")
+		}
+		in("tc", "filter", "add", "dev", dev, "parent", "2:", "prio", "10", "handle", "100:", "protocol", "ip", "u32", "divisor", "256")
+		in("tc", "filter", "add", "dev", dev, "parent", "2:", "prio", "10", "protocol", "ip", "u32", "ht", "1:0:",
+			"match", "ip", field, "10.55.0.0/24", "hashkey", "mask", "0x000000ff", "at", at, "link", "100:")
+		last := addr[strings.LastIndex(addr, ".")+1:]
+		in("tc", "filter", "add", "dev", dev, "parent", "2:", "prio", "10", "protocol", "ip", "handle", "100:"+last+":1", "u32", "ht", "100:"+last+":",
+			"match", "ip", field, addr+"/32", "flowid", "2:"+shard)
+		in("tc", "filter", "add", "dev", dev, "parent", shard+":", "prio", "10", "protocol", "ip", "handle", "1:0:1", "u32", "ht", "1:0:",
+			"match", "ip", field, addr+"/32", "flowid", shard+":1")
+	}
+	// Download on the interface, keyed on the destination.
+	in("tc", "qdisc", "add", "dev", ifname, "root", "handle", "2:", "htb")
+	shaped(ifname, "dst", "10.55.0.2", "102", "20mbit")
+	// Upload: ingress redirect to an IFB, the same tree there keyed on the source.
 	in("ip", "link", "add", ifb, "type", "ifb")
 	in("ip", "link", "set", ifb, "up")
 	in("tc", "qdisc", "add", "dev", ifname, "handle", "ffff:", "ingress")
 	in("tc", "filter", "add", "dev", ifname, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0",
 		"action", "mirred", "egress", "redirect", "dev", ifb)
-	in("tc", "qdisc", "add", "dev", ifb, "root", "handle", "1:", "htb")
-	in("tc", "class", "add", "dev", ifb, "parent", "1:", "classid", "1:3", "htb", "rate", "5mbit", "quantum", "1500")
-	in("tc", "filter", "add", "dev", ifb, "parent", "1:", "prio", "1", "protocol", "ip", "u32",
-		"match", "ip", "src", "10.55.0.3/32", "flowid", "1:3")
+	in("tc", "qdisc", "add", "dev", ifb, "root", "handle", "2:", "htb")
+	shaped(ifb, "src", "10.55.0.3", "103", "5mbit")
 
 	// The node's rows: both peers, one with a different wish, and a third
 	// peer blocked (absent from the kernel).
