@@ -187,6 +187,17 @@ func (f *fakePlane) traffic(k Key, rx, tx int64) bool {
 	return true
 }
 
+// counters returns the counters of key k when the device holds it.
+func (f *fakePlane) counters(k Key) (rx, tx int64, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.peers[k]
+	if !ok {
+		return 0, 0, false
+	}
+	return p.rx, p.tx, true
+}
+
 // sent returns when key k was sent to the device so far.
 func (f *fakePlane) sent(k Key) []time.Time {
 	f.mu.Lock()

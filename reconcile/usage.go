@@ -236,22 +236,7 @@ func (r *Reconciler) flush(ctx context.Context) error {
 func (r *Reconciler) write(ctx context.Context, b *batch) error {
 	sctx, cancel := r.storeCtx(ctx)
 	defer cancel()
-	err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
-	if errors.Is(err, events.ErrRefused) {
-		r.mu.Lock()
-		n := b.stripGone(r.rows)
-		r.mu.Unlock()
-		if n > 0 {
-			// The database refuses the batch for good. The only rows that
-			// can cause that are the last deltas of peers whose row is
-			// gone: one moved to another node may not be billed by this
-			// one (RLS). Drop those, say so, and retry at once; the rest
-			// stays exactly once.
-			r.log.Warn("usage of peers no longer this node's refused; dropped", "err", err)
-			err = r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
-		}
-	}
-	if err != nil {
+	if err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -271,20 +256,6 @@ func (r *Reconciler) dropIfRefused(err error) {
 		r.inflight = nil
 		r.mu.Unlock()
 	}
-}
-
-// stripGone removes the usage rows of peers that have no row any more and
-// returns how many it removed.
-func (b *batch) stripGone(rows map[string]events.Peer) int {
-	kept := b.usage[:0]
-	for _, u := range b.usage {
-		if _, ok := rows[u.PeerID]; ok {
-			kept = append(kept, u)
-		}
-	}
-	n := len(b.usage) - len(kept)
-	b.usage = kept
-	return n
 }
 
 func (r *Reconciler) commit(b *batch) {
