@@ -472,7 +472,9 @@ func newHarness(t *testing.T, rows ...events.Peer) *harness {
 // store and the data plane.
 func (h *harness) restart() {
 	h.t.Helper()
-	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now})
+	// IdleBytes 1: every peer with traffic is written at every flush, so
+	// tests can check sums after any flush.
+	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now, IdleBytes: 1})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -152,7 +152,11 @@ func (r *Reconciler) trackQuotaReset(ps *peerState, row events.Peer) {
 // this file), removes peers whose last bytes are now committed, and
 // converges again (quota). Flushes run one at a time; the database write
 // runs without the reconciler's lock, so events are applied meanwhile.
-func (r *Reconciler) Flush(ctx context.Context) error {
+func (r *Reconciler) Flush(ctx context.Context) error { return r.flushAll(ctx, false) }
+
+// flushAll is Flush; all writes every peer whose counters moved, idle or
+// not (the last flush before the node stops).
+func (r *Reconciler) flushAll(ctx context.Context, all bool) error {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
 	r.mu.Lock()
@@ -162,7 +166,7 @@ func (r *Reconciler) Flush(ctx context.Context) error {
 		return nil // baselines unknown: nothing can be accounted yet
 	}
 	start := time.Now()
-	err := r.flush(ctx)
+	err := r.flush(ctx, all)
 	r.m.flushDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		r.m.flushErrors.Inc()
@@ -187,7 +191,7 @@ func (r *Reconciler) Flush(ctx context.Context) error {
 // then leaves the status dirty), a peer cut meanwhile is not in b.leaving,
 // one re-enabled meanwhile is no longer leaving and is not removed, and no
 // baseline moves except by a commit, which only flushes make.
-func (r *Reconciler) flush(ctx context.Context) error {
+func (r *Reconciler) flush(ctx context.Context, all bool) error {
 	r.mu.Lock()
 	b := r.inflight
 	r.mu.Unlock()
@@ -211,7 +215,7 @@ func (r *Reconciler) flush(ctx context.Context) error {
 		return fmt.Errorf("read counters: %w", err)
 	}
 	r.epoch = r.cfg.DataPlane.Epoch()
-	b = r.build(stats)
+	b = r.build(stats, all)
 	if len(b.entries) > 0 {
 		r.inflight = b
 	}
@@ -262,6 +266,7 @@ func (r *Reconciler) commit(b *batch) {
 	for _, e := range b.entries {
 		e.ps.com = e.com
 		e.ps.comGen = e.gen
+		e.ps.countedAt = b.end.UnixNano()
 		// A reset after these bytes were read set quotaBase to minus
 		// them (trackQuotaReset), so adding them always is right.
 		e.ps.quotaBase += e.delta
@@ -272,7 +277,7 @@ func (r *Reconciler) commit(b *batch) {
 
 // build computes the next batch from the counters; the caller holds r.mu
 // and no batch is in flight.
-func (r *Reconciler) build(stats []PeerStats) *batch {
+func (r *Reconciler) build(stats []PeerStats, all bool) *batch {
 	now := r.now().Truncate(time.Microsecond) // the database keeps microseconds
 	if !now.After(r.lastFlush) {
 		now = r.lastFlush.Add(time.Microsecond) // period_end is a key: never reuse one
@@ -297,33 +302,39 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		r.account(b, r.peers[id], byKey, held, start)
+		r.account(b, r.peers[id], byKey, held, start, all)
 	}
 	return b
 }
 
-// account adds one peer to the batch when its committed state moves.
-func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, held map[Key]bool, start time.Time) {
+// account adds one peer to the batch when a reader needs its committed
+// state to move: its state changed, it is leaving or needs a zero
+// baseline, its endpoint changed, its handshake moved by IdleInterval, or
+// its counters moved, by at least IdleBytes or IdleInterval after their
+// last commit. An idle peer's bytes wait in the device's counters until
+// then (all: they do not wait); its quota counts them meanwhile.
+func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, held map[Key]bool, start time.Time, all bool) {
 	if !ps.inPlane {
 		r.findOnDevice(ps, byKey, held)
 	}
 	com := ps.com
-	changed := ps.gen != ps.comGen
+	must := ps.gen != ps.comGen
 	var drx, dtx int64
+	var moved bool
 	if ps.inPlane {
-		var moved bool
-		drx, dtx, moved = r.readCounters(b, ps, &com, byKey)
-		changed = changed || moved
+		drx, dtx, moved = r.readCounters(ps, &com, byKey)
+		must = must || ps.leaving
 	}
 	if r.needsZero(ps) {
 		com.RxBaseline, com.TxBaseline = 0, 0
-		changed = true
+		must = true
 	}
-	if !ps.handshake.Equal(com.LastHandshakeAt) || ps.endpoint != com.Endpoint {
-		changed = true
-	}
-	if !changed {
+	must = must || ps.endpoint != com.Endpoint || r.handshakeDue(ps.handshake, com.LastHandshakeAt)
+	if !must && !(moved && (all || r.countersDue(ps, drx+dtx))) {
 		return
+	}
+	if ps.inPlane && ps.leaving {
+		b.leaving = append(b.leaving, ps)
 	}
 	com.PeerID, com.NodeID = ps.id, r.cfg.NodeID
 	com.State, com.Reason, com.AppliedAt = ps.state, ps.reason, ps.appliedAt
@@ -339,6 +350,22 @@ func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, h
 		b.status = append(b.status, com)
 	}
 	b.entries = append(b.entries, entry{ps: ps, com: com, gen: ps.gen, delta: drx + dtx})
+}
+
+// handshakeDue: a first handshake is written at once, later ones once
+// they moved by IdleInterval (a reader needs "connected lately", not the
+// two-minute rekeys of every session).
+func (r *Reconciler) handshakeDue(seen, committed time.Time) bool {
+	if seen.IsZero() || seen.Equal(committed) {
+		return false
+	}
+	return committed.IsZero() || seen.Sub(committed) >= r.cfg.IdleInterval || seen.Before(committed)
+}
+
+// countersDue: a busy peer's counters are written every flush, an idle
+// one's (keepalives) every IdleInterval.
+func (r *Reconciler) countersDue(ps *peerState, moved int64) bool {
+	return moved >= r.cfg.IdleBytes || r.now().UnixNano()-ps.countedAt >= int64(r.cfg.IdleInterval)
 }
 
 // findOnDevice trusts the device over memory: a peer believed absent (an
@@ -362,7 +389,7 @@ func (r *Reconciler) findOnDevice(ps *peerState, byKey map[Key]PeerStats, held m
 
 // readCounters measures the delta of a peer the device holds and moves
 // com's baselines to its counters; moved reports a change to commit.
-func (r *Reconciler) readCounters(b *batch, ps *peerState, com *events.PeerStatus, byKey map[Key]PeerStats) (drx, dtx int64, moved bool) {
+func (r *Reconciler) readCounters(ps *peerState, com *events.PeerStatus, byKey map[Key]PeerStats) (drx, dtx int64, moved bool) {
 	s, ok := byKey[ps.key]
 	if !ok {
 		// Gone from the device behind our back (recreated, removed
@@ -378,9 +405,6 @@ func (r *Reconciler) readCounters(b *batch, ps *peerState, com *events.PeerStatu
 	drx, dtx = delta(*com, r.epoch, s.RxBytes, s.TxBytes)
 	moved = drx != 0 || dtx != 0 || com.CounterEpoch != r.epoch || com.RxBaseline != s.RxBytes || com.TxBaseline != s.TxBytes
 	com.RxBaseline, com.TxBaseline, com.CounterEpoch = s.RxBytes, s.TxBytes, r.epoch
-	if ps.leaving {
-		b.leaving = append(b.leaving, ps)
-	}
 	return drx, dtx, moved
 }
 

@@ -310,3 +310,57 @@ func TestDeviceRecreatedUnderRunningNode(t *testing.T) {
 		t.Fatalf("usage %d, want 107", up)
 	}
 }
+
+// With the default idle settings a busy peer is written at every flush,
+// an idle one (keepalives) every IdleInterval; the idle bytes wait in the
+// counters, count against the quota meanwhile, and the final flush before
+// a stop writes them.
+func TestUsageIdlePeersOnSlowCadence(t *testing.T) {
+	idle := peerRow(2)
+	idle.QuotaBytes = 1500
+	idle.QuotaResetAt = time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	h := newHarness(t, peerRow(1), idle)
+	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.r = r
+	h.resync()
+	h.flush() // the new peers' first status rows
+	rows := func(id string) (n int) {
+		h.store.mu.Lock()
+		defer h.store.mu.Unlock()
+		for _, u := range h.store.usage {
+			if u.PeerID == id {
+				n++
+			}
+		}
+		return n
+	}
+	for range 10 {
+		h.plane.traffic(key(1), 1<<20, 1<<20)
+		h.plane.traffic(key(2), 64, 64)
+		h.clk.add(time.Minute)
+		h.flush()
+	}
+	if busy, quiet := rows(peerRow(1).ID), rows(idle.ID); busy != 10 || quiet != 2 {
+		t.Fatalf("usage rows: busy peer %d (want 10, one a flush), idle peer %d (want 2, one per 5 minutes)", busy, quiet)
+	}
+	// Unwritten idle bytes count against the quota.
+	h.plane.traffic(key(2), 300, 0)
+	h.clk.add(time.Second)
+	h.flush()
+	h.flush()
+	h.wantInPlane(2, false)
+	h.wantStatus(2, events.StateBlocked, "quota_exceeded")
+	if up, down := h.store.usageSum(idle.ID); up != 10*64+300 || down != 10*64 {
+		t.Fatalf("idle peer billed %d/%d, want %d/%d once it left", up, down, 10*64+300, 10*64)
+	}
+	h.plane.traffic(key(1), 5, 5)
+	if err := h.r.flushAll(h.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if up, _ := h.store.usageSum(peerRow(1).ID); up != 10<<20+5 {
+		t.Fatalf("busy peer billed %d after the final flush, want %d", up, 10<<20+5)
+	}
+}
