@@ -44,8 +44,8 @@ type Config struct {
 	IdleInterval time.Duration
 	IdleBytes    int64
 
-	StoreTimeout      time.Duration // per store call; default 10s
-	DataPlaneTimeout  time.Duration // per data plane call; default 30s
+	StoreTimeout     time.Duration // per store call; default 10s
+	DataPlaneTimeout time.Duration // per data plane call; default 30s
 
 	PublicKey string // written in the heartbeat
 	Version   string
