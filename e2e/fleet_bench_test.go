@@ -432,4 +432,3 @@ func (p *fleetPlane) Stats(context.Context) ([]reconcile.PeerStats, error) {
 }
 
 func (p *fleetPlane) Epoch() string { return "fleet" }
-
