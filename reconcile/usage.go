@@ -12,9 +12,11 @@ package reconcile
 //  2. per peer: delta = counter - baseline, or the whole counter when the
 //     epoch differs or a counter is below its baseline (it restarted from
 //     zero: peer re-added, interface recreated, host rebooted);
-//  3. writes in ONE transaction the usage delta rows (key: node_id,
-//     peer_id, period_end) and the status rows with totals+delta and
-//     baselines=counters (absolute values);
+//  3. writes in ONE transaction the usage deltas (added to the peers'
+//     bucket rows by the database, which applies a flush at most once:
+//     keyed by its period_end against the node's flush mark) and the
+//     status rows with totals+delta and baselines=counters (absolute
+//     values);
 //  4. only after the commit moves the in-memory baselines (ps.com).
 //
 // Crash or error at each point:
@@ -26,10 +28,10 @@ package reconcile
 //     restart reloads them. In a running process an error on 3 may hide a
 //     commit that happened (connection lost during COMMIT): the batch is
 //     kept as r.inflight and retried unchanged before anything else is
-//     computed. Its usage rows then conflict on their key and are skipped,
-//     its status rows rewrite the same absolute values: a no-op. No newer
-//     batch is built from stale baselines in between, so no row is written
-//     twice under two period_end keys.
+//     computed. The database finds its period_end equal to the flush mark
+//     and adds nothing; its status rows rewrite the same absolute values:
+//     a no-op. No newer batch is built from stale baselines in between, so
+//     no byte is added twice under two period_ends.
 //   - database down for any time: every flush retries the same inflight
 //     batch; the kernel counters keep the bytes since; the first flush after
 //     the outage commits the old batch and then one delta for the rest.
@@ -58,10 +60,16 @@ package reconcile
 // its fresh counters are never measured against the old baseline.
 //
 // What cannot be counted: the bytes counted between the last read (b) and
-// removal (c), milliseconds during which the peer is already cut; bytes of a peer whose row was deleted while the
-// node was down (no row maps its key to a peer id when the node adopts the
-// device); bytes after the last flush when the device itself is destroyed
-// (counters gone with it; a clean shutdown flushes first).
+// removal (c), milliseconds during which the peer is already cut; bytes of
+// a peer whose row was deleted while the node was down (no row maps its key
+// to a peer id when the node adopts the device); the counters of a key
+// adopted by a row without a status row (taken as its baseline, since a row
+// re-created with the same key finds counters billed under the old id);
+// bytes after the last flush when the device itself is destroyed (counters
+// gone with it; a clean shutdown flushes first).
+//
+// Not every peer is written at every flush (account): an idle peer's bytes
+// wait in the counters, which are the buffer anyway.
 //
 // Quota is checked against the bytes since quota_reset_at as of the last
 // commit plus the unflushed delta of the last read (quotaUsed).
