@@ -12,7 +12,7 @@ package e2e
 // per flush, per resync and per checkpoint is the same as in production;
 // figures are reported per simulated node-hour and peer-hour.
 //
-// WAYLUME_FLEET_NODES (default "10,50,100"), WAYLUME_FLEET_PEERS (1000),
+// WAYLUME_FLEET_SCALE (10), WAYLUME_FLEET_NODES (default "10,50,100"), WAYLUME_FLEET_PEERS (1000),
 // WAYLUME_FLEET_MINUTES (simulated minutes per run, 10) and
 // WAYLUME_FLEET_PROFILE ("active": every peer moves 100 KiB per flush;
 // "idle": keepalives only) choose the runs.
@@ -40,7 +40,16 @@ import (
 	"github.com/waylume/waylume-node/supabase"
 )
 
-const fleetScale = 10
+// fleetScale compresses time (WAYLUME_FLEET_SCALE, default 10): the
+// machine must keep up with fleetScale times the production rate, which
+// the flushes/node-h figure shows (60 when it does).
+var fleetScale = func() time.Duration {
+	n, err := strconv.Atoi(os.Getenv("WAYLUME_FLEET_SCALE"))
+	if err != nil || n < 1 {
+		return 10
+	}
+	return time.Duration(n)
+}()
 
 func fleetEnv(name string, def string) string {
 	if v := os.Getenv(name); v != "" {
@@ -72,6 +81,7 @@ type fleet struct {
 	applied sync.Map // reconcile.Key -> chan time.Time, for the event-to-apply probe
 	snapMu  sync.Mutex
 	snaps   []time.Duration
+	flushes atomic.Int64 // store writes carrying usage
 }
 
 type fleetNode struct {
@@ -117,6 +127,7 @@ func runFleet(b *testing.B, nodes, peers int, sim time.Duration, idle bool) {
 	f.snapMu.Lock()
 	f.snaps = nil
 	f.snapMu.Unlock()
+	f.flushes.Store(0)
 
 	before := f.sample(b)
 	b.ResetTimer()
@@ -135,7 +146,7 @@ func runFleet(b *testing.B, nodes, peers int, sim time.Duration, idle bool) {
 // 5 minutes, as the rest of the clock.
 func (f *fleet) tune(b *testing.B) {
 	dbfix.Exec(b, f.db, `ALTER SYSTEM SET full_page_writes = on`)
-	dbfix.Exec(b, f.db, fmt.Sprintf(`ALTER SYSTEM SET checkpoint_timeout = '%ds'`, max(30, 300/fleetScale)))
+	dbfix.Exec(b, f.db, fmt.Sprintf(`ALTER SYSTEM SET checkpoint_timeout = '%ds'`, max(30, 300/int(fleetScale))))
 	dbfix.Exec(b, f.db, `SELECT pg_reload_conf()`)
 	b.Cleanup(func() {
 		dbfix.Exec(b, f.db, `ALTER SYSTEM RESET full_page_writes`)
@@ -228,7 +239,7 @@ func (f *fleet) sample(b *testing.B) fleetSample {
 }
 
 func (f *fleet) report(b *testing.B, before, after fleetSample, lat []time.Duration, conns, peers, nodes int, sim time.Duration) {
-	hours := after.at.Sub(before.at).Hours() * fleetScale // simulated
+	hours := after.at.Sub(before.at).Hours() * float64(fleetScale) // simulated
 	cpu := (after.cpu - before.cpu).Seconds()
 	wal := float64(after.wal - before.wal)
 	// Rows a peer owns per day: with buckets, one per bucket width (a day
@@ -252,6 +263,7 @@ func (f *fleet) report(b *testing.B, before, after fleetSample, lat []time.Durat
 	b.ReportMetric(perRow*rowsPerPeerDay*100/1e6, "usage-MB/100peers-day")
 	b.ReportMetric(float64(after.statusSize)/float64(peers), "status-B/peer")
 	b.ReportMetric(float64(conns)/float64(nodes), "conns/node")
+	b.ReportMetric(float64(f.flushes.Load())/float64(nodes)/hours, "flushes/node-h")
 	if len(snaps) > 0 {
 		b.ReportMetric(float64(percentile(snaps, 0.5).Microseconds())/1000, "snapshot-p50-ms")
 		b.ReportMetric(float64(percentile(snaps, 0.99).Microseconds())/1000, "snapshot-p99-ms")
@@ -342,6 +354,13 @@ func (s *timedStore) Snapshot(ctx context.Context, nodeID string) (events.Node, 
 	return n, p, err
 }
 
+func (s *timedStore) WriteStatus(ctx context.Context, nodeID string, usage []events.Usage, status []events.PeerStatus) error {
+	if len(usage) > 0 {
+		s.f.flushes.Add(1)
+	}
+	return s.Store.WriteStatus(ctx, nodeID, usage, status)
+}
+
 // fleetPlane is a data plane whose peers' counters move with the clock,
 // as traffic would, with a handshake every two simulated minutes.
 type fleetPlane struct {
@@ -417,7 +436,7 @@ func (p *fleetPlane) Stats(context.Context) ([]reconcile.PeerStats, error) {
 	hs := now.Truncate(rekey)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	step := int64(perMinute * now.Sub(p.last).Minutes() * fleetScale)
+	step := int64(perMinute * now.Sub(p.last).Minutes() * float64(fleetScale))
 	if p.last.IsZero() {
 		step = 0
 	}
