@@ -39,8 +39,9 @@ type Config struct {
 	HeartbeatInterval time.Duration // default 30s
 	// An idle peer (its counters moved less than IdleBytes since their
 	// last commit, e.g. keepalives only) has its counters and handshake
-	// written every IdleInterval instead of every flush. Defaults 5m and
-	// 64 KiB; IdleBytes 1 writes every peer with traffic at every flush.
+	// written every IdleInterval instead of every flush. Defaults: five
+	// usage intervals, at most 5m, and 64 KiB; IdleBytes 1 writes every
+	// peer with traffic at every flush.
 	IdleInterval time.Duration
 	IdleBytes    int64
 
@@ -155,7 +156,7 @@ func New(cfg Config) (*Reconciler, error) {
 	cfg.ResyncInterval = orDefault(cfg.ResyncInterval, 60*time.Second)
 	cfg.UsageInterval = orDefault(cfg.UsageInterval, 60*time.Second)
 	cfg.HeartbeatInterval = orDefault(cfg.HeartbeatInterval, 30*time.Second)
-	cfg.IdleInterval = orDefault(cfg.IdleInterval, 5*time.Minute)
+	cfg.IdleInterval = orDefault(cfg.IdleInterval, min(5*cfg.UsageInterval, 5*time.Minute))
 	if cfg.IdleBytes <= 0 {
 		cfg.IdleBytes = 64 << 10
 	}

@@ -344,7 +344,7 @@ func TestUsageIdlePeersOnSlowCadence(t *testing.T) {
 		h.flush()
 	}
 	if busy, quiet := rows(peerRow(1).ID), rows(idle.ID); busy != 10 || quiet != 2 {
-		t.Fatalf("usage rows: busy peer %d (want 10, one a flush), idle peer %d (want 2, one per 5 minutes)", busy, quiet)
+		t.Fatalf("usage rows: busy peer %d (want 10, one a flush), idle peer %d (want 2, one per 5 minutes, the default with 60 s flushes)", busy, quiet)
 	}
 	// Unwritten idle bytes count against the quota.
 	h.plane.traffic(key(2), 300, 0)
