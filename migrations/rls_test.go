@@ -132,11 +132,11 @@ func TestRLS(t *testing.T) {
 							t.Errorf("SET %s: updated_at is not now()", set)
 						}
 					}
-					affected(t, tx, `INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
-						VALUES ($1, $2, now() - interval '2 minutes', now() - interval '1 minute', 10, 20)`, a, aPeers[1])
-					// A last delta for a peer deleted meanwhile is still accepted (billing).
-					affected(t, tx, `INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
-						VALUES ($1, gen_random_uuid(), now() - interval '2 minutes', now() - interval '1 minute', 10, 20)`, a)
+					var applied bool
+					if err := tx.QueryRow(ctx, `SELECT waylume.record_usage(now() - interval '2 minutes', now() - interval '1 minute',
+						ARRAY[$1::uuid], '{10}', '{20}')`, aPeers[1]).Scan(&applied); err != nil || !applied {
+						t.Errorf("record_usage of its own peer: applied %v, %v", applied, err)
+					}
 				})
 			})
 			t.Run("cannot write B's status or usage", func(t *testing.T) {
@@ -148,10 +148,11 @@ func TestRLS(t *testing.T) {
 						t.Errorf("updated B's status row")
 					}
 					wantErr(t, tx, "42501", `UPDATE waylume.peer_status SET node_id = $1 WHERE peer_id = $2`, b, aPeers[0])
+					// Usage only through record_usage, never for a peer that was not its own.
 					wantErr(t, tx, "42501", `INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
-						VALUES ($1, $2, now() - interval '1 minute', now(), 1, 1)`, b, bPeers[0])
-					wantErr(t, tx, "42501", `INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
-						VALUES ($1, $2, now() - interval '1 minute', now(), 1, 1)`, a, bPeers[0])
+						VALUES ($1, $2, now() - interval '1 minute', now(), 1, 1)`, a, aPeers[0])
+					wantErr(t, tx, "42501", `SELECT waylume.record_usage(now() - interval '1 minute', now(), ARRAY[$1::uuid], '{1}', '{1}')`, bPeers[0])
+					wantErr(t, tx, "42501", `UPDATE waylume.peer_usage SET upload_bytes = 0`)
 					wantErr(t, tx, "42501", `DELETE FROM waylume.peer_usage`)
 				})
 			})

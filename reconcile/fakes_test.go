@@ -191,6 +191,17 @@ func (f *fakePlane) traffic(k Key, rx, tx int64) bool {
 	return true
 }
 
+// counters returns the counters of key k when the device holds it.
+func (f *fakePlane) counters(k Key) (rx, tx int64, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.peers[k]
+	if !ok {
+		return 0, 0, false
+	}
+	return p.rx, p.tx, true
+}
+
 // sent returns when key k was sent to the device so far.
 func (f *fakePlane) sent(k Key) []time.Time {
 	f.mu.Lock()
@@ -465,7 +476,9 @@ func newHarness(t *testing.T, rows ...events.Peer) *harness {
 // store and the data plane.
 func (h *harness) restart() {
 	h.t.Helper()
-	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now})
+	// IdleBytes 1: every peer with traffic is written at every flush, so
+	// tests can check sums after any flush.
+	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now, IdleBytes: 1})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*r.cfg.StoreTimeout)
 	defer cancel()
 	var errs []error
-	if err := r.Flush(sctx); err != nil {
+	if err := r.flushAll(sctx, true); err != nil {
 		errs = append(errs, fmt.Errorf("final usage flush: %w", err))
 	}
 	if err := r.heartbeat(sctx, "offline"); err != nil {

@@ -37,8 +37,16 @@ type Config struct {
 	ResyncInterval    time.Duration // full resync; default 60s
 	UsageInterval     time.Duration // usage flush; default 60s
 	HeartbeatInterval time.Duration // default 30s
-	StoreTimeout      time.Duration // per store call; default 10s
-	DataPlaneTimeout  time.Duration // per data plane call; default 30s
+	// An idle peer (its counters moved less than IdleBytes since their
+	// last commit, e.g. keepalives only) has its counters and handshake
+	// written every IdleInterval instead of every flush. Defaults: five
+	// usage intervals, at most 5m, and 64 KiB; IdleBytes 1 writes every
+	// peer with traffic at every flush.
+	IdleInterval time.Duration
+	IdleBytes    int64
+
+	StoreTimeout     time.Duration // per store call; default 10s
+	DataPlaneTimeout time.Duration // per data plane call; default 30s
 	// EventResyncInterval is the least time between two snapshots that
 	// events ask for (a source's Resync, or more rows to read than one
 	// batch reads singly); default 5s, at most ResyncInterval.
@@ -138,6 +146,7 @@ type peerState struct {
 	endpoint     string
 	quotaBase    int64 // bytes since quota reset as of com
 	quotaResetAt time.Time
+	countedAt    int64 // unix nanoseconds of the flush that committed com's counters
 }
 
 // New returns a Reconciler; Run starts it.
@@ -154,6 +163,10 @@ func New(cfg Config) (*Reconciler, error) {
 	cfg.ResyncInterval = orDefault(cfg.ResyncInterval, 60*time.Second)
 	cfg.UsageInterval = orDefault(cfg.UsageInterval, 60*time.Second)
 	cfg.HeartbeatInterval = orDefault(cfg.HeartbeatInterval, 30*time.Second)
+	cfg.IdleInterval = orDefault(cfg.IdleInterval, min(5*cfg.UsageInterval, 5*time.Minute))
+	if cfg.IdleBytes <= 0 {
+		cfg.IdleBytes = 64 << 10
+	}
 	cfg.StoreTimeout = orDefault(cfg.StoreTimeout, 10*time.Second)
 	cfg.DataPlaneTimeout = orDefault(cfg.DataPlaneTimeout, 30*time.Second)
 	cfg.SaveInterval = orDefault(cfg.SaveInterval, defaultSaveInterval)

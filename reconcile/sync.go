@@ -138,7 +138,8 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 // are and leaving ones get their final usage flushed. Keys no row claims
 // are left to the full sync to remove: a row deleted while the node was
 // down maps no key to a peer id any more, so their last bytes cannot be
-// attributed to anyone.
+// attributed to anyone. A key adopted by a row without a status row takes
+// its current counters as baseline.
 func (r *Reconciler) adoptLocked(ctx context.Context) error {
 	st, err := r.stats(ctx)
 	if err != nil {
@@ -179,6 +180,13 @@ func (r *Reconciler) adoptLocked(ctx context.Context) error {
 		ps := r.peer(id)
 		r.setPlane(ps, true, d.key)
 		ps.observe(s)
+		if ps.com.PeerID == "" {
+			// No status row: nothing says which of these counters were
+			// billed. A row deleted and re-created with the same key while
+			// the node was down finds the old peer's counters, already
+			// billed under the old id: count from here on.
+			ps.com.RxBaseline, ps.com.TxBaseline, ps.com.CounterEpoch = s.RxBytes, s.TxBytes, r.epoch
+		}
 	}
 	r.adopted = true
 	return nil

@@ -12,9 +12,11 @@ package reconcile
 //  2. per peer: delta = counter - baseline, or the whole counter when the
 //     epoch differs or a counter is below its baseline (it restarted from
 //     zero: peer re-added, interface recreated, host rebooted);
-//  3. writes in ONE transaction the usage delta rows (key: node_id,
-//     peer_id, period_end) and the status rows with totals+delta and
-//     baselines=counters (absolute values);
+//  3. writes in ONE transaction the usage deltas (added to the peers'
+//     bucket rows by the database, which applies a flush at most once:
+//     keyed by its period_end against the node's flush mark) and the
+//     status rows with totals+delta and baselines=counters (absolute
+//     values);
 //  4. only after the commit moves the in-memory baselines (ps.com).
 //
 // Crash or error at each point:
@@ -26,10 +28,10 @@ package reconcile
 //     restart reloads them. In a running process an error on 3 may hide a
 //     commit that happened (connection lost during COMMIT): the batch is
 //     kept as r.inflight and retried unchanged before anything else is
-//     computed. Its usage rows then conflict on their key and are skipped,
-//     its status rows rewrite the same absolute values: a no-op. No newer
-//     batch is built from stale baselines in between, so no row is written
-//     twice under two period_end keys.
+//     computed. The database finds its period_end equal to the flush mark
+//     and adds nothing; its status rows rewrite the same absolute values:
+//     a no-op. No newer batch is built from stale baselines in between, so
+//     no byte is added twice under two period_ends.
 //   - database down for any time: every flush retries the same inflight
 //     batch; the kernel counters keep the bytes since; the first flush after
 //     the outage commits the old batch and then one delta for the rest.
@@ -58,10 +60,16 @@ package reconcile
 // its fresh counters are never measured against the old baseline.
 //
 // What cannot be counted: the bytes counted between the last read (b) and
-// removal (c), milliseconds during which the peer is already cut; bytes of a peer whose row was deleted while the
-// node was down (no row maps its key to a peer id when the node adopts the
-// device); bytes after the last flush when the device itself is destroyed
-// (counters gone with it; a clean shutdown flushes first).
+// removal (c), milliseconds during which the peer is already cut; bytes of
+// a peer whose row was deleted while the node was down (no row maps its key
+// to a peer id when the node adopts the device); the counters of a key
+// adopted by a row without a status row (taken as its baseline, since a row
+// re-created with the same key finds counters billed under the old id);
+// bytes after the last flush when the device itself is destroyed (counters
+// gone with it; a clean shutdown flushes first).
+//
+// Not every peer is written at every flush (account): an idle peer's bytes
+// wait in the counters, which are the buffer anyway.
 //
 // Quota is checked against the bytes since quota_reset_at as of the last
 // commit plus the unflushed delta of the last read (quotaUsed).
@@ -152,7 +160,11 @@ func (r *Reconciler) trackQuotaReset(ps *peerState, row events.Peer) {
 // this file), removes peers whose last bytes are now committed, and
 // converges again (quota). Flushes run one at a time; the database write
 // runs without the reconciler's lock, so events are applied meanwhile.
-func (r *Reconciler) Flush(ctx context.Context) error {
+func (r *Reconciler) Flush(ctx context.Context) error { return r.flushAll(ctx, false) }
+
+// flushAll is Flush; all writes every peer whose counters moved, idle or
+// not (the last flush before the node stops).
+func (r *Reconciler) flushAll(ctx context.Context, all bool) error {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
 	r.mu.Lock()
@@ -162,7 +174,7 @@ func (r *Reconciler) Flush(ctx context.Context) error {
 		return nil // baselines unknown: nothing can be accounted yet
 	}
 	start := time.Now()
-	err := r.flush(ctx)
+	err := r.flush(ctx, all)
 	r.m.flushDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		r.m.flushErrors.Inc()
@@ -187,7 +199,7 @@ func (r *Reconciler) Flush(ctx context.Context) error {
 // then leaves the status dirty), a peer cut meanwhile is not in b.leaving,
 // one re-enabled meanwhile is no longer leaving and is not removed, and no
 // baseline moves except by a commit, which only flushes make.
-func (r *Reconciler) flush(ctx context.Context) error {
+func (r *Reconciler) flush(ctx context.Context, all bool) error {
 	r.mu.Lock()
 	b := r.inflight
 	r.mu.Unlock()
@@ -211,7 +223,7 @@ func (r *Reconciler) flush(ctx context.Context) error {
 		return fmt.Errorf("read counters: %w", err)
 	}
 	r.epoch = r.cfg.DataPlane.Epoch()
-	b = r.build(stats)
+	b = r.build(stats, all)
 	if len(b.entries) > 0 {
 		r.inflight = b
 	}
@@ -236,22 +248,7 @@ func (r *Reconciler) flush(ctx context.Context) error {
 func (r *Reconciler) write(ctx context.Context, b *batch) error {
 	sctx, cancel := r.storeCtx(ctx)
 	defer cancel()
-	err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
-	if errors.Is(err, events.ErrRefused) {
-		r.mu.Lock()
-		n := b.stripGone(r.rows)
-		r.mu.Unlock()
-		if n > 0 {
-			// The database refuses the batch for good. The only rows that
-			// can cause that are the last deltas of peers whose row is
-			// gone: one moved to another node may not be billed by this
-			// one (RLS). Drop those, say so, and retry at once; the rest
-			// stays exactly once.
-			r.log.Warn("usage of peers no longer this node's refused; dropped", "err", err)
-			err = r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status)
-		}
-	}
-	if err != nil {
+	if err := r.cfg.Store.WriteStatus(sctx, r.cfg.NodeID, b.usage, b.status); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -273,24 +270,11 @@ func (r *Reconciler) dropIfRefused(err error) {
 	}
 }
 
-// stripGone removes the usage rows of peers that have no row any more and
-// returns how many it removed.
-func (b *batch) stripGone(rows map[string]events.Peer) int {
-	kept := b.usage[:0]
-	for _, u := range b.usage {
-		if _, ok := rows[u.PeerID]; ok {
-			kept = append(kept, u)
-		}
-	}
-	n := len(b.usage) - len(kept)
-	b.usage = kept
-	return n
-}
-
 func (r *Reconciler) commit(b *batch) {
 	for _, e := range b.entries {
 		e.ps.com = e.com
 		e.ps.comGen = e.gen
+		e.ps.countedAt = b.end.UnixNano()
 		// A reset after these bytes were read set quotaBase to minus
 		// them (trackQuotaReset), so adding them always is right.
 		e.ps.quotaBase += e.delta
@@ -301,7 +285,7 @@ func (r *Reconciler) commit(b *batch) {
 
 // build computes the next batch from the counters; the caller holds r.mu
 // and no batch is in flight.
-func (r *Reconciler) build(stats []PeerStats) *batch {
+func (r *Reconciler) build(stats []PeerStats, all bool) *batch {
 	now := r.now().Truncate(time.Microsecond) // the database keeps microseconds
 	if !now.After(r.lastFlush) {
 		now = r.lastFlush.Add(time.Microsecond) // period_end is a key: never reuse one
@@ -326,33 +310,39 @@ func (r *Reconciler) build(stats []PeerStats) *batch {
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		r.account(b, r.peers[id], byKey, held, start)
+		r.account(b, r.peers[id], byKey, held, start, all)
 	}
 	return b
 }
 
-// account adds one peer to the batch when its committed state moves.
-func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, held map[Key]bool, start time.Time) {
+// account adds one peer to the batch when a reader needs its committed
+// state to move: its state changed, it is leaving or needs a zero
+// baseline, its endpoint changed, its handshake moved by IdleInterval, or
+// its counters moved, by at least IdleBytes or IdleInterval after their
+// last commit. An idle peer's bytes wait in the device's counters until
+// then (all: they do not wait); its quota counts them meanwhile.
+func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, held map[Key]bool, start time.Time, all bool) {
 	if !ps.inPlane {
 		r.findOnDevice(ps, byKey, held)
 	}
 	com := ps.com
-	changed := ps.gen != ps.comGen
+	must := ps.gen != ps.comGen
 	var drx, dtx int64
+	var moved bool
 	if ps.inPlane {
-		var moved bool
-		drx, dtx, moved = r.readCounters(b, ps, &com, byKey)
-		changed = changed || moved
+		drx, dtx, moved = r.readCounters(ps, &com, byKey)
+		must = must || ps.leaving
 	}
 	if r.needsZero(ps) {
 		com.RxBaseline, com.TxBaseline = 0, 0
-		changed = true
+		must = true
 	}
-	if !ps.handshake.Equal(com.LastHandshakeAt) || ps.endpoint != com.Endpoint {
-		changed = true
-	}
-	if !changed {
+	must = must || ps.endpoint != com.Endpoint || r.handshakeDue(ps.handshake, com.LastHandshakeAt)
+	if !must && !(moved && (all || r.countersDue(ps, drx+dtx))) {
 		return
+	}
+	if ps.inPlane && ps.leaving {
+		b.leaving = append(b.leaving, ps)
 	}
 	com.PeerID, com.NodeID = ps.id, r.cfg.NodeID
 	com.State, com.Reason, com.AppliedAt = ps.state, ps.reason, ps.appliedAt
@@ -368,6 +358,22 @@ func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, h
 		b.status = append(b.status, com)
 	}
 	b.entries = append(b.entries, entry{ps: ps, com: com, gen: ps.gen, delta: drx + dtx})
+}
+
+// handshakeDue: a first handshake is written at once, later ones once
+// they moved by IdleInterval (a reader needs "connected lately", not the
+// two-minute rekeys of every session).
+func (r *Reconciler) handshakeDue(seen, committed time.Time) bool {
+	if seen.IsZero() || seen.Equal(committed) {
+		return false
+	}
+	return committed.IsZero() || seen.Sub(committed) >= r.cfg.IdleInterval || seen.Before(committed)
+}
+
+// countersDue: a busy peer's counters are written every flush, an idle
+// one's (keepalives) every IdleInterval.
+func (r *Reconciler) countersDue(ps *peerState, moved int64) bool {
+	return moved >= r.cfg.IdleBytes || r.now().UnixNano()-ps.countedAt >= int64(r.cfg.IdleInterval)
 }
 
 // findOnDevice trusts the device over memory: a peer believed absent (an
@@ -391,7 +397,7 @@ func (r *Reconciler) findOnDevice(ps *peerState, byKey map[Key]PeerStats, held m
 
 // readCounters measures the delta of a peer the device holds and moves
 // com's baselines to its counters; moved reports a change to commit.
-func (r *Reconciler) readCounters(b *batch, ps *peerState, com *events.PeerStatus, byKey map[Key]PeerStats) (drx, dtx int64, moved bool) {
+func (r *Reconciler) readCounters(ps *peerState, com *events.PeerStatus, byKey map[Key]PeerStats) (drx, dtx int64, moved bool) {
 	s, ok := byKey[ps.key]
 	if !ok {
 		// Gone from the device behind our back (recreated, removed
@@ -407,9 +413,6 @@ func (r *Reconciler) readCounters(b *batch, ps *peerState, com *events.PeerStatu
 	drx, dtx = delta(*com, r.epoch, s.RxBytes, s.TxBytes)
 	moved = drx != 0 || dtx != 0 || com.CounterEpoch != r.epoch || com.RxBaseline != s.RxBytes || com.TxBaseline != s.TxBytes
 	com.RxBaseline, com.TxBaseline, com.CounterEpoch = s.RxBytes, s.TxBytes, r.epoch
-	if ps.leaving {
-		b.leaving = append(b.leaving, ps)
-	}
 	return drx, dtx, moved
 }
 

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"errors"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ func TestUsageExactlyOnceRandomized(t *testing.T) {
 		h := newHarness(t, rows...)
 		h.resync()
 		delivered := map[string][2]int64{}
+		adopted := map[string][2]int64{} // counters taken as baseline by an adoption without a status row
 		epoch := 1
 		for step := range 600 {
 			switch op := rng.IntN(100); {
@@ -43,7 +45,21 @@ func TestUsageExactlyOnceRandomized(t *testing.T) {
 				}
 				h.store.set(func(s *fakeStore) { s.failWrites, s.ambiguous = false, false })
 			case op < 82:
-				h.restart() // a crash: nothing in memory survives
+				// A crash: nothing in memory survives. A peer crashed
+				// before its first status row was committed is adopted
+				// with its counters as baseline (docs/accounting.md, "What
+				// cannot be counted"): those bytes are not billed.
+				for i := 1; i <= n; i++ {
+					id := peerRow(i).ID
+					if rx, tx, ok := h.plane.counters(key(i)); ok && h.store.statusOf(id).PeerID == "" {
+						// Counters an earlier adoption took are already out.
+						prev := adopted[id]
+						d := delivered[id]
+						delivered[id] = [2]int64{d[0] - (rx - prev[0]), d[1] - (tx - prev[1])}
+						adopted[id] = [2]int64{rx, tx}
+					}
+				}
+				h.restart()
 				h.resync()
 			case op < 95:
 				i := 1 + rng.IntN(n)
@@ -170,27 +186,70 @@ func TestUsageDatabaseOutage(t *testing.T) {
 	}
 }
 
-// The database refuses the last delta of a peer that moved to another node
-// (RLS: not this node's to bill). That row is dropped; the batch with
-// everyone else's bytes still commits, and flushing does not stall.
-func TestUsageMovedPeerRefused(t *testing.T) {
+// A peer moved to another node leaves with its last delta billed here;
+// the others' bytes commit with it.
+func TestUsageMovedPeerBilled(t *testing.T) {
 	h := newHarness(t, peerRow(1), peerRow(2))
 	h.resync()
 	h.plane.traffic(key(1), 10, 10)
 	h.plane.traffic(key(2), 20, 20)
 	p := peerRow(1)
 	p.NodeID = "00000000-0000-0000-0000-00000000000b"
-	h.store.set(func(s *fakeStore) { s.refuse = map[string]bool{p.ID: true} })
 	h.change(p)
 	h.flush()
 	h.wantInPlane(1, false)
+	if up, _ := h.store.usageSum(peerRow(1).ID); up != 10 {
+		t.Fatalf("moved peer's last upload %d, want 10", up)
+	}
 	if up, _ := h.store.usageSum(peerRow(2).ID); up != 20 {
 		t.Fatalf("peer 2 usage %d, want 20", up)
 	}
-	h.plane.traffic(key(2), 1, 1)
+}
+
+// A batch the database refuses for good (a clock ahead of the database's)
+// is dropped, not retried as is: the next flush measures the same bytes
+// again from the unchanged baselines and, once accepted, commits each
+// byte once.
+func TestUsageRefusedBatchRebuilt(t *testing.T) {
+	h := newHarness(t, peerRow(1))
+	h.resync()
+	h.plane.traffic(key(1), 10, 10)
+	h.store.set(func(s *fakeStore) { s.refuse = map[string]bool{peerRow(1).ID: true} })
+	h.clk.add(time.Second)
+	if err := h.r.Flush(h.ctx); !errors.Is(err, events.ErrRefused) {
+		t.Fatalf("refused flush: %v", err)
+	}
+	h.store.set(func(s *fakeStore) { s.refuse = nil })
+	h.plane.traffic(key(1), 1, 1)
 	h.flush()
-	if up, _ := h.store.usageSum(peerRow(2).ID); up != 21 {
-		t.Fatalf("flushing stalled: peer 2 usage %d, want 21", up)
+	if up, _ := h.store.usageSum(peerRow(1).ID); up != 11 {
+		t.Fatalf("upload %d, want 11", up)
+	}
+}
+
+// Kernel mode, node stopped, the row deleted and re-created with the same
+// key, node started: the adopted counters were billed under the old id and
+// are not billed again under the new one.
+func TestUsageAdoptedKeyWithoutStatusNotBilledTwice(t *testing.T) {
+	h := newHarness(t, peerRow(1))
+	h.resync()
+	h.plane.traffic(key(1), 1000, 2000)
+	h.flush()
+	h.store.del(peerRow(1).ID)
+	again := peerRow(9)
+	again.PublicKey = peerRow(1).PublicKey
+	h.store.put(again)
+
+	h.restart()
+	h.resync()
+	h.flush()
+	h.plane.traffic(key(1), 5, 7)
+	h.flush()
+	if up, down := h.store.usageSum(again.ID); up != 5 || down != 7 {
+		t.Fatalf("re-created row billed %d/%d, want 5/7 (the old counters were billed under the old id)", up, down)
+	}
+	if up, down := h.store.usageSum(peerRow(1).ID); up != 1000 || down != 2000 {
+		t.Fatalf("old row billed %d/%d, want 1000/2000", up, down)
 	}
 }
 
@@ -249,5 +308,59 @@ func TestDeviceRecreatedUnderRunningNode(t *testing.T) {
 	h.flush()
 	if up, _ := h.store.usageSum(peerRow(1).ID); up != 107 {
 		t.Fatalf("usage %d, want 107", up)
+	}
+}
+
+// With the default idle settings a busy peer is written at every flush,
+// an idle one (keepalives) every IdleInterval; the idle bytes wait in the
+// counters, count against the quota meanwhile, and the final flush before
+// a stop writes them.
+func TestUsageIdlePeersOnSlowCadence(t *testing.T) {
+	idle := peerRow(2)
+	idle.QuotaBytes = 1500
+	idle.QuotaResetAt = time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	h := newHarness(t, peerRow(1), idle)
+	r, err := New(Config{NodeID: testNode, Store: h.store, DataPlane: h.plane, Now: h.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.r = r
+	h.resync()
+	h.flush() // the new peers' first status rows
+	rows := func(id string) (n int) {
+		h.store.mu.Lock()
+		defer h.store.mu.Unlock()
+		for _, u := range h.store.usage {
+			if u.PeerID == id {
+				n++
+			}
+		}
+		return n
+	}
+	for range 10 {
+		h.plane.traffic(key(1), 1<<20, 1<<20)
+		h.plane.traffic(key(2), 64, 64)
+		h.clk.add(time.Minute)
+		h.flush()
+	}
+	if busy, quiet := rows(peerRow(1).ID), rows(idle.ID); busy != 10 || quiet != 2 {
+		t.Fatalf("usage rows: busy peer %d (want 10, one a flush), idle peer %d (want 2, one per 5 minutes, the default with 60 s flushes)", busy, quiet)
+	}
+	// Unwritten idle bytes count against the quota.
+	h.plane.traffic(key(2), 300, 0)
+	h.clk.add(time.Second)
+	h.flush()
+	h.flush()
+	h.wantInPlane(2, false)
+	h.wantStatus(2, events.StateBlocked, "quota_exceeded")
+	if up, down := h.store.usageSum(idle.ID); up != 10*64+300 || down != 10*64 {
+		t.Fatalf("idle peer billed %d/%d, want %d/%d once it left", up, down, 10*64+300, 10*64)
+	}
+	h.plane.traffic(key(1), 5, 5)
+	if err := h.r.flushAll(h.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if up, _ := h.store.usageSum(peerRow(1).ID); up != 10<<20+5 {
+		t.Fatalf("busy peer billed %d after the final flush, want %d", up, 10<<20+5)
 	}
 }

@@ -225,13 +225,12 @@ func (s *Store) PeerStatuses(ctx context.Context, nodeID string) ([]events.PeerS
 	return out, opError("peer statuses", rows.Err())
 }
 
-// QuotaUsage returns, per peer of the node with usage, the bytes (upload +
-// download) of its usage rows that ended after its quota_reset_at.
+// QuotaUsage returns, per peer the node has now, the bytes (upload +
+// download) of its usage on every node in rows that ended after its
+// quota_reset_at (waylume.quota_usage, which answers for the session's
+// node only), so a peer moved here does not start a fresh quota.
 func (s *Store) QuotaUsage(ctx context.Context, nodeID string) (map[string]int64, error) {
-	rows, err := s.pool.Query(ctx, `SELECT p.id::text, sum(u.upload_bytes + u.download_bytes)::bigint
-		FROM waylume.peers p JOIN waylume.peer_usage u ON u.peer_id = p.id
-		WHERE p.node_id = $1 AND u.period_end > coalesce(p.quota_reset_at, '-infinity')
-		GROUP BY p.id`, nodeID)
+	rows, err := s.pool.Query(ctx, `SELECT peer_id::text, used_bytes FROM waylume.quota_usage()`)
 	if err != nil {
 		return nil, opError("quota usage", err)
 	}

@@ -251,21 +251,21 @@ func TestStoreWriteStatus10k(t *testing.T) {
 	ids := dbfix.AddPeers(t, f.db, f.a, 10000)
 	bPeer := dbfix.AddPeers(t, f.db, f.b, 1)[0]
 	s := f.open(t, f.urlA)
-	end := time.Now().UTC().Truncate(time.Second)
+	end := time.Now().UTC().Add(-2 * time.Minute).Truncate(time.Second)
 	usage, status := usageBatch(ids, end)
 
 	// A peer deleted after the node measured it: its usage is kept
-	// (billing), its status skipped. A peer of node B: the usage row is
-	// dropped, the batch does not fail.
+	// (billing), its status skipped. A status row for node B's peer is
+	// skipped, the batch does not fail.
 	gone := ids[17]
 	dbfix.Exec(t, f.db, `DELETE FROM waylume.peers WHERE id = $1`, gone)
-	usage = append(usage, events.Usage{PeerID: bPeer, PeriodStart: end.Add(-time.Minute), PeriodEnd: end, UploadBytes: 1, DownloadBytes: 1})
 	status = append(status, events.PeerStatus{PeerID: bPeer, NodeID: f.a, State: events.StateActive})
-	// The same key twice in one batch: stored once, the first wins.
+	// The same peer twice in one batch: its deltas add up.
 	dup := usage[5]
 	dup.UploadBytes = 99999
 	usage = append(usage, dup)
 	status = append(status, status[6])
+	wantUp := int64(10000*1000 + 99999)
 
 	for attempt := range 2 { // the retry after a lost commit is a no-op
 		if err := s.WriteStatus(f.ctx, f.a, usage, status); err != nil {
@@ -275,23 +275,23 @@ func TestStoreWriteStatus10k(t *testing.T) {
 		var sumUp int64
 		dbfix.QueryRow(t, f.db, `SELECT (SELECT count(*) FROM waylume.peer_usage), (SELECT count(*) FROM waylume.peer_status),
 			(SELECT sum(upload_bytes) FROM waylume.peer_usage)`, nil, &nUsage, &nStatus, &sumUp)
-		if nUsage != 10000 || nStatus != 9999 || sumUp != 10000*1000 {
-			t.Fatalf("attempt %d: %d usage rows (want 10000), %d status rows (want 9999), upload sum %d", attempt, nUsage, nStatus, sumUp)
+		if nUsage != 10000 || nStatus != 9999 || sumUp != wantUp {
+			t.Fatalf("attempt %d: %d usage rows (want 10000), %d status rows (want 9999), upload sum %d (want %d)", attempt, nUsage, nStatus, sumUp, wantUp)
 		}
 	}
-	// A batch mixing written keys (one spelled in upper case) with a new
-	// one: only the new key is inserted.
+	// The next flush adds to the same bucket rows (a second bucket only
+	// across an hour boundary); an id spelled in upper case is the same peer.
 	next := events.Usage{PeerID: ids[0], PeriodStart: end, PeriodEnd: end.Add(time.Minute), UploadBytes: 7, DownloadBytes: 7}
-	upper := usage[1]
-	upper.PeerID = strings.ToUpper(upper.PeerID)
-	if err := s.WriteStatus(f.ctx, f.a, append([]events.Usage{upper, next}, usage[:100]...), nil); err != nil {
-		t.Fatalf("mixed batch: %v", err)
+	upper := next
+	upper.PeerID, upper.UploadBytes = strings.ToUpper(ids[1]), 8
+	if err := s.WriteStatus(f.ctx, f.a, []events.Usage{upper, next}, nil); err != nil {
+		t.Fatalf("next flush: %v", err)
 	}
-	var nUsage int
+	var flushes int
 	var sumUp int64
-	dbfix.QueryRow(t, f.db, `SELECT count(*), sum(upload_bytes)::bigint FROM waylume.peer_usage`, nil, &nUsage, &sumUp)
-	if nUsage != 10001 || sumUp != 10000*1000+7 {
-		t.Fatalf("mixed batch: %d usage rows (want 10001), upload sum %d", nUsage, sumUp)
+	dbfix.QueryRow(t, f.db, `SELECT sum(flushes)::int, sum(upload_bytes)::bigint FROM waylume.peer_usage`, nil, &flushes, &sumUp)
+	if flushes != 10002 || sumUp != wantUp+15 {
+		t.Fatalf("next flush: %d flushes in the rows (want 10002), upload sum %d (want %d)", flushes, sumUp, wantUp+15)
 	}
 	var goneUsage int
 	dbfix.QueryRow(t, f.db, `SELECT count(*) FROM waylume.peer_usage WHERE peer_id = $1`, []any{gone}, &goneUsage)
@@ -301,6 +301,41 @@ func TestStoreWriteStatus10k(t *testing.T) {
 	sts, err := s.PeerStatuses(f.ctx, f.a)
 	if err != nil || len(sts) != 9999 {
 		t.Fatalf("PeerStatuses: %d rows (%v)", len(sts), err)
+	}
+}
+
+// A peer moved from node A to node B: A's last delta is billed (under A),
+// and B's quota counts what the peer used on A, so the move does not
+// reset its quota.
+func TestStoreMovedPeerBilledAndQuotaFollows(t *testing.T) {
+	f := newStoreFixture(t)
+	p := dbfix.AddPeers(t, f.db, f.a, 1)[0]
+	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET quota_bytes = 1000000, quota_reset_at = now() - interval '1 hour' WHERE id = $1`, p)
+	a := f.open(t, f.urlA)
+	b := f.open(t, dbfix.NodeLogin(t, f.db, f.b))
+	end := time.Now().UTC().Add(-time.Minute)
+	if err := a.WriteStatus(f.ctx, f.a, []events.Usage{{PeerID: p, PeriodStart: end.Add(-time.Minute), PeriodEnd: end, UploadBytes: 300, DownloadBytes: 200}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	dbfix.Exec(t, f.db, `UPDATE waylume.peers SET node_id = $1, address = NULL, address6 = NULL WHERE id = $2`, f.b, p)
+	// A's final read after the move.
+	if err := a.WriteStatus(f.ctx, f.a, []events.Usage{{PeerID: p, PeriodStart: end, PeriodEnd: end.Add(time.Second), UploadBytes: 40, DownloadBytes: 2}}, nil); err != nil {
+		t.Fatalf("the old node's last delta: %v", err)
+	}
+	var billed int64
+	dbfix.QueryRow(t, f.db, `SELECT sum(upload_bytes + download_bytes)::bigint FROM waylume.peer_usage WHERE peer_id = $1 AND node_id = $2`, []any{p, f.a}, &billed)
+	if billed != 542 {
+		t.Fatalf("billed on A %d, want 542", billed)
+	}
+	used, err := b.QuotaUsage(f.ctx, f.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used[p] != 542 {
+		t.Fatalf("B's quota usage of the moved peer %d, want 542 (used on A)", used[p])
+	}
+	if used, err := a.QuotaUsage(f.ctx, f.a); err != nil || len(used) != 0 {
+		t.Fatalf("A still sees quota usage %v (%v) of a peer it no longer has", used, err)
 	}
 }
 
@@ -379,9 +414,12 @@ func TestStoreErrorsClassified(t *testing.T) {
 		}
 	}
 
-	// Row level security: usage filed under another node's id (42501).
+	// Usage for a peer that was never the node's (42501).
 	err := s.WriteStatus(ctx, f.b, []events.Usage{{PeerID: otherB, PeriodStart: end.Add(-time.Minute), PeriodEnd: end, UploadBytes: 1, DownloadBytes: 1}}, nil)
 	check("usage as another node", err, false, true, "42501")
+	// A period ending in the future (23514).
+	err = s.WriteStatus(ctx, f.a, []events.Usage{{PeerID: own, PeriodStart: end, PeriodEnd: end.Add(time.Hour), UploadBytes: 1}}, nil)
+	check("usage in the future", err, false, true, "23514")
 	// A constraint: period_end must follow period_start (23514).
 	err = s.WriteStatus(ctx, f.a, []events.Usage{{PeerID: own, PeriodStart: end, PeriodEnd: end.Add(-time.Minute), UploadBytes: 1}}, nil)
 	check("usage period backwards", err, false, true, "23514")

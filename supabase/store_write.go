@@ -10,13 +10,16 @@ import (
 	"github.com/waylume/waylume-node/events"
 )
 
-// WriteStatus appends usage rows and upserts status rows in one
+// WriteStatus records one flush: usage deltas and status rows, in one
 // transaction.
 //
-// Usage is idempotent on (node_id, peer_id, period_end): retrying a batch
-// whose commit was lost inserts nothing twice. Usage of peers deleted
-// meanwhile is kept (billing); usage naming a peer that now belongs to
-// another node is dropped, since the node may not write for it.
+// The usage rows are one flush of the node: they are added to their
+// peers' bucket rows by waylume.record_usage, under the period (earliest
+// PeriodStart, latest PeriodEnd]. The database applies a flush at most once
+// (keyed by that period end), so retrying a batch whose commit was lost
+// adds nothing twice. Usage of peers deleted or moved to another node
+// meanwhile is kept (billing); usage of a peer that was never the node's,
+// or a period ending in the future, is refused.
 //
 // Status rows carry absolute values; rows of peers that no longer exist
 // or are no longer the node's are skipped and never fail the batch.
@@ -28,7 +31,7 @@ func (s *Store) WriteStatus(ctx context.Context, nodeID string, usage []events.U
 		return nil
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := writeUsage(ctx, tx, nodeID, usage); err != nil {
+		if err := writeUsage(ctx, tx, usage); err != nil {
 			return err
 		}
 		return writeStatus(ctx, tx, nodeID, status)
@@ -39,82 +42,27 @@ func (s *Store) WriteStatus(ctx context.Context, nodeID string, usage []events.U
 	return nil
 }
 
-func writeUsage(ctx context.Context, tx pgx.Tx, nodeID string, usage []events.Usage) error {
+func writeUsage(ctx context.Context, tx pgx.Tx, usage []events.Usage) error {
 	if len(usage) == 0 {
 		return nil
 	}
-	// The key (node_id, peer_id, period_end) is inserted once: the first
-	// row of a key in the batch wins, and keys already in the table (a
-	// retried batch whose commit was lost) are left out. Plain INSERT, not
-	// ON CONFLICT, which would take the costly speculative insertion path
-	// for every row. Times are cut to the microseconds the database keeps,
-	// so keys compare alike here and there whatever the wire format.
-	type key struct {
-		peer [16]byte
-		end  int64
-	}
-	var (
-		seen = make(map[key]bool, len(usage))
-		keys = make([]key, 0, len(usage))
-		kept = make([]events.Usage, 0, len(usage))
-		ends []time.Time
-	)
-	endSeen := map[int64]bool{}
-	for _, u := range usage {
-		u.PeriodStart, u.PeriodEnd = u.PeriodStart.Truncate(time.Microsecond), u.PeriodEnd.Truncate(time.Microsecond)
-		var id pgtype.UUID
-		if err := id.Scan(u.PeerID); err != nil {
-			return fmt.Errorf("usage: peer id %q: %w", u.PeerID, err)
+	// Times are cut to the microseconds the database keeps, so that the
+	// period end of a retried batch compares equal to the one recorded.
+	start, end := usage[0].PeriodStart, usage[0].PeriodEnd
+	ids := make([]string, len(usage))
+	ups, downs := make([]int64, len(usage)), make([]int64, len(usage))
+	for i, u := range usage {
+		if u.PeriodStart.Before(start) {
+			start = u.PeriodStart
 		}
-		k := key{id.Bytes, u.PeriodEnd.UnixMicro()}
-		if seen[k] {
-			continue
+		if u.PeriodEnd.After(end) {
+			end = u.PeriodEnd
 		}
-		seen[k] = true
-		keys, kept = append(keys, k), append(kept, u)
-		if !endSeen[k.end] {
-			endSeen[k.end] = true
-			ends = append(ends, u.PeriodEnd)
-		}
+		ids[i], ups[i], downs[i] = u.PeerID, u.UploadBytes, u.DownloadBytes
 	}
-	// Keys already written: one range of the key index per period_end in
-	// the batch (a flush has one), whatever the size of the node's history.
-	rows, err := tx.Query(ctx, `SELECT peer_id, period_end FROM waylume.peer_usage
-		WHERE node_id = $1::uuid AND period_end = ANY ($2::timestamptz[])`, nodeID, ends)
-	if err != nil {
-		return fmt.Errorf("usage: existing keys: %w", err)
-	}
-	var (
-		peer pgtype.UUID
-		end  time.Time
-	)
-	_, err = pgx.ForEachRow(rows, []any{&peer, &end}, func() error {
-		delete(seen, key{peer.Bytes, end.UnixMicro()})
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("usage: existing keys: %w", err)
-	}
-	var (
-		ids          []pgtype.UUID
-		starts, pend []time.Time
-		ups, downs   []int64
-	)
-	for i, u := range kept {
-		if !seen[keys[i]] {
-			continue // already in the table
-		}
-		ids, starts, pend = append(ids, pgtype.UUID{Bytes: keys[i].peer, Valid: true}), append(starts, u.PeriodStart), append(pend, u.PeriodEnd)
-		ups, downs = append(ups, u.UploadBytes), append(downs, u.DownloadBytes)
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	_, err = tx.Exec(ctx, `WITH f AS MATERIALIZED (SELECT waylume.foreign_peers($1::uuid, $2::uuid[]) AS ids)
-		INSERT INTO waylume.peer_usage (node_id, peer_id, period_start, period_end, upload_bytes, download_bytes)
-		SELECT $1::uuid, u.peer_id, u.ps, u.pe, u.up, u.down
-		FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[]) AS u (peer_id, ps, pe, up, down), f
-		WHERE u.peer_id <> ALL (f.ids)`, nodeID, ids, starts, pend, ups, downs)
+	var applied bool
+	err := tx.QueryRow(ctx, `SELECT waylume.record_usage($1, $2, $3::uuid[], $4::bigint[], $5::bigint[])`,
+		start.Truncate(time.Microsecond), end.Truncate(time.Microsecond), ids, ups, downs).Scan(&applied)
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}

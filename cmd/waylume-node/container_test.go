@@ -339,7 +339,7 @@ func ctrStop(t *testing.T, name string, node ctrNode) {
 		t.Errorf("stop took %v: SIGTERM did not end the node (the engine killed it)", took)
 	}
 	var status string
-	node.queryRow(t, `SELECT status FROM waylume.nodes WHERE id = $1`, []any{node.id}, &status)
+	node.queryRow(t, `SELECT status FROM waylume.node_overview WHERE id = $1`, []any{node.id}, &status)
 	if status != "offline" {
 		t.Errorf("node status %q after SIGTERM, want offline", status)
 	}
