@@ -12,9 +12,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/jwt"
 	"github.com/waylume/waylume-node/internal/pgtest"
-	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/supabase/auth"
 	"github.com/waylume/waylume-node/supabase/auth/authtest"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
@@ -33,15 +33,10 @@ func newProject(t *testing.T) *project {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p := &project{db: pgtest.New(t)}
-	conn, err := pgx.Connect(ctx, p.db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := migrations.Apply(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	// Shaped like Supabase (roles, a realtime schema) before the
+	// migrations, so the node's private topic has its policies.
+	p := &project{db: dbfix.MigratedSupabase(t)}
+	var err error
 	if p.auth, err = authtest.New(authtest.Config{}); err != nil {
 		t.Fatal(err)
 	}
@@ -173,15 +168,12 @@ func TestNodeAuthUserLifecycle(t *testing.T) {
 func TestCheckRealtimeSigningKey(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	db := pgtest.New(t)
+	db := dbfix.MigratedSupabase(t)
 	conn, err := pgx.Connect(ctx, db.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	if _, err := migrations.Apply(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
 	var nodeID string
 	if err := conn.QueryRow(ctx, `SELECT waylume.create_node('sk', 'x:1', '10.9.0.1/24')::text`).Scan(&nodeID); err != nil {
 		t.Fatal(err)
