@@ -13,7 +13,8 @@
 // operator's `node create` and `node revoke` use with a secret key.
 // Package authtest is a stand-in Auth server for tests.
 //
-// Every source calls its OnChange function with each new token; the node
-// pushes it to the joined channel, which needs no rejoin. Tokens, keys and
-// passwords never appear in a log line or an error.
+// Start picks one from the node's settings. Every source calls its
+// OnChange function with each new token; the node pushes it to the joined
+// channel, which needs no rejoin. Tokens, keys and passwords never appear
+// in a log line or an error.
 package auth
