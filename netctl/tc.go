@@ -94,6 +94,7 @@ type shaper struct {
 	stale  map[netip.Addr][2]bool
 	shards [2]map[uint16]bool // shard qdiscs in place, per direction
 	v6root [2]bool            // the root's IPv6 tables are in place
+	shard6 [2]map[uint16]bool // and a shard's
 	// v6node is the node of each shaped IPv6 address's filters (the same
 	// in the root and its shard, both directions), unique among the
 	// addresses sharing its last byte (v6used, by byte<<12 | node). Nodes
@@ -335,10 +336,27 @@ func (s *shaper) ensureShard(dir int, shard uint16) error {
 		return fmt.Errorf("add shard qdisc %x: %w", shard, err)
 	}
 	s.ops++
-	if err := s.ensureSkeleton(d, shard, s.layout.shardSkeleton(d, shard)); err != nil {
+	if err := s.addSkeleton(d, shard, s.layout.shardSkeleton(d, shard)); err != nil {
 		return err
 	}
 	s.shards[dir][shard] = true
+	return nil
+}
+
+// addSkeleton adds the tables and links of a qdisc the mirror says is new
+// without reading it first; if some are there after all (a crash while the
+// shard was made), it reads and adds what is missing.
+func (s *shaper) addSkeleton(d direction, major uint16, skel []*netlink.U32) error {
+	for _, f := range skel {
+		err := s.nl.FilterAdd(f)
+		if errors.Is(err, syscall.EEXIST) {
+			return s.ensureSkeleton(d, major, skel)
+		}
+		if err != nil {
+			return fmt.Errorf("add u32 %x in qdisc %x (%s): %w", f.Handle, major, d.name, err)
+		}
+		s.ops++
+	}
 	return nil
 }
 
@@ -425,7 +443,7 @@ func (s *shaper) teardown() error {
 // reset empties the mirror.
 func (s *shaper) reset() {
 	s.classes, s.stale = map[netip.Addr]limits{}, map[netip.Addr][2]bool{}
-	s.shards, s.v6root = [2]map[uint16]bool{{}, {}}, [2]bool{}
+	s.shards, s.v6root, s.shard6 = [2]map[uint16]bool{{}, {}}, [2]bool{}, [2]map[uint16]bool{{}, {}}
 	s.v6node, s.v6used = map[netip.Addr]uint32{}, map[uint32]bool{}
 }
 
@@ -451,5 +469,14 @@ func (s *shaper) ensureV6Root(dir int) error {
 		return err
 	}
 	s.v6root[dir] = true
+	return nil
+}
+
+// ensureV6Shard adds a shard's IPv6 table and link in one direction.
+func (s *shaper) ensureV6Shard(dir int, shard uint16) error {
+	if err := s.addSkeleton(s.dirs[dir], shard, shard6Skeleton(s.dirs[dir], shard)); err != nil {
+		return err
+	}
+	s.shard6[dir][shard] = true
 	return nil
 }

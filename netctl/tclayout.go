@@ -272,13 +272,19 @@ func (l layout) rootSkeleton(d direction) []*netlink.U32 {
 	return out
 }
 
-// shardSkeleton is one shard qdisc's tables and links: its IPv4
-// addresses all share the last octet, so they are hashed on the third;
-// IPv6 ones on their last byte.
+// shardSkeleton is one shard qdisc's table and link: its addresses all
+// share the last octet, so they are hashed on the third.
 func (l layout) shardSkeleton(d direction, shard uint16) []*netlink.U32 {
 	return []*netlink.U32{
 		table(d, shard, topHT),
 		link(d, shard, rootHT, 0, prefixKey(l.pool, d.field), 0x0000ff00, topHT),
+	}
+}
+
+// shard6Skeleton is a shard's IPv6 table and link, hashed on the last
+// byte; made with the shard's first IPv6 filter.
+func shard6Skeleton(d direction, shard uint16) []*netlink.U32 {
+	return []*netlink.U32{
 		{FilterAttrs: filterAttrs6(d, shard, htHandle(top6HT)), Divisor: divisor},
 		link6(d, shard, u32Root>>20, 0, 0x000000ff, top6HT),
 	}

@@ -98,7 +98,7 @@ func (s *shaper) read(dir int) (map[netip.Addr]pieces, error) {
 	}
 	owner6 := map[netip.Addr]netip.Addr{} // IPv6 address -> the IPv4 one whose class it is in
 	for shard := range s.shards[dir] {
-		if err := s.readShard(d, shard, got, owner6); err != nil {
+		if err := s.readShard(dir, shard, got, owner6); err != nil {
 			return nil, err
 		}
 	}
@@ -131,7 +131,8 @@ func (s *shaper) hostV4(u *netlink.U32) (netip.Addr, bool) {
 
 // readShard marks the addresses whose filters in a shard are the ones the
 // layout puts there.
-func (s *shaper) readShard(d direction, shard uint16, got map[netip.Addr]pieces, owner6 map[netip.Addr]netip.Addr) error {
+func (s *shaper) readShard(dir int, shard uint16, got map[netip.Addr]pieces, owner6 map[netip.Addr]netip.Addr) error {
+	d := s.dirs[dir]
 	fs, err := s.u32Filters(d, shard)
 	if err != nil {
 		return err
@@ -139,6 +140,7 @@ func (s *shaper) readShard(d direction, shard uint16, got map[netip.Addr]pieces,
 	l := s.layout
 	for _, u := range fs {
 		if u.ClassId == 0 {
+			s.shard6[dir][shard] = s.shard6[dir][shard] || u.Link == htHandle(top6HT)
 			continue
 		}
 		if a, ok := s.hostV4(u); ok {

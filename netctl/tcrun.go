@@ -148,7 +148,7 @@ func (s *shaper) run(ops []tcOp) map[netip.Addr]error {
 	})
 	r := &runner{s: s, ops: ops, failed: make([]bool, len(ops)), errs: map[netip.Addr]error{}, written: map[[3]uint32]bool{}}
 	r.addShards()
-	r.addV6Roots()
+	r.addV6Tables()
 	r.adds()
 	r.removes()
 	for i, op := range ops {
@@ -205,20 +205,40 @@ func (r *runner) removes() {
 	})
 }
 
-// addV6Roots creates the root's IPv6 tables in the directions that need
-// them first now.
-func (r *runner) addV6Roots() {
-	var err [2]error
-	var tried [2]bool
+// addV6Tables creates the IPv6 tables of the root and of the shards that
+// need them first now.
+func (r *runner) addV6Tables() {
+	type key struct {
+		dir   int
+		shard uint16 // 0: the root
+	}
+	tried := map[key]error{}
+	ensure := func(k key) error {
+		err, done := tried[k]
+		if !done {
+			if k.shard == 0 {
+				err = r.s.ensureV6Root(k.dir)
+			} else {
+				err = r.s.ensureV6Shard(k.dir, k.shard)
+			}
+			tried[k] = err
+		}
+		return err
+	}
 	for i, op := range r.ops {
-		if !op.adds6() || r.s.v6root[op.dir] || r.failed[i] {
+		if !op.adds6() || r.failed[i] {
 			continue
 		}
-		if !tried[op.dir] {
-			tried[op.dir], err[op.dir] = true, r.s.ensureV6Root(op.dir)
+		shard := r.s.layout.shard(op.addr)
+		var err error
+		if !r.s.v6root[op.dir] {
+			err = ensure(key{op.dir, 0})
 		}
-		if err[op.dir] != nil {
-			r.fail(i, "add IPv6 tables", err[op.dir])
+		if err == nil && !r.s.shard6[op.dir][shard] {
+			err = ensure(key{op.dir, shard})
+		}
+		if err != nil {
+			r.fail(i, "add IPv6 tables", err)
 		}
 	}
 }
