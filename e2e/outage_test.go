@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -52,7 +51,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 		}
 		return nil
 	})
-	rx1, tx1 := frozenCounters(t, e, ck.PublicKey().String())
+	rx1, tx1 := e.frozenCounters(ck.PublicKey().String())
 	netns.WaitFor(t, 20*time.Second, func() error {
 		up, down, err := e.usage(id)
 		if err != nil {
@@ -132,7 +131,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 	stopPing()
 	wg.Wait()
 	cli.Stop()
-	rx2, tx2 := frozenCounters(t, e, ck.PublicKey().String())
+	rx2, tx2 := e.frozenCounters(ck.PublicKey().String())
 	if rx2 == 0 || tx2 < 1<<20 {
 		t.Fatalf("the new device counted %d/%d: too little to mean anything", rx2, tx2)
 	}
@@ -172,29 +171,6 @@ func shapedDownload(ctx context.Context, t *testing.T, e *env, port, kbps int) f
 		t.Errorf("shaped rate %.2f x the limit", x)
 	}
 	return r.ReceivedBitsPerSecond
-}
-
-// frozenCounters waits until the peer's node-side counters stay still and
-// returns them.
-func frozenCounters(t *testing.T, e *env, pub string) (rx, tx int64) {
-	t.Helper()
-	netns.WaitFor(t, 20*time.Second, func() error {
-		r1, t1, err := e.deviceCounters(pub)
-		if err != nil {
-			return err
-		}
-		time.Sleep(1500 * time.Millisecond) // counters must stay still this long to count as frozen
-		r2, t2, err := e.deviceCounters(pub)
-		if err != nil {
-			return err
-		}
-		if r1 != r2 || t1 != t2 {
-			return errors.New("counters still moving")
-		}
-		rx, tx = r2, t2
-		return nil
-	})
-	return rx, tx
 }
 
 // usage sums a peer's peer_usage rows.
