@@ -18,6 +18,7 @@ have ping || need+=(iputils-ping)
 have tc && have ip || need+=(iproute2)
 have node || need+=(nodejs)
 have npm || need+=(npm)
+have curl || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
