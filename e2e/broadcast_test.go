@@ -160,6 +160,15 @@ func TestBroadcastDeafChannel(t *testing.T) {
 	e := newEnv(t)
 	e.withRealtime()
 	n := e.startNode("userspace", 10*time.Minute, time.Minute)
+	// The join's own resync would pick up a row committed before it, so
+	// the channel goes deaf only once the node has joined and a row has
+	// reached the kernel after that.
+	netns.WaitFor(t, 30*time.Second, func() error {
+		if !strings.Contains(n.out.String(), "subscription live") {
+			return errors.New("channel not joined")
+		}
+		return nil
+	})
 	first := newKey(t).PublicKey()
 	e.addPeer(first, "")
 	netns.WaitFor(t, 30*time.Second, func() error {
