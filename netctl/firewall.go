@@ -210,15 +210,9 @@ func restore(ctx context.Context, tool string, want map[string][][]string) error
 // hookOnce makes the built-in chain jump to ours exactly once, first.
 func hookOnce(ipt *iptables.IPTables, c fwChain) error {
 	jump := []string{"-j", c.chain}
-	rules, err := ipt.List(c.table, c.hook)
+	n, err := hooks(ipt, c)
 	if err != nil {
-		return fmt.Errorf("list %s: %w", c.hook, err)
-	}
-	n := 0
-	for _, r := range rules {
-		if r == "-A "+c.hook+" -j "+c.chain {
-			n++
-		}
+		return err
 	}
 	for ; n > 1; n-- {
 		if err := ipt.Delete(c.table, c.hook, jump...); err != nil {

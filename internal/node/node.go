@@ -161,12 +161,8 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	base := netctl.Config{
-		Interface: cfg.Interface, Mode: mode, PrivateKey: key, Netns: cfg.Netns,
-		ListenPort: row.ListenPort, Address: row.Address, Address6: row.Address6, MTU: row.MTU,
-		EgressInterface: cfg.EgressInterface, Isolation: cfg.Isolation,
-		AllowPrivate: cfg.AllowPrivate, AllowLocal: cfg.AllowLocal, RoutedSubnets: cfg.RoutedSubnets,
-	}
+	base := linkConfig(cfg, row)
+	base.Mode, base.PrivateKey = mode, key
 	if n.link, err = netctl.Open(ctx, base, n.log); err != nil {
 		return nil, fmt.Errorf("open %s: %w", cfg.Interface, err)
 	}
@@ -280,5 +276,16 @@ func waitNode(ctx context.Context, store *supabase.Store, nodeID string, log *sl
 		if !retry.Sleep(ctx, d) {
 			return events.Node{}, ctx.Err()
 		}
+	}
+}
+
+// linkConfig is the interface's configuration from the node's settings
+// and row, without its mode and key.
+func linkConfig(cfg Config, row events.Node) netctl.Config {
+	return netctl.Config{
+		Interface: cfg.Interface, Netns: cfg.Netns,
+		ListenPort: row.ListenPort, Address: row.Address, Address6: row.Address6, MTU: row.MTU,
+		EgressInterface: cfg.EgressInterface, Isolation: cfg.Isolation,
+		AllowPrivate: cfg.AllowPrivate, AllowLocal: cfg.AllowLocal, RoutedSubnets: cfg.RoutedSubnets,
 	}
 }

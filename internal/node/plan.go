@@ -11,25 +11,31 @@ import (
 	"github.com/waylume/waylume-node/supabase"
 )
 
+// PlanReport is what Run would change now.
+type PlanReport struct {
+	Peers    reconcile.Plan
+	Firewall []netctl.FirewallChange
+}
+
 // Plan reports what Run would change in the data plane now, changing
 // nothing: the node's rows as the store serves them, decided as the
 // reconciler decides them (quota from the committed usage), against the
-// peers the interface holds. A missing interface holds nothing: every
-// served row is an add. It reads only cfg's DatabaseURL, NodeID,
-// Interface and Netns.
-func Plan(ctx context.Context, cfg Config) (reconcile.Plan, error) {
+// peers the interface holds, and the firewall Open would set up for the
+// node's row and settings against the chains there. A missing interface
+// holds nothing: every served row is an add.
+func Plan(ctx context.Context, cfg Config) (PlanReport, error) {
 	store, err := supabase.OpenStore(ctx, cfg.DatabaseURL, supabase.StoreOptions{MaxConns: 1})
 	if err != nil {
-		return reconcile.Plan{}, fmt.Errorf("open store: %w", err)
+		return PlanReport{}, fmt.Errorf("open store: %w", err)
 	}
 	defer store.Close()
 	row, peers, err := store.Snapshot(ctx, cfg.NodeID)
 	if err != nil {
-		return reconcile.Plan{}, err
+		return PlanReport{}, err
 	}
 	quota, err := store.QuotaUsage(ctx, cfg.NodeID)
 	if err != nil {
-		return reconcile.Plan{}, err
+		return PlanReport{}, err
 	}
 	var self reconcile.Key
 	var held []reconcile.PeerConfig
@@ -37,14 +43,18 @@ func Plan(ctx context.Context, cfg Config) (reconcile.Plan, error) {
 	switch {
 	case errors.Is(err, netctl.ErrNoDevice):
 	case err != nil:
-		return reconcile.Plan{}, err
+		return PlanReport{}, err
 	case ins.ShapingErr != nil:
-		return reconcile.Plan{}, fmt.Errorf("read installed limits: %w", ins.ShapingErr)
+		return PlanReport{}, fmt.Errorf("read installed limits: %w", ins.ShapingErr)
 	default:
 		self = reconcile.Key(ins.PublicKey)
 		held = fromPeers(ins.Configs)
 	}
-	return reconcile.PlanPeers(row, self, peers, quota, time.Now(), held), nil
+	fw, err := netctl.PlanFirewall(ctx, linkConfig(cfg, row))
+	if err != nil {
+		return PlanReport{}, fmt.Errorf("read firewall: %w", err)
+	}
+	return PlanReport{Peers: reconcile.PlanPeers(row, self, peers, quota, time.Now(), held), Firewall: fw}, nil
 }
 
 func fromPeers(ps []netctl.Peer) []reconcile.PeerConfig {
