@@ -53,10 +53,14 @@ func TestPlanChangesNothing(t *testing.T) {
 			PeerID string   `json:"peer_id"`
 			Fields []string `json:"fields"`
 		} `json:"changes"`
-		Unchanged int `json:"unchanged"`
+		Unchanged int            `json:"unchanged"`
+		Firewall  []planFirewall `json:"firewall"`
 	}
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("plan --json: %v\n%s", err, out)
+	}
+	if len(rep.Firewall) != 0 {
+		t.Errorf("plan with run's settings names firewall changes: %+v", rep.Firewall)
 	}
 	var sawAdd, sawLimit bool
 	for _, c := range rep.Changes {
@@ -72,6 +76,32 @@ func TestPlanChangesNothing(t *testing.T) {
 	if !sawAdd || !sawLimit {
 		t.Errorf("plan did not name the added peer (%v) and the changed limit (%v):\n%s", sawAdd, sawLimit, out)
 	}
+
+	// Client isolation turned off: forwarding between clients is the
+	// rule the chain lacks.
+	out = e.runCommand(t, "plan", "--json", "--client-isolation=false")
+	if now := kernelState(t, e); now != before {
+		t.Errorf("plan changed the kernel:\n--- before\n%s\n--- after\n%s", before, now)
+	}
+	var open struct {
+		Firewall []planFirewall `json:"firewall"`
+	}
+	if err := json.Unmarshal([]byte(out), &open); err != nil {
+		t.Fatalf("plan --json: %v\n%s", err, out)
+	}
+	rule := "-i " + e.iface + " -o " + e.iface + " -j ACCEPT"
+	if !slices.ContainsFunc(open.Firewall, func(f planFirewall) bool {
+		return f.Family == "ipv4" && f.Chain == "WAYLUME-FORWARD" && f.What == "rewrite" && slices.Contains(f.Missing, rule)
+	}) {
+		t.Errorf("plan without isolation does not name %q in WAYLUME-FORWARD:\n%s", rule, out)
+	}
+}
+
+type planFirewall struct {
+	Family  string   `json:"family"`
+	Chain   string   `json:"chain"`
+	What    string   `json:"what"`
+	Missing []string `json:"missing_rules"`
 }
 
 // runCommand runs a waylume-node subcommand in the node namespace with the
@@ -85,6 +115,8 @@ func (e *env) runCommand(t *testing.T, args ...string) string {
 		"WAYLUME_DATABASE_URL="+e.nodeURL,
 		"WAYLUME_NODE_ID="+e.nodeID,
 		"WAYLUME_INTERFACE="+e.iface,
+		"WAYLUME_EGRESS_INTERFACE="+e.uplink,
+		"WAYLUME_ALLOW_LOCAL=tcp/5201-5210", // as startNode runs the node
 		"WAYLUME_LOG_FORMAT=text",
 	)
 	var stderr strings.Builder

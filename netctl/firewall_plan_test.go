@@ -47,7 +47,9 @@ func TestPlanFirewall(t *testing.T) {
 		{Family: "ipv4", Table: "filter", Chain: chainForward, What: "hook", Have: 0, Want: 1},
 		{Family: "ipv4", Table: "nat", Chain: chainPost, What: "hook", Have: 2, Want: 1},
 	} {
-		if !slices.ContainsFunc(cs, func(c FirewallChange) bool { return c.Family == want.Family && c.Chain == want.Chain && c.What == want.What && c.Have == want.Have }) {
+		if !slices.ContainsFunc(cs, func(c FirewallChange) bool {
+			return c.Family == want.Family && c.Chain == want.Chain && c.What == want.What && c.Have == want.Have
+		}) {
 			t.Errorf("plan = %+v, want %+v", cs, want)
 		}
 	}

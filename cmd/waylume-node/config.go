@@ -71,6 +71,7 @@ const (
 	forNode
 	forHealth
 	forPeer
+	forPlan
 )
 
 type setting struct {
@@ -92,12 +93,12 @@ const (
 )
 
 func settings() []setting {
-	all := forRun | forMigrate | forCheck | forStatus | forNode | forHealth | forPeer
+	all := forRun | forMigrate | forCheck | forStatus | forNode | forHealth | forPeer | forPlan
 	return []setting{
 		{flag: "database-url", env: "WAYLUME_DATABASE_URL", def: "", scope: all &^ forHealth,
 			help: "Postgres URL (Supabase direct connection or session pooler)",
 			set:  func(c *Config, v string) error { c.DatabaseURL = v; return nil }},
-		{flag: "node-id", env: "WAYLUME_NODE_ID", def: "", scope: forRun | forCheck | forStatus,
+		{flag: "node-id", env: "WAYLUME_NODE_ID", def: "", scope: forRun | forCheck | forStatus | forPlan,
 			help: "waylume.nodes.id of this node (required for run)",
 			set:  func(c *Config, v string) error { c.NodeID = strings.ToLower(v); return nil }},
 		{flag: "supabase-url", env: "WAYLUME_SUPABASE_URL", def: "", scope: forRun | forCheck | forNode,
@@ -124,7 +125,7 @@ func settings() []setting {
 		{flag: "access-token-file", env: "WAYLUME_ACCESS_TOKEN_FILE", def: "", scope: forRun | forCheck,
 			help: "file holding the Realtime JWT instead of --access-token; reread every 30s, a new token is pushed to the live channel",
 			set:  func(c *Config, v string) error { c.AccessTokenFile = v; return nil }},
-		{flag: "interface", env: "WAYLUME_INTERFACE", def: defaultInterface, scope: forRun | forCheck | forStatus,
+		{flag: "interface", env: "WAYLUME_INTERFACE", def: defaultInterface, scope: forRun | forCheck | forStatus | forPlan,
 			help: "WireGuard interface name",
 			set:  func(c *Config, v string) error { c.Interface = v; return nil }},
 		{flag: "wg-mode", env: "WAYLUME_WG_MODE", def: "auto", scope: forRun | forCheck,
@@ -136,7 +137,7 @@ func settings() []setting {
 		{flag: "state-dir", env: "WAYLUME_STATE_DIR", def: "", scope: forRun,
 			help: "directory of the saved desired state, served when the database is unreachable at start (0600, holds preshared keys); empty = the private key file's directory",
 			set:  func(c *Config, v string) error { c.StateDir = v; return nil }},
-		{flag: "egress-interface", env: "WAYLUME_EGRESS_INTERFACE", def: "", scope: forRun | forCheck,
+		{flag: "egress-interface", env: "WAYLUME_EGRESS_INTERFACE", def: "", scope: forRun | forCheck | forPlan,
 			help: "NAT uplink interface (default: the default route's)",
 			set:  func(c *Config, v string) error { c.EgressInterface = v; return nil }},
 		{flag: "resync-interval", env: "WAYLUME_RESYNC_INTERVAL", def: "60s", scope: forRun,
@@ -154,16 +155,16 @@ func settings() []setting {
 		{flag: "log-format", env: "WAYLUME_LOG_FORMAT", def: "json", scope: all,
 			help: "json or text",
 			set:  func(c *Config, v string) error { c.LogFormat = strings.ToLower(v); return nil }},
-		{flag: "client-isolation", env: "WAYLUME_CLIENT_ISOLATION", def: "true", scope: forRun, bool: true,
+		{flag: "client-isolation", env: "WAYLUME_CLIENT_ISOLATION", def: "true", scope: forRun | forPlan, bool: true,
 			help: "block client-to-client traffic",
 			set:  func(c *Config, v string) (err error) { c.Isolation, err = parseBool(v); return err }},
-		{flag: "allow-private", env: "WAYLUME_ALLOW_PRIVATE", def: "", scope: forRun,
+		{flag: "allow-private", env: "WAYLUME_ALLOW_PRIVATE", def: "", scope: forRun | forPlan,
 			help: "comma-separated prefixes clients may reach although not global (e.g. 10.20.0.0/16,fd00:1::/48); by default only the internet",
 			set:  func(c *Config, v string) (err error) { c.AllowPrivate, err = parsePrefixes(v); return err }},
-		{flag: "allow-local", env: "WAYLUME_ALLOW_LOCAL", def: "", scope: forRun,
+		{flag: "allow-local", env: "WAYLUME_ALLOW_LOCAL", def: "", scope: forRun | forPlan,
 			help: "node ports clients may reach through the tunnel, e.g. udp/53,tcp/53 or tcp/8000-8100; by default none (ping is answered)",
 			set:  func(c *Config, v string) (err error) { c.AllowLocal, err = netctl.ParseServices(v); return err }},
-		{flag: "routed-subnets", env: "WAYLUME_ROUTED_SUBNETS", def: "", scope: forRun,
+		{flag: "routed-subnets", env: "WAYLUME_ROUTED_SUBNETS", def: "", scope: forRun | forPlan,
 			help: "comma-separated source prefixes, besides the pools, forwarded from the tunnel un-NATed (networks behind peers); other sources are dropped",
 			set:  func(c *Config, v string) (err error) { c.RoutedSubnets, err = parseRoutedSubnets(v); return err }},
 		{flag: "teardown-on-exit", env: "WAYLUME_TEARDOWN_ON_EXIT", def: "false", scope: forRun, bool: true,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 )
 
@@ -21,17 +22,30 @@ type planChange struct {
 	Reason string   `json:"reason,omitempty"`
 }
 
+// planFirewall is one firewall line of `plan --json`.
+type planFirewall struct {
+	Family  string   `json:"family"`
+	Table   string   `json:"table,omitempty"`
+	Chain   string   `json:"chain"`
+	What    string   `json:"what"`
+	Missing []string `json:"missing_rules,omitempty"`
+	Have    int      `json:"have_rules"`
+	Want    int      `json:"want_rules"`
+}
+
 type planReport struct {
-	Interface string       `json:"interface"`
-	Changes   []planChange `json:"changes"`
-	Unchanged int          `json:"unchanged"`
-	NotServed []planChange `json:"not_served"`
+	Interface string         `json:"interface"`
+	Changes   []planChange   `json:"changes"`
+	Unchanged int            `json:"unchanged"`
+	NotServed []planChange   `json:"not_served"`
+	Firewall  []planFirewall `json:"firewall"`
 }
 
 func (c *cli) planCmd(args []string) int {
-	fs := c.flagSet("plan", "", "Show what `run` would change in the kernel now (peers added, removed, updated, limits),\n"+
-		"changing nothing. Reads the node's rows (WAYLUME_DATABASE_URL, WAYLUME_NODE_ID) and the local interface.", forStatus)
-	cf := bindConfig(fs, forStatus)
+	fs := c.flagSet("plan", "", "Show what `run` would change in the kernel now (peers added, removed, updated, limits,\n"+
+		"firewall), changing nothing. Reads the node's rows (WAYLUME_DATABASE_URL, WAYLUME_NODE_ID), the\n"+
+		"local interface and chains, and the firewall settings `run` has.", forPlan)
+	cf := bindConfig(fs, forPlan)
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
 	cfg, code, ok := c.parse(fs, cf, args)
 	if !ok {
@@ -47,7 +61,9 @@ func (c *cli) planCmd(args []string) int {
 		fmt.Fprintf(c.stderr, "waylume-node plan: %v\n", err)
 		return exitFail
 	}
-	rep := planReport{Interface: cfg.Interface, Changes: planChanges(plan.Changes), Unchanged: plan.Unchanged, NotServed: planChanges(plan.NotServed)}
+	peers := plan.Peers
+	rep := planReport{Interface: cfg.Interface, Changes: planChanges(peers.Changes), Unchanged: peers.Unchanged,
+		NotServed: planChanges(peers.NotServed), Firewall: planFirewalls(plan.Firewall)}
 	if *asJSON {
 		enc := json.NewEncoder(c.stdout)
 		enc.SetIndent("", "  ")
@@ -70,6 +86,15 @@ func planChanges(cs []reconcile.Change) []planChange {
 	return out
 }
 
+func planFirewalls(cs []netctl.FirewallChange) []planFirewall {
+	out := make([]planFirewall, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, planFirewall{Family: c.Family, Table: c.Table, Chain: c.Chain, What: c.What,
+			Missing: c.Missing, Have: c.Have, Want: c.Want})
+	}
+	return out
+}
+
 func printPlan(w io.Writer, rep planReport) {
 	for _, ch := range rep.Changes {
 		fmt.Fprintf(w, "%-6s %s %s", ch.Op, orDash(ch.PeerID), shortKey(ch.Key))
@@ -84,5 +109,23 @@ func printPlan(w io.Writer, rep planReport) {
 	for _, ch := range rep.NotServed {
 		fmt.Fprintf(w, "skip   %s %s  %s: %s\n", ch.PeerID, shortKey(ch.Key), ch.State, ch.Reason)
 	}
-	fmt.Fprintf(w, "%d change(s), %d peer(s) unchanged, %d row(s) not served on %s\n", len(rep.Changes), rep.Unchanged, len(rep.NotServed), rep.Interface)
+	for _, f := range rep.Firewall {
+		printFirewall(w, f)
+	}
+	fmt.Fprintf(w, "%d change(s), %d peer(s) unchanged, %d row(s) not served, %d firewall change(s) on %s\n",
+		len(rep.Changes), rep.Unchanged, len(rep.NotServed), len(rep.Firewall), rep.Interface)
+}
+
+func printFirewall(w io.Writer, f planFirewall) {
+	switch f.What {
+	case "forwarding":
+		fmt.Fprintf(w, "sysctl %s 0 -> 1\n", f.Chain)
+	case "hook":
+		fmt.Fprintf(w, "hook   %s %s %s: %d jump(s) -> 1\n", f.Family, f.Table, f.Chain, f.Have)
+	default:
+		fmt.Fprintf(w, "%-6s %s %s %s: %d rule(s) -> %d\n", f.What, f.Family, f.Table, f.Chain, f.Have, f.Want)
+		for _, r := range f.Missing {
+			fmt.Fprintf(w, "         + %s\n", r)
+		}
+	}
 }
