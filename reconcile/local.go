@@ -20,7 +20,8 @@ package reconcile
 //     database's; a peer the saved rows put on the device that the
 //     database no longer gives this node is forgotten without a final
 //     flush, as a restart that found its key unclaimed would remove it
-//     (endLocal).
+//     (endLocal); a row that claims that key now is adopted with it as at
+//     a start, so counters billed under the old id are not billed again.
 //   - On a device that outlived the process (same epoch), a saved row
 //     whose key the device does not hold is not applied while offline:
 //     the previous process may have removed it after its last save, and
@@ -165,7 +166,7 @@ func (r *Reconciler) Restore(ctx context.Context, s *LocalState) (err error) {
 	}
 	epoch := r.cfg.DataPlane.Epoch()
 	r.restoreAccounting(s, epoch)
-	if err := r.adoptLocked(ctx); err != nil {
+	if err := r.adoptLocked(ctx, nil); err != nil {
 		return err
 	}
 	if s.Epoch != "" && s.Epoch == epoch {
@@ -224,16 +225,23 @@ func (r *Reconciler) forgetSaved() {
 
 // endLocal runs when the first snapshot after Restore has replaced the
 // rows: peers no row of the database claims are forgotten (the full
-// converge that follows removes them from the device).
-func (r *Reconciler) endLocal() {
+// converge that follows removes them from the device). It returns the keys
+// those peers held on the device, for adoption by the rows that claim them
+// now.
+func (r *Reconciler) endLocal() map[Key]bool {
 	if !r.local {
-		return
+		return nil
 	}
+	var freed map[Key]bool
 	for id, ps := range r.peers {
 		if _, ok := r.rows[id]; ok {
 			continue
 		}
 		if ps.inPlane {
+			if freed == nil {
+				freed = map[Key]bool{}
+			}
+			freed[ps.key] = true
 			r.setPlane(ps, false, ps.key)
 		}
 		delete(r.peers, id)
@@ -243,6 +251,7 @@ func (r *Reconciler) endLocal() {
 	r.local = false
 	r.serving.Set(0)
 	r.log.Info("control plane reached; its rows replace the saved state")
+	return freed
 }
 
 // refreshLocal reads the counters while serving from local state, when no

@@ -123,9 +123,12 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 			r.dropRow(id)
 		}
 	}
-	r.endLocal()
+	freed := r.endLocal()
 	if !r.adopted {
-		if err := r.adoptLocked(ctx); err != nil {
+		freed = nil // adopt everything
+	}
+	if !r.adopted || len(freed) > 0 {
+		if err := r.adoptLocked(ctx, freed); err != nil {
 			return err
 		}
 	}
@@ -139,8 +142,11 @@ func (r *Reconciler) resyncLocked(ctx context.Context) error {
 // are left to the full sync to remove: a row deleted while the node was
 // down maps no key to a peer id any more, so their last bytes cannot be
 // attributed to anyone. A key adopted by a row without a status row takes
-// its current counters as baseline.
-func (r *Reconciler) adoptLocked(ctx context.Context) error {
+// its current counters as baseline. With only, just those keys are
+// adopted: keys the saved state held under rows the database no longer has
+// (endLocal), which a row re-created with the same key claims as it would
+// at a start.
+func (r *Reconciler) adoptLocked(ctx context.Context, only map[Key]bool) error {
 	st, err := r.stats(ctx)
 	if err != nil {
 		return fmt.Errorf("adopt: read data plane: %w", err)
@@ -173,7 +179,7 @@ func (r *Reconciler) adoptLocked(ctx context.Context) error {
 	for _, id := range ids {
 		d := dec[id]
 		s, ok := inKernel[d.key]
-		if !d.keyOK || !ok || taken[d.key] {
+		if !d.keyOK || !ok || taken[d.key] || (only != nil && !only[d.key]) {
 			continue
 		}
 		taken[d.key] = true
@@ -188,7 +194,9 @@ func (r *Reconciler) adoptLocked(ctx context.Context) error {
 			ps.com.RxBaseline, ps.com.TxBaseline, ps.com.CounterEpoch = s.RxBytes, s.TxBytes, r.epoch
 		}
 	}
-	r.adopted = true
+	if only == nil {
+		r.adopted = true
+	}
 	return nil
 }
 
