@@ -237,14 +237,14 @@ func checkDatabaseTLS(dbURL string) checkResult {
 		return fail("database_tls", "connection string does not parse", "see the database line")
 	}
 	r := pass("database_tls", "")
-	switch databaseTLS(pc) {
-	case tlsLocal:
+	switch supabase.DatabaseTLS(pc) {
+	case supabase.TLSLocal:
 		r.Detail = "local connection (loopback or unix socket): no TLS needed"
-	case tlsVerifyFull:
+	case supabase.TLSVerifyFull:
 		r.Detail = "sslmode=verify-full: certificate and host name verified"
-	case tlsOff:
+	case supabase.TLSOff:
 		return fail("database_tls", "a remote host may be reached in plain text", fix)
-	case tlsVerifyCA:
+	case supabase.TLSVerifyCA:
 		r.Warn, r.Fix = true, fix
 		r.Detail = "sslmode=verify-ca: the certificate chain is verified, the host name is not"
 	default:

@@ -6,7 +6,6 @@ package main
 // a setting cannot exist in one place and be missing from another.
 
 import (
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,9 +18,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/waylume/waylume-node/netctl"
+	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/auth"
 )
 
@@ -255,7 +253,7 @@ func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) 
 		c.AuthPassword = pw
 	}
 	if c.RealtimeURL == "" && c.SupabaseURL != "" && cf.scope&(forRun|forCheck) != 0 {
-		c.RealtimeURL = realtimeURLOf(c.SupabaseURL)
+		c.RealtimeURL = supabase.RealtimeURL(c.SupabaseURL)
 	}
 	// A legacy anon key is a JWT and may stand in for the token; an sb_
 	// key never is one.
@@ -263,24 +261,6 @@ func (cf *configFlags) load(getenv func(string) (string, bool)) (Config, error) 
 		c.AccessToken = c.SupabaseKey
 	}
 	return c, nil
-}
-
-// realtimeURLOf is the project's Realtime websocket: https://<ref>.supabase.co
-// becomes wss://<ref>.supabase.co/realtime/v1/websocket. An unparsable URL
-// gives "", which Validate reports as the project URL's fault.
-func realtimeURLOf(project string) string {
-	u, err := url.Parse(project)
-	if err != nil || u.Host == "" {
-		return ""
-	}
-	switch u.Scheme {
-	case "https":
-		u.Scheme = "wss"
-	case "http":
-		u.Scheme = "ws"
-	}
-	u.Path = strings.TrimRight(u.Path, "/") + "/realtime/v1/websocket"
-	return u.String()
 }
 
 // requireFor marks the settings a subcommand cannot do without.
@@ -309,7 +289,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.DatabaseURL != "" {
-		if err := checkDatabaseURL(c.DatabaseURL); err != nil {
+		if err := supabase.CheckDatabaseURL(c.DatabaseURL); err != nil {
 			return settingErr(byFlag["database-url"], "%v", err)
 		}
 	}
@@ -465,92 +445,6 @@ func parseRoutedSubnets(v string) ([]netip.Prefix, error) {
 		}
 	}
 	return ps, nil
-}
-
-// checkDatabaseURL never echoes the URL: it may carry a password.
-func checkDatabaseURL(v string) error {
-	if strings.HasPrefix(v, "postgres://") || strings.HasPrefix(v, "postgresql://") {
-		u, err := url.Parse(v)
-		if err != nil {
-			// url's message quotes the bad part, which may be the password.
-			return errors.New("bad URL: cannot parse it (percent-encode special characters in the password)")
-		}
-		if u.Host == "" && u.Query().Get("host") == "" {
-			return errors.New("bad URL: no host (want postgres://user:pass@host:5432/db)")
-		}
-	} else if !strings.Contains(v, "=") {
-		return errors.New("bad URL: want postgres://user:pass@host:5432/db or key=value pairs")
-	}
-	pc, err := pgconn.ParseConfig(v)
-	if err != nil {
-		return errors.New("bad URL: not a valid Postgres connection string")
-	}
-	if databaseTLS(pc) == tlsOff {
-		return errSSLMode
-	}
-	return nil
-}
-
-// errSSLMode: pgx's default sslmode (prefer) verifies nothing and falls back
-// to plain text, so anyone on the path reads the node's rows and password.
-var errSSLMode = errors.New("a database host that is not loopback or a unix socket needs sslmode=require, verify-ca or verify-full: " +
-	"add ?sslmode=verify-full&sslrootcert=/path/to/ca.crt (Supabase: the project's CA certificate from the dashboard) or at least sslmode=require")
-
-// tlsLevel is what a connection string promises about TLS for the hosts
-// that are not local, read from the connection settings pgconn derived
-// (URL, key=value and PG* environment variables alike).
-type tlsLevel int
-
-const (
-	tlsLocal      tlsLevel = iota // every host is loopback or a unix socket
-	tlsOff                        // some remote host may be reached in plain text (disable, allow, prefer)
-	tlsNoVerify                   // encrypted, server not verified (require)
-	tlsVerifyCA                   // certificate chain verified, host name not (verify-ca)
-	tlsVerifyFull                 // chain and host name verified (verify-full)
-)
-
-// databaseTLS returns the weakest TLS of any remote host among pc's
-// attempts: pgconn lists a plain-text fallback as a separate attempt.
-func databaseTLS(pc *pgconn.Config) tlsLevel {
-	type attempt struct {
-		host string
-		tls  *tls.Config
-	}
-	all := []attempt{{pc.Host, pc.TLSConfig}}
-	for _, f := range pc.Fallbacks {
-		all = append(all, attempt{f.Host, f.TLSConfig})
-	}
-	level := tlsLocal
-	for _, a := range all {
-		if localHost(a.host) {
-			continue
-		}
-		var l tlsLevel
-		switch {
-		case a.tls == nil:
-			l = tlsOff
-		case !a.tls.InsecureSkipVerify:
-			l = tlsVerifyFull
-		case a.tls.VerifyPeerCertificate != nil:
-			l = tlsVerifyCA
-		default:
-			l = tlsNoVerify
-		}
-		if level == tlsLocal || l < level {
-			level = l
-		}
-	}
-	return level
-}
-
-// localHost: a unix socket directory or a loopback address, where there is
-// no path to be on.
-func localHost(h string) bool {
-	if strings.HasPrefix(h, "/") || strings.EqualFold(h, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(strings.Trim(h, "[]"))
-	return ip != nil && ip.IsLoopback()
 }
 
 func checkRealtimeURL(v string) error {
