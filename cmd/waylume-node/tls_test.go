@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/waylume/waylume-node/internal/dbfix"
+	"github.com/waylume/waylume-node/internal/preflight"
 )
 
 // A remote database URL without TLS is refused before connecting, by every
@@ -44,7 +45,7 @@ func TestCheckWarnsUnlessVerifyFull(t *testing.T) {
 		{"postgres://u@192.0.2.1/x?sslmode=verify-full&sslrootcert=" + ca, "ok"},
 		{"postgres://u@/x?host=/nonexistent", "ok"},
 	} {
-		r := checkDatabaseTLS(tc.url)
+		r := preflight.DatabaseTLS(tc.url)
 		if !r.OK {
 			t.Errorf("%s: %+v is a failure", tc.url, r)
 		}
