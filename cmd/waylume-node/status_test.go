@@ -16,6 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/waylume/waylume-node/internal/pgtest"
+	"github.com/waylume/waylume-node/internal/status"
 	"github.com/waylume/waylume-node/migrations"
 )
 
@@ -180,7 +181,7 @@ func TestStatusReadsKernelAndRows(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("status: code %d: %s", code, stderr)
 	}
-	var rep statusReport
+	var rep status.Report
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -190,7 +191,7 @@ func TestStatusReadsKernelAndRows(t *testing.T) {
 	if len(rep.Peers) != 3 {
 		t.Fatalf("want 3 peers, got %+v", rep.Peers)
 	}
-	byKey := map[string]statusPeer{}
+	byKey := map[string]status.Peer{}
 	for _, p := range rep.Peers {
 		byKey[p.PublicKey] = p
 	}
