@@ -6,18 +6,15 @@ package main
 // a setting cannot exist in one place and be missing from another.
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"net/url"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/waylume/waylume-node/internal/parse"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/auth"
@@ -140,10 +137,10 @@ func settings() []setting {
 			set:  func(c *Config, v string) error { c.EgressInterface = v; return nil }},
 		{flag: "resync-interval", env: "WAYLUME_RESYNC_INTERVAL", def: "60s", scope: forRun,
 			help: "full reconcile period",
-			set:  func(c *Config, v string) (err error) { c.ResyncInterval, err = parseInterval(v); return err }},
+			set:  func(c *Config, v string) (err error) { c.ResyncInterval, err = parse.Interval(v); return err }},
 		{flag: "usage-interval", env: "WAYLUME_USAGE_INTERVAL", def: "60s", scope: forRun,
 			help: "usage flush period",
-			set:  func(c *Config, v string) (err error) { c.UsageInterval, err = parseInterval(v); return err }},
+			set:  func(c *Config, v string) (err error) { c.UsageInterval, err = parse.Interval(v); return err }},
 		{flag: "metrics-addr", env: "WAYLUME_METRICS_ADDR", def: defaultMetricsAddr, scope: forRun | forHealth,
 			help: "listen address for /metrics, /healthz, /readyz; empty disables",
 			set:  func(c *Config, v string) error { c.MetricsAddr = v; return nil }},
@@ -155,19 +152,19 @@ func settings() []setting {
 			set:  func(c *Config, v string) error { c.LogFormat = strings.ToLower(v); return nil }},
 		{flag: "client-isolation", env: "WAYLUME_CLIENT_ISOLATION", def: "true", scope: forRun | forPlan, bool: true,
 			help: "block client-to-client traffic",
-			set:  func(c *Config, v string) (err error) { c.Isolation, err = parseBool(v); return err }},
+			set:  func(c *Config, v string) (err error) { c.Isolation, err = parse.Bool(v); return err }},
 		{flag: "allow-private", env: "WAYLUME_ALLOW_PRIVATE", def: "", scope: forRun | forPlan,
 			help: "comma-separated prefixes clients may reach although not global (e.g. 10.20.0.0/16,fd00:1::/48); by default only the internet",
-			set:  func(c *Config, v string) (err error) { c.AllowPrivate, err = parsePrefixes(v); return err }},
+			set:  func(c *Config, v string) (err error) { c.AllowPrivate, err = parse.Prefixes(v); return err }},
 		{flag: "allow-local", env: "WAYLUME_ALLOW_LOCAL", def: "", scope: forRun | forPlan,
 			help: "node ports clients may reach through the tunnel, e.g. udp/53,tcp/53 or tcp/8000-8100; by default none (ping is answered)",
 			set:  func(c *Config, v string) (err error) { c.AllowLocal, err = netctl.ParseServices(v); return err }},
 		{flag: "routed-subnets", env: "WAYLUME_ROUTED_SUBNETS", def: "", scope: forRun | forPlan,
 			help: "comma-separated source prefixes, besides the pools, forwarded from the tunnel un-NATed (networks behind peers); other sources are dropped",
-			set:  func(c *Config, v string) (err error) { c.RoutedSubnets, err = parseRoutedSubnets(v); return err }},
+			set:  func(c *Config, v string) (err error) { c.RoutedSubnets, err = parse.RoutedSubnets(v); return err }},
 		{flag: "teardown-on-exit", env: "WAYLUME_TEARDOWN_ON_EXIT", def: "false", scope: forRun, bool: true,
 			help: "on exit remove the interface, tc and firewall chains (default: leave peers up so sessions survive a restart)",
-			set:  func(c *Config, v string) (err error) { c.TeardownOnExit, err = parseBool(v); return err }},
+			set:  func(c *Config, v string) (err error) { c.TeardownOnExit, err = parse.Bool(v); return err }},
 	}
 }
 
@@ -293,7 +290,7 @@ func (c Config) Validate() error {
 			return settingErr(byFlag["database-url"], "%v", err)
 		}
 	}
-	if c.NodeID != "" && !uuidRE.MatchString(c.NodeID) {
+	if c.NodeID != "" && !parse.IsUUID(c.NodeID) {
 		return settingErr(byFlag["node-id"], "not a UUID (waylume.nodes.id)")
 	}
 	if err := c.validateIdentity(byFlag); err != nil {
@@ -304,11 +301,11 @@ func (c Config) Validate() error {
 	default:
 		return settingErr(byFlag["realtime-mode"], "unknown mode %q: want broadcast or postgres_changes", c.RealtimeMode)
 	}
-	if err := checkIfname(c.Interface); err != nil {
+	if err := parse.CheckIfname(c.Interface); err != nil {
 		return settingErr(byFlag["interface"], "%v", err)
 	}
 	if c.EgressInterface != "" {
-		if err := checkIfname(c.EgressInterface); err != nil {
+		if err := parse.CheckIfname(c.EgressInterface); err != nil {
 			return settingErr(byFlag["egress-interface"], "%v", err)
 		}
 	}
@@ -318,7 +315,7 @@ func (c Config) Validate() error {
 		return settingErr(byFlag["wg-mode"], "unknown mode %q: want auto, kernel or userspace", c.WGMode)
 	}
 	if c.MetricsAddr != "" {
-		if err := checkListenAddr(c.MetricsAddr); err != nil {
+		if err := parse.CheckListenAddr(c.MetricsAddr); err != nil {
 			return settingErr(byFlag["metrics-addr"], "%v", err)
 		}
 	}
@@ -345,7 +342,7 @@ func (c Config) validateIdentity(byFlag map[string]setting) error {
 		}
 	}
 	if c.RealtimeURL != "" {
-		if err := checkRealtimeURL(c.RealtimeURL); err != nil {
+		if err := parse.CheckWebsocketURL(c.RealtimeURL); err != nil {
 			return settingErr(byFlag["realtime-url"], "%v", err)
 		}
 		if c.SupabaseKey == "" && c.SupabaseURL != "" {
@@ -384,106 +381,6 @@ func fieldOf(c *Config, flag string) string {
 		return c.Interface
 	}
 	return ""
-}
-
-var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-// minInterval keeps a typo ("60ms") from hammering the database.
-const minInterval = time.Second
-
-func parseInterval(v string) (time.Duration, error) {
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		return 0, fmt.Errorf("bad duration %q: want e.g. 30s, 5m", v)
-	}
-	if d < minInterval {
-		return 0, fmt.Errorf("duration %s is below the minimum %s", d, minInterval)
-	}
-	return d, nil
-}
-
-func parseBool(v string) (bool, error) {
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, fmt.Errorf("bad boolean %q: want true or false", v)
-	}
-	return b, nil
-}
-
-// parsePrefixes parses a comma-separated list of network prefixes; "" is
-// none. An address with host bits set is refused, not silently masked: it
-// is more likely a typo than meant.
-func parsePrefixes(v string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, f := range strings.Split(v, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(f)
-		if err != nil {
-			return nil, fmt.Errorf("bad prefix %q: want e.g. 10.20.0.0/16 or fd00:1::/48", f)
-		}
-		if p != p.Masked() {
-			return nil, fmt.Errorf("prefix %q has host bits set: did you mean %v?", f, p.Masked())
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// parseRoutedSubnets is parsePrefixes refusing a default route: forwarding
-// every source un-NATed is the spoofing the setting exists to prevent.
-func parseRoutedSubnets(v string) ([]netip.Prefix, error) {
-	ps, err := parsePrefixes(v)
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range ps {
-		if p.Bits() == 0 {
-			return nil, fmt.Errorf("prefix %v would forward any source un-NATed: name the routed networks", p)
-		}
-	}
-	return ps, nil
-}
-
-func checkRealtimeURL(v string) error {
-	u, err := url.Parse(v)
-	if err != nil {
-		return errors.New("bad URL")
-	}
-	switch u.Scheme {
-	case "ws", "wss", "http", "https":
-	default:
-		return fmt.Errorf("bad URL scheme %q: want wss:// (or ws://)", u.Scheme)
-	}
-	if u.Host == "" {
-		return errors.New("bad URL: no host")
-	}
-	return nil
-}
-
-var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
-
-func checkIfname(v string) error {
-	if !ifnameRE.MatchString(v) || v == "." || v == ".." {
-		return fmt.Errorf("bad interface name %q: 1-15 letters, digits, '-', '_' or '.'", v)
-	}
-	return nil
-}
-
-func checkListenAddr(v string) error {
-	host, port, err := net.SplitHostPort(v)
-	if err != nil {
-		return fmt.Errorf("bad address %q: want host:port, e.g. 127.0.0.1:9586", v)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("bad port %q in %q", port, v)
-	}
-	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
-		return fmt.Errorf("bad host %q in %q: want an IP address", host, v)
-	}
-	return nil
 }
 
 // printSettings writes the settings table of a scope for --help.

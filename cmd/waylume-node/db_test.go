@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/waylume/waylume-node/internal/parse"
 	"github.com/waylume/waylume-node/internal/pgtest"
 	"github.com/waylume/waylume-node/migrations"
 )
@@ -75,7 +76,7 @@ func TestMigrateNodeCreateAndCheck(t *testing.T) {
 		t.Fatalf("node create: code %d: %s", code, stderr)
 	}
 	nodeID := strings.TrimSpace(out)
-	if !uuidRE.MatchString(nodeID) {
+	if !parse.IsUUID(nodeID) {
 		t.Fatalf("node create printed %q, want a UUID", out)
 	}
 	role := "waylume_node_" + strings.ReplaceAll(nodeID, "-", "")

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/waylume/waylume-node/internal/parse"
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/auth"
@@ -170,7 +171,7 @@ func (c *cli) nodeLogin(args []string) int {
 	if !c.validate(&cfg, "database-url") {
 		return exitConfig
 	}
-	if !uuidRE.MatchString(strings.ToLower(*nodeID)) {
+	if !parse.IsUUID(strings.ToLower(*nodeID)) {
 		fmt.Fprintln(c.stderr, "waylume-node: invalid --node-id: not a UUID (waylume.nodes.id)")
 		return exitConfig
 	}

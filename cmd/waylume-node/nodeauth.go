@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/waylume/waylume-node/internal/parse"
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/auth"
@@ -92,7 +93,7 @@ func (c *cli) nodeAuth(args []string) int {
 		return code
 	}
 	id := strings.ToLower(*nodeID)
-	if !uuidRE.MatchString(id) {
+	if !parse.IsUUID(id) {
 		fmt.Fprintln(c.stderr, "waylume-node: invalid --node-id: not a UUID (waylume.nodes.id)")
 		return exitConfig
 	}
@@ -131,7 +132,7 @@ func (c *cli) nodeRevoke(args []string) int {
 		return exitConfig
 	}
 	id := strings.ToLower(*nodeID)
-	if !uuidRE.MatchString(id) {
+	if !parse.IsUUID(id) {
 		fmt.Fprintln(c.stderr, "waylume-node: invalid --node-id: not a UUID (waylume.nodes.id)")
 		return exitConfig
 	}

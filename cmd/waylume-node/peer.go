@@ -16,6 +16,7 @@ import (
 	qr "github.com/piglig/go-qr"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/waylume/waylume-node/internal/parse"
 	"github.com/waylume/waylume-node/migrations"
 	"github.com/waylume/waylume-node/supabase"
 )
@@ -110,7 +111,7 @@ func parseWithID(fs interface {
 	if extra := fs.Args(); len(extra) > 0 {
 		return "", fmt.Errorf("unexpected argument %q", extra[0])
 	}
-	if !uuidRE.MatchString(id) {
+	if !parse.IsUUID(id) {
 		return "", errors.New("the peer id is not a UUID (waylume.peers.id)")
 	}
 	return id, nil

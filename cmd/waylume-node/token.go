@@ -20,6 +20,7 @@ import (
 
 	"github.com/waylume/waylume-node/internal/jwt"
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/internal/parse"
 	"github.com/waylume/waylume-node/supabase/auth"
 )
 
@@ -65,7 +66,7 @@ func (c *cli) tokenCmd(args []string) int {
 	case *f.nodeID == "":
 		fmt.Fprintln(c.stderr, "waylume-node: missing --node-id (WAYLUME_NODE_ID): required")
 		return exitConfig
-	case !uuidRE.MatchString(*f.nodeID):
+	case !parse.IsUUID(*f.nodeID):
 		fmt.Fprintln(c.stderr, "waylume-node: invalid --node-id (WAYLUME_NODE_ID): not a UUID (waylume.nodes.id)")
 		return exitConfig
 	case *f.ttl <= 0:
