@@ -37,8 +37,7 @@ func (c *cli) migrateCmd(args []string) int {
 	defer cancel()
 	conn, err := supabase.Connect(ctx, cfg.DatabaseURL)
 	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node migrate: %s\n", oneLine(err.Error()))
-		return exitFail
+		return c.fail("migrate", err)
 	}
 	defer conn.Close(context.Background())
 	applied, err := migrations.Apply(ctx, conn)
@@ -46,8 +45,7 @@ func (c *cli) migrateCmd(args []string) int {
 		fmt.Fprintf(c.stdout, "applied %s\n", v)
 	}
 	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node migrate: %s\n", oneLine(err.Error()))
-		return exitFail
+		return c.fail("migrate", err)
 	}
 	if len(applied) == 0 {
 		fmt.Fprintln(c.stdout, "up to date")

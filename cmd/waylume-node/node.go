@@ -1,22 +1,18 @@
 package main
 
-// Operator commands for node rows and their credentials. The SQL lives
-// with the schema (migrations.CreateNode, CreateNodeLogin, RevokeNode),
-// the Auth calls in supabase/auth; this is flags, files and output
-// (nodeauth.go: Auth users and revocation).
+// Operator commands for node rows and their credentials: flags and output
+// around package provision (nodeauth.go: Auth users and revocation).
 
 import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/waylume/waylume-node/internal/parse"
+	"github.com/waylume/waylume-node/internal/provision"
 	"github.com/waylume/waylume-node/migrations"
-	"github.com/waylume/waylume-node/supabase"
-	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 func (c *cli) nodeCmd(args []string) int {
@@ -113,48 +109,29 @@ func (c *cli) nodeCreate(args []string) int {
 	if !c.validate(&cfg, "database-url") {
 		return exitConfig
 	}
-	spec, err := nf.spec()
+	n := provision.Node{LoginPasswordFile: *pwFile}
+	var err error
+	if n.Spec, err = nf.spec(); err == nil && *af.email != "" {
+		n.Auth, err = c.authUser(cfg, af)
+	}
 	if err != nil {
 		fmt.Fprintf(c.stderr, "waylume-node: %s\n", err)
 		return exitConfig
 	}
-	var admin *auth.Client
-	if *af.email != "" {
-		if admin, err = c.authAdmin(cfg, af); err != nil {
-			fmt.Fprintf(c.stderr, "waylume-node: %s\n", err)
-			return exitConfig
-		}
-	}
 	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 	defer cancel()
-	conn, err := supabase.Connect(ctx, cfg.DatabaseURL)
+	made, err := provision.Create(ctx, cfg.DatabaseURL, n)
+	if made.ID != "" {
+		fmt.Fprintln(c.stdout, made.ID)
+	}
+	if made.Login != "" {
+		fmt.Fprintf(c.stderr, "login role %s; password in %s\n", made.Login, *pwFile)
+	}
 	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node create: %s\n", oneLine(err.Error()))
-		return exitFail
+		return c.fail("node create", err)
 	}
-	defer conn.Close(context.Background())
-	id, err := migrations.CreateNode(ctx, conn, spec)
-	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node create: %s\n", oneLine(err.Error()))
-		return exitFail
-	}
-	fmt.Fprintln(c.stdout, id)
-	if *pwFile != "" {
-		role, pw, err := migrations.CreateNodeLogin(ctx, conn, id)
-		if err == nil {
-			err = writePassword(*pwFile, pw)
-		}
-		if err != nil {
-			fmt.Fprintf(c.stderr, "waylume-node node create: node %s created, login role failed: %s\n", id, oneLine(err.Error()))
-			return exitFail
-		}
-		fmt.Fprintf(c.stderr, "login role %s; password in %s\n", role, *pwFile)
-	}
-	if admin != nil {
-		if err := c.provisionAuth(ctx, admin, cfg, af, id); err != nil {
-			fmt.Fprintf(c.stderr, "waylume-node node create: node %s created, Auth user failed: %s\n", id, oneLine(err.Error()))
-			return exitFail
-		}
+	if made.User != nil {
+		c.userMade(cfg, made.ID, *made.User)
 	}
 	return exitOK
 }
@@ -177,33 +154,20 @@ func (c *cli) nodeLogin(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 	defer cancel()
-	conn, err := supabase.Connect(ctx, cfg.DatabaseURL)
+	login, err := provision.NewLogin(ctx, cfg.DatabaseURL, strings.ToLower(*nodeID), *pwFile)
 	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node login: %s\n", oneLine(err.Error()))
-		return exitFail
+		return c.fail("node login", err)
 	}
-	defer conn.Close(context.Background())
-	role, pw, err := migrations.CreateNodeLogin(ctx, conn, strings.ToLower(*nodeID))
-	if err == nil && *pwFile != "" {
-		err = writePassword(*pwFile, pw)
-	}
-	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node login: %s\n", oneLine(err.Error()))
-		return exitFail
-	}
-	fmt.Fprintln(c.stdout, role)
+	fmt.Fprintln(c.stdout, login.Role)
 	if *pwFile == "" {
-		fmt.Fprintln(c.stdout, pw)
+		fmt.Fprintln(c.stdout, login.Password)
 		fmt.Fprintln(c.stderr, "line 2 is the password: store it now (the node's WAYLUME_DATABASE_URL); it is kept nowhere else")
 	}
 	return exitOK
 }
 
-// writePassword puts a generated password in its file, readable by the
-// owner only: it is printed nowhere else.
-func writePassword(path, password string) error {
-	if err := os.WriteFile(path, []byte(password+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write password file: %w", err)
-	}
-	return nil
+// fail prints a subcommand's failure as its one line: exit 1.
+func (c *cli) fail(name string, err error) int {
+	fmt.Fprintf(c.stderr, "waylume-node %s: %s\n", name, oneLine(err.Error()))
+	return exitFail
 }

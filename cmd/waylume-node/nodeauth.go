@@ -8,8 +8,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/parse"
-	"github.com/waylume/waylume-node/migrations"
-	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/internal/provision"
 	"github.com/waylume/waylume-node/supabase/auth"
 )
 
@@ -57,30 +56,22 @@ func (c *cli) authAdmin(cfg Config, af authFlags) (*auth.Client, error) {
 	return auth.NewClient(cfg.SupabaseURL, key, nil)
 }
 
-// provisionAuth makes node id's Auth user and writes its password file and
-// the node's env file. Only their paths are printed.
-func (c *cli) provisionAuth(ctx context.Context, admin *auth.Client, cfg Config, af authFlags, id string) error {
-	pwFile := *af.pwFile
-	if pwFile == "" {
-		pwFile = *af.envFile + ".password"
-	}
-	user, password, err := admin.CreateNodeUser(ctx, id, *af.email)
+// authUser is the Auth user node create or node auth asks for.
+func (c *cli) authUser(cfg Config, af authFlags) (*provision.AuthUser, error) {
+	admin, err := c.authAdmin(cfg, af)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := writePassword(pwFile, password); err != nil {
-		return err
-	}
-	settings := auth.NodeSettings{NodeID: id, UserID: user.ID, ProjectURL: cfg.SupabaseURL, APIKey: cfg.SupabaseKey,
-		Email: *af.email, PasswordFile: pwFile}
-	if err := settings.WriteEnvFile(*af.envFile); err != nil {
-		return err
-	}
+	return &provision.AuthUser{Admin: admin, Email: *af.email, EnvFile: *af.envFile, PasswordFile: *af.pwFile,
+		ProjectURL: cfg.SupabaseURL, APIKey: cfg.SupabaseKey}, nil
+}
+
+// userMade says where an Auth user's settings went: only their paths.
+func (c *cli) userMade(cfg Config, id string, u provision.User) {
 	if cfg.SupabaseKey == "" {
 		fmt.Fprintln(c.stderr, "note: no WAYLUME_SUPABASE_KEY given: add the publishable key to the env file")
 	}
-	fmt.Fprintf(c.stderr, "Auth user %s for node %s; settings in %s, password in %s\n", user.ID, id, *af.envFile, pwFile)
-	return nil
+	fmt.Fprintf(c.stderr, "Auth user %s for node %s; settings in %s, password in %s\n", u.ID, id, u.EnvFile, u.PasswordFile)
 }
 
 func (c *cli) nodeAuth(args []string) int {
@@ -101,17 +92,18 @@ func (c *cli) nodeAuth(args []string) int {
 		fmt.Fprintln(c.stderr, "waylume-node: missing --auth-email: required")
 		return exitConfig
 	}
-	admin, err := c.authAdmin(cfg, af)
+	a, err := c.authUser(cfg, af)
 	if err != nil {
 		fmt.Fprintf(c.stderr, "waylume-node: %s\n", err)
 		return exitConfig
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 	defer cancel()
-	if err := c.provisionAuth(ctx, admin, cfg, af, id); err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node auth: %s\n", oneLine(err.Error()))
-		return exitFail
+	u, err := provision.NewUser(ctx, id, *a)
+	if err != nil {
+		return c.fail("node auth", err)
 	}
+	c.userMade(cfg, id, u)
 	fmt.Fprintln(c.stdout, id)
 	return exitOK
 }
@@ -146,30 +138,18 @@ func (c *cli) nodeRevoke(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 60*time.Second)
 	defer cancel()
-	conn, err := supabase.Connect(ctx, cfg.DatabaseURL)
-	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node revoke: %s\n", oneLine(err.Error()))
-		return exitFail
-	}
-	defer conn.Close(context.Background())
-	said, err := migrations.RevokeNode(ctx, conn, id)
-	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node revoke: %s\n", oneLine(err.Error()))
-		return exitFail
-	}
-	for _, l := range said {
+	done, err := provision.Revoke(ctx, cfg.DatabaseURL, id, admin, *ban)
+	for _, l := range done.Said {
 		fmt.Fprintln(c.stdout, l)
+	}
+	if err != nil {
+		return c.fail("node revoke", err)
 	}
 	if admin == nil {
 		fmt.Fprintln(c.stdout, "Auth users not touched through the Admin API: no secret key given")
 		return exitOK
 	}
-	ids, err := admin.RevokeNodeUsers(ctx, id, *ban)
-	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node node revoke: database side done; Auth users: %s\n", oneLine(err.Error()))
-		return exitFail
-	}
 	verb := map[bool]string{true: "banned", false: "deleted"}[*ban]
-	fmt.Fprintf(c.stdout, "%d Auth user(s) %s through the Admin API %v\n", len(ids), verb, ids)
+	fmt.Fprintf(c.stdout, "%d Auth user(s) %s through the Admin API %v\n", len(done.Users), verb, done.Users)
 	return exitOK
 }

@@ -17,8 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/waylume/waylume-node/internal/parse"
-	"github.com/waylume/waylume-node/migrations"
-	"github.com/waylume/waylume-node/supabase"
+	"github.com/waylume/waylume-node/internal/provision"
 )
 
 const peerUsage = `Usage:
@@ -72,10 +71,11 @@ func (c *cli) peerConfig(args []string) int {
 		}
 		key = &k
 	}
-	conf, err := c.fetchClientConfig(cfg.DatabaseURL, id, key)
+	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer cancel()
+	conf, err := provision.ClientConfig(ctx, cfg.DatabaseURL, id, key)
 	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node peer config: %s\n", oneLine(err.Error()))
-		return exitFail
+		return c.fail("peer config", err)
 	}
 	if !*asQR {
 		fmt.Fprint(c.stdout, conf)
@@ -115,33 +115,6 @@ func parseWithID(fs interface {
 		return "", errors.New("the peer id is not a UUID (waylume.peers.id)")
 	}
 	return id, nil
-}
-
-// fetchClientConfig reads the configuration and fills in key when given,
-// after checking it is the key of the peer's row.
-func (c *cli) fetchClientConfig(dbURL, id string, key *wgtypes.Key) (string, error) {
-	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
-	defer cancel()
-	conn, err := supabase.Connect(ctx, dbURL)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(context.Background())
-	conf, pub, err := migrations.ClientConfig(ctx, conn, id)
-	if err != nil {
-		return "", err
-	}
-	if key == nil {
-		return conf, nil
-	}
-	if got := key.PublicKey().String(); got != pub {
-		return "", fmt.Errorf("the private key's public key %s is not the peer's %s", got, pub)
-	}
-	placeholder := "PrivateKey = " + migrations.PrivateKeyPlaceholder + "\n"
-	if !strings.Contains(conf, placeholder) {
-		return "", errors.New("the configuration has no PrivateKey placeholder to fill")
-	}
-	return strings.Replace(conf, placeholder, "PrivateKey = "+key.String()+"\n", 1), nil
 }
 
 func readClientKey(path string) (wgtypes.Key, error) {
