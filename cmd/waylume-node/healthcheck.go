@@ -4,15 +4,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"time"
+
+	"github.com/waylume/waylume-node/internal/health"
 )
 
 var flagErrHelp = flag.ErrHelp
 
 // healthcheckCmd GETs /healthz of the node on WAYLUME_METRICS_ADDR: the
-// container HEALTHCHECK, since the runtime image has no curl.
+// container HEALTHCHECK.
 func (c *cli) healthcheckCmd(args []string) int {
 	fs := c.flagSet("healthcheck", "", "Exit 0 when the running node answers /healthz (or /readyz with --ready).", forHealth)
 	cf := bindConfig(fs, forHealth)
@@ -34,37 +34,10 @@ func (c *cli) healthcheckCmd(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+dialAddr(cfg.MetricsAddr)+path, nil)
-	if err != nil {
+	if err := health.Probe(ctx, cfg.MetricsAddr, path); err != nil {
 		fmt.Fprintf(c.stderr, "waylume-node healthcheck: %v\n", err)
-		return exitFail
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		fmt.Fprintf(c.stderr, "waylume-node healthcheck: %v\n", err)
-		return exitFail
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(c.stderr, "waylume-node healthcheck: %s answered %s\n", path, resp.Status)
 		return exitFail
 	}
 	fmt.Fprintln(c.stdout, "ok")
 	return exitOK
-}
-
-// dialAddr turns a listen address into one to dial: a wildcard host means
-// this machine.
-func dialAddr(listen string) string {
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil {
-		return listen
-	}
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
-	}
-	return net.JoinHostPort(host, port)
 }

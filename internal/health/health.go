@@ -2,7 +2,8 @@
 // node's own registry, /healthz (the process serves requests) and /readyz
 // (the running node says the data plane is set up and the control plane is
 // reachable or within its grace). It is the only listening TCP socket the
-// node opens, on loopback by default.
+// node opens, on loopback by default. Probe is its client, for the container
+// HEALTHCHECK.
 package health
 
 import (
