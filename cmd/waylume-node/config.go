@@ -285,49 +285,27 @@ func (c Config) Validate() error {
 			return missingErr(byFlag[name])
 		}
 	}
-	if c.DatabaseURL != "" {
-		if err := supabase.CheckDatabaseURL(c.DatabaseURL); err != nil {
-			return settingErr(byFlag["database-url"], "%v", err)
+	check := func(flag, v string, ok func(string) error) error {
+		if err := ok(v); err != nil {
+			return settingErr(byFlag[flag], "%v", err)
 		}
+		return nil
 	}
-	if c.NodeID != "" && !parse.IsUUID(c.NodeID) {
-		return settingErr(byFlag["node-id"], "not a UUID (waylume.nodes.id)")
-	}
-	if err := c.validateIdentity(byFlag); err != nil {
-		return err
-	}
-	switch c.RealtimeMode {
-	case "broadcast", "postgres_changes":
-	default:
-		return settingErr(byFlag["realtime-mode"], "unknown mode %q: want broadcast or postgres_changes", c.RealtimeMode)
-	}
-	if err := parse.CheckIfname(c.Interface); err != nil {
-		return settingErr(byFlag["interface"], "%v", err)
-	}
-	if c.EgressInterface != "" {
-		if err := parse.CheckIfname(c.EgressInterface); err != nil {
-			return settingErr(byFlag["egress-interface"], "%v", err)
+	for _, err := range []error{
+		check("database-url", c.DatabaseURL, parse.Optional(supabase.CheckDatabaseURL)),
+		check("node-id", c.NodeID, parse.Optional(parse.CheckUUID)),
+		c.validateIdentity(byFlag),
+		check("realtime-mode", c.RealtimeMode, parse.OneOf("mode", "broadcast", "postgres_changes")),
+		check("interface", c.Interface, parse.CheckIfname),
+		check("egress-interface", c.EgressInterface, parse.Optional(parse.CheckIfname)),
+		check("wg-mode", c.WGMode, parse.OneOf("mode", "auto", "kernel", "userspace")),
+		check("metrics-addr", c.MetricsAddr, parse.Optional(parse.CheckListenAddr)),
+		check("log-level", c.LogLevel, parse.OneOf("level", "debug", "info", "warn", "error")),
+		check("log-format", c.LogFormat, parse.OneOf("format", "json", "text")),
+	} {
+		if err != nil {
+			return err
 		}
-	}
-	switch c.WGMode {
-	case "auto", "kernel", "userspace":
-	default:
-		return settingErr(byFlag["wg-mode"], "unknown mode %q: want auto, kernel or userspace", c.WGMode)
-	}
-	if c.MetricsAddr != "" {
-		if err := parse.CheckListenAddr(c.MetricsAddr); err != nil {
-			return settingErr(byFlag["metrics-addr"], "%v", err)
-		}
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return settingErr(byFlag["log-level"], "unknown level %q: want debug, info, warn or error", c.LogLevel)
-	}
-	switch c.LogFormat {
-	case "json", "text":
-	default:
-		return settingErr(byFlag["log-format"], "unknown format %q: want json or text", c.LogFormat)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -81,6 +82,39 @@ func RoutedSubnets(v string) ([]netip.Prefix, error) {
 		}
 	}
 	return ps, nil
+}
+
+// Optional returns check for a setting that may be empty.
+func Optional(check func(string) error) func(string) error {
+	return func(v string) error {
+		if v == "" {
+			return nil
+		}
+		return check(v)
+	}
+}
+
+// CheckUUID is IsUUID as a check.
+func CheckUUID(v string) error {
+	if !IsUUID(v) {
+		return errors.New("not a UUID (waylume.nodes.id)")
+	}
+	return nil
+}
+
+// OneOf returns a check that v is one of allowed; noun names what v is
+// ("mode", "level") in the error.
+func OneOf(noun string, allowed ...string) func(v string) error {
+	return func(v string) error {
+		if slices.Contains(allowed, v) {
+			return nil
+		}
+		want := allowed[len(allowed)-1]
+		if n := len(allowed); n > 1 {
+			want = strings.Join(allowed[:n-1], ", ") + " or " + want
+		}
+		return fmt.Errorf("unknown %s %q: want %s", noun, v, want)
+	}
 }
 
 // CheckWebsocketURL accepts a ws:// or wss:// URL with a host (http and

@@ -45,4 +45,11 @@ func TestValues(t *testing.T) {
 			t.Errorf("CheckWebsocketURL(%q) = %v", v, err)
 		}
 	}
+	mode := OneOf("mode", "auto", "kernel", "userspace")
+	if mode("kernel") != nil || mode("fast") == nil || OneOf("format", "json")("json") != nil {
+		t.Error("OneOf")
+	}
+	if Optional(CheckUUID)("") != nil || Optional(CheckUUID)("node-1") == nil {
+		t.Error("Optional(CheckUUID)")
+	}
 }
