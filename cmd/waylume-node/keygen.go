@@ -3,11 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/waylume/waylume-node/internal/provision"
 )
 
 // keygenCmd writes a new private key to --out (0600, never overwritten
@@ -35,39 +34,12 @@ func (c *cli) keygenCmd(args []string) int {
 		fmt.Fprintf(c.stderr, "public key: %s\n", key.PublicKey())
 		return exitOK
 	}
-	if err := writeKeyFile(*out, key, *force); err != nil {
+	if err := provision.WriteKey(*out, key, *force); err != nil {
 		fmt.Fprintf(c.stderr, "waylume-node keygen: %v\n", err)
 		return exitFail
 	}
 	fmt.Fprintln(c.stdout, key.PublicKey().String())
 	return exitOK
-}
-
-// writeKeyFile creates path with mode 0600 (and its directory 0700).
-func writeKeyFile(path string, key wgtypes.Key, force bool) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("key directory: %w", err)
-	}
-	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	if force {
-		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	}
-	f, err := os.OpenFile(path, flags, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("%s exists; use --force to replace it (the node's public key changes)", path)
-	}
-	if err != nil {
-		return fmt.Errorf("write key: %w", err)
-	}
-	if err := f.Chmod(0o600); err != nil { // O_TRUNC keeps an old file's mode
-		f.Close()
-		return fmt.Errorf("write key: %w", err)
-	}
-	if _, err := f.WriteString(key.String() + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("write key: %w", err)
-	}
-	return f.Close()
 }
 
 // parseExit maps a flag parse error to an exit code: --help is success.

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -64,7 +63,7 @@ func (c *cli) peerConfig(args []string) int {
 	}
 	var key *wgtypes.Key
 	if *keyFile != "" {
-		k, err := readClientKey(*keyFile)
+		k, err := provision.ReadKey(*keyFile)
 		if err != nil {
 			fmt.Fprintf(c.stderr, "waylume-node: invalid --private-key-file: %v\n", err)
 			return exitConfig
@@ -115,18 +114,6 @@ func parseWithID(fs interface {
 		return "", errors.New("the peer id is not a UUID (waylume.peers.id)")
 	}
 	return id, nil
-}
-
-func readClientKey(path string) (wgtypes.Key, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return wgtypes.Key{}, err
-	}
-	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
-	if err != nil {
-		return wgtypes.Key{}, errors.New("not a WireGuard private key (base64 of 32 bytes, as wg genkey writes)")
-	}
-	return k, nil
 }
 
 // qrQuiet is the light margin around the code, in modules, that scanners

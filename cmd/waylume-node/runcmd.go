@@ -29,7 +29,7 @@ func (c *cli) runCmd(args []string) int {
 	}
 	log := newLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)
 	readiness := &health.State{}
-	tuneMemory(c.getenv)
+	node.TuneMemory(c.getenv)
 
 	reg := newRegistry()
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)

@@ -1,8 +1,9 @@
 // Package provision is the operator's side of a node's credentials: its
 // row and database login role (the SQL of package migrations), its Supabase
 // Auth user (the Admin API of supabase/auth) with the 0600 env and password
-// files the node reads, revocation of all of them, and a peer's client
-// configuration. Secrets go to files, never into errors or results.
+// files the node reads, revocation of all of them, a peer's client
+// configuration and WireGuard key files. Secrets go to files, never into
+// errors.
 package provision
 
 import (

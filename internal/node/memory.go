@@ -1,4 +1,4 @@
-package main
+package node
 
 import "runtime/debug"
 
@@ -21,10 +21,10 @@ import "runtime/debug"
 // Go's default); GOMEMLIMIT applies as usual alongside either.
 const defaultGCPercent = 25
 
-// tuneMemory applies defaultGCPercent unless the operator set GOGC. It
-// is process-wide and set by the run command only: the other commands hold
-// no per-peer state worth tuning for.
-func tuneMemory(getenv func(string) (string, bool)) {
+// TuneMemory applies defaultGCPercent unless the operator set GOGC (getenv
+// is os.LookupEnv in production). It is process-wide, for the run command
+// only: the other commands hold no per-peer state worth tuning for.
+func TuneMemory(getenv func(string) (string, bool)) {
 	if v, ok := getenv("GOGC"); ok && v != "" {
 		return
 	}
