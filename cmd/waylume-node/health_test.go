@@ -30,7 +30,7 @@ func get(t *testing.T, url string) (int, string) {
 func TestMetricsEndpoint(t *testing.T) {
 	var logBuf testkit.Buffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
-	reg := newRegistry()
+	reg := health.NewRegistry(version)
 	h := &health.State{}
 	// The default host, any free port: the server binds loopback only.
 	host, _, _ := net.SplitHostPort(defaultMetricsAddr)

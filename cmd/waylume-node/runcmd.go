@@ -7,9 +7,6 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	"github.com/waylume/waylume-node/internal/health"
 	"github.com/waylume/waylume-node/internal/node"
 )
@@ -27,11 +24,11 @@ func (c *cli) runCmd(args []string) int {
 	if !c.validate(&cfg, "database-url", "node-id", "private-key-file", "interface") {
 		return exitConfig
 	}
-	log := newLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)
+	log := node.NewLogger(c.stderr, cfg.LogLevel, cfg.LogFormat)
 	readiness := &health.State{}
 	node.TuneMemory(c.getenv)
 
-	reg := newRegistry()
+	reg := health.NewRegistry(version)
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	tokens, err := tokenSource(ctx, cfg, reg, log)
@@ -62,23 +59,6 @@ func (c *cli) runCmd(args []string) int {
 	}
 	log.Info("stopped")
 	return exitOK
-}
-
-// newRegistry is the node's own registry (never the global one) with the
-// process, Go and build-info series.
-func newRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	bi := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "waylume_build_info",
-		Help: "Always 1; the version label says which build runs.",
-	}, []string{"version"})
-	bi.WithLabelValues(version).Set(1)
-	reg.MustRegister(bi)
-	return reg
 }
 
 // stateDir is where the local state lives: beside the private key unless

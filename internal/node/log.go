@@ -1,13 +1,13 @@
-package main
+package node
 
 import (
 	"io"
 	"log/slog"
 )
 
-// newLogger builds the process logger from validated settings. Stable keys
+// NewLogger builds the process logger from validated settings. Stable keys
 // (peer_id, node_id, err) come from the callers; secrets never reach it.
-func newLogger(w io.Writer, level, format string) *slog.Logger {
+func NewLogger(w io.Writer, level, format string) *slog.Logger {
 	var lv slog.Level
 	switch level {
 	case "debug":
