@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/internal/status"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 )
@@ -97,7 +98,7 @@ func planFirewalls(cs []netctl.FirewallChange) []planFirewall {
 
 func printPlan(w io.Writer, rep planReport) {
 	for _, ch := range rep.Changes {
-		fmt.Fprintf(w, "%-6s %s %s", ch.Op, orDash(ch.PeerID), shortKey(ch.Key))
+		fmt.Fprintf(w, "%-6s %s %s", ch.Op, orDash(ch.PeerID), status.ShortKey(ch.Key))
 		for _, f := range ch.Fields {
 			fmt.Fprintf(w, "  %s", f)
 		}
@@ -107,7 +108,7 @@ func printPlan(w io.Writer, rep planReport) {
 		fmt.Fprintln(w)
 	}
 	for _, ch := range rep.NotServed {
-		fmt.Fprintf(w, "skip   %s %s  %s: %s\n", ch.PeerID, shortKey(ch.Key), ch.State, ch.Reason)
+		fmt.Fprintf(w, "skip   %s %s  %s: %s\n", ch.PeerID, status.ShortKey(ch.Key), ch.State, ch.Reason)
 	}
 	for _, f := range rep.Firewall {
 		printFirewall(w, f)
@@ -128,4 +129,11 @@ func printFirewall(w io.Writer, f planFirewall) {
 			fmt.Fprintf(w, "         + %s\n", r)
 		}
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
