@@ -8,15 +8,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
-	qr "github.com/piglig/go-qr"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/waylume/waylume-node/internal/parse"
 	"github.com/waylume/waylume-node/internal/provision"
+	"github.com/waylume/waylume-node/internal/qrcode"
 )
 
 const peerUsage = `Usage:
@@ -83,7 +82,7 @@ func (c *cli) peerConfig(args []string) int {
 	if key == nil {
 		fmt.Fprintln(c.stderr, "note: the QR code holds the PrivateKey placeholder; the WireGuard apps import it only with --private-key-file")
 	}
-	if err := writeQR(c.stdout, conf); err != nil {
+	if err := qrcode.Write(c.stdout, conf); err != nil {
 		fmt.Fprintf(c.stderr, "waylume-node peer config: %v\n", err)
 		return exitFail
 	}
@@ -114,42 +113,4 @@ func parseWithID(fs interface {
 		return "", errors.New("the peer id is not a UUID (waylume.peers.id)")
 	}
 	return id, nil
-}
-
-// qrQuiet is the light margin around the code, in modules, that scanners
-// need to find it (the standard asks for 4).
-const qrQuiet = 4
-
-// writeQR draws text as a QR code with half blocks, two module rows per
-// line, in black on white whatever the terminal's colours: an inverted
-// code is not read by every scanner.
-func writeQR(w io.Writer, text string) error {
-	code, err := qr.EncodeText(text, qr.Medium)
-	if err != nil {
-		return fmt.Errorf("qr code: %w", err)
-	}
-	size := code.Size()
-	dark := func(x, y int) bool {
-		x, y = x-qrQuiet, y-qrQuiet
-		return x >= 0 && y >= 0 && x < size && y < size && code.Module(x, y)
-	}
-	var b strings.Builder
-	for y := 0; y < size+2*qrQuiet; y += 2 {
-		b.WriteString("\x1b[30;107m")
-		for x := range size + 2*qrQuiet {
-			switch top, bottom := dark(x, y), dark(x, y+1); {
-			case top && bottom:
-				b.WriteString("█")
-			case top:
-				b.WriteString("▀")
-			case bottom:
-				b.WriteString("▄")
-			default:
-				b.WriteString(" ")
-			}
-		}
-		b.WriteString("\x1b[0m\n")
-	}
-	_, err = io.WriteString(w, b.String())
-	return err
 }
