@@ -3,12 +3,16 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/waylume/waylume-node/internal/health"
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 // runCmd is the run subcommand around node.Run: config, logger, registry,
@@ -31,7 +35,7 @@ func (c *cli) runCmd(args []string) int {
 	reg := health.NewRegistry(version)
 	ctx, stop := signal.NotifyContext(c.ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	tokens, err := tokenSource(ctx, cfg, reg, log)
+	tokens, err := auth.Start(ctx, cfg.tokens(reg, log))
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFail
@@ -80,4 +84,11 @@ func (c Config) node() node.Config {
 		AllowPrivate: c.AllowPrivate, AllowLocal: c.AllowLocal, RoutedSubnets: c.RoutedSubnets,
 		ResyncInterval: c.ResyncInterval, UsageInterval: c.UsageInterval, Version: version,
 	}
+}
+
+// tokens is the run command's Realtime identity: the Auth user's session,
+// or the token setting followed in its file.
+func (c Config) tokens(reg prometheus.Registerer, log *slog.Logger) auth.SourceConfig {
+	return auth.SourceConfig{ProjectURL: c.SupabaseURL, APIKey: c.SupabaseKey, Email: c.AuthEmail,
+		Password: c.AuthPassword, Token: c.AccessToken, TokenFile: c.AccessTokenFile, Log: log, Registerer: reg}
 }

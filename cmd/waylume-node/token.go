@@ -8,20 +8,14 @@ package main
 // lives in internal/jwt.
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/waylume/waylume-node/internal/jwt"
-	"github.com/waylume/waylume-node/internal/node"
 	"github.com/waylume/waylume-node/internal/parse"
-	"github.com/waylume/waylume-node/supabase/auth"
 )
 
 const (
@@ -130,11 +124,4 @@ func (c *cli) tokenKey(f tokenFlags) (jwt.Key, error) {
 	key := jwt.SecretKey(secret)
 	key.ID = *f.kid
 	return key, nil
-}
-
-// tokenSource is the run command's Realtime identity: the Auth user's
-// session or the token setting, followed in its file.
-func tokenSource(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (node.TokenSource, error) {
-	return auth.Start(ctx, auth.SourceConfig{ProjectURL: cfg.SupabaseURL, APIKey: cfg.SupabaseKey, Email: cfg.AuthEmail,
-		Password: cfg.AuthPassword, Token: cfg.AccessToken, TokenFile: cfg.AccessTokenFile, Log: log, Registerer: reg})
 }
