@@ -1,7 +1,7 @@
 // Package status is what the local interface holds (netctl.Inspect: peers,
 // counters, installed limits), joined with the node's rows when the
-// database is reachable, as JSON (Report) or a table for people
-// (WriteTable). Read-only: it changes nothing.
+// database is reachable, and what run would change there (Plan); each as
+// JSON or a table for people (WriteTable). Read-only: it changes nothing.
 package status
 
 import (

@@ -67,15 +67,15 @@ func (rep Report) WriteTable(w io.Writer) error {
 		if !p.InKernel {
 			hs = "not in kernel"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, ShortKey(p.PublicKey), orDash(addr),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, shortKey(p.PublicKey), orDash(addr),
 			limitStr(p.DownloadKbps, p.WantDownloadKbps), limitStr(p.UploadKbps, p.WantUploadKbps),
 			hs, humanBytes(p.UploadBytes), humanBytes(p.DownloadBytes), state)
 	}
 	return tw.Flush()
 }
 
-// ShortKey is a public key as the tables show it: its first 12 characters.
-func ShortKey(k string) string {
+// shortKey is a public key as the tables show it: its first 12 characters.
+func shortKey(k string) string {
 	if len(k) > 12 {
 		return k[:12] + "…"
 	}
