@@ -15,7 +15,10 @@ package e2e
 // WAYLUME_FLEET_SCALE (10), WAYLUME_FLEET_NODES (default "10,50,100"), WAYLUME_FLEET_PEERS (1000),
 // WAYLUME_FLEET_MINUTES (simulated minutes per run, 10) and
 // WAYLUME_FLEET_PROFILE ("active": every peer moves 100 KiB per flush;
-// "idle": keepalives only) choose the runs.
+// "idle": keepalives only) choose the runs. WAYLUME_FLEET_STATEMENTS=N
+// logs the N statements that took the most time (pg_stat_statements,
+// nested ones included; the server is restarted to load it, and the
+// extension's own cost is then in the CPU figure).
 
 import (
 	"context"
@@ -131,6 +134,7 @@ func runFleet(b *testing.B, nodes, peers int, sim time.Duration, idle bool) {
 	f.snapMu.Unlock()
 	f.flushes.Store(0)
 
+	f.resetStatements(b)
 	before := f.sample(b)
 	b.ResetTimer()
 	real := sim / fleetScale
@@ -140,6 +144,7 @@ func runFleet(b *testing.B, nodes, peers int, sim time.Duration, idle bool) {
 	stop()
 	wg.Wait()
 	f.report(b, before, after, lat, conns, nodes*peers, nodes, sim)
+	f.logStatements(b)
 }
 
 // tune makes the test cluster behave like a production server for the
@@ -155,6 +160,70 @@ func (f *fleet) tune(b *testing.B) {
 		dbfix.Exec(b, f.db, `ALTER SYSTEM RESET checkpoint_timeout`)
 		dbfix.Exec(b, f.db, `SELECT pg_reload_conf()`)
 	})
+	if fleetStatements() == 0 {
+		return
+	}
+	dbfix.Exec(b, f.db, `ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'`)
+	f.restart(b)
+	dbfix.Exec(b, f.db, `ALTER SYSTEM SET pg_stat_statements.track = 'all'`)
+	dbfix.Exec(b, f.db, `SELECT pg_reload_conf()`)
+	dbfix.Exec(b, f.db, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
+	b.Cleanup(func() {
+		dbfix.Exec(b, f.db, `ALTER SYSTEM RESET pg_stat_statements.track`)
+		dbfix.Exec(b, f.db, `ALTER SYSTEM RESET shared_preload_libraries`)
+		f.restart(b)
+	})
+}
+
+func (f *fleet) restart(b *testing.B) {
+	if err := f.db.Cluster.StopServer(); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.db.Cluster.StartServer(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func fleetStatements() int {
+	n, _ := strconv.Atoi(os.Getenv("WAYLUME_FLEET_STATEMENTS"))
+	return n
+}
+
+func (f *fleet) resetStatements(b *testing.B) {
+	if fleetStatements() > 0 {
+		dbfix.Exec(b, f.db, `SELECT pg_stat_statements_reset()`)
+	}
+}
+
+// logStatements logs the statements that took the most time in the
+// measured interval, nested ones (inside record_usage) included.
+func (f *fleet) logStatements(b *testing.B) {
+	n := fleetStatements()
+	if n == 0 {
+		return
+	}
+	rows, err := f.admin.Query(context.Background(), `SELECT sum(total_exec_time), sum(calls), sum(rows),
+			sum(shared_blks_hit + shared_blks_read), sum(wal_bytes), toplevel, left(regexp_replace(query, '\s+', ' ', 'g'), 140)
+		FROM pg_stat_statements GROUP BY query, toplevel ORDER BY 1 DESC LIMIT $1`, n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rows.Close()
+	var out strings.Builder
+	for rows.Next() {
+		var ms, wal float64
+		var calls, nrows, blks int64
+		var top bool
+		var q string
+		if err := rows.Scan(&ms, &calls, &nrows, &blks, &wal, &top, &q); err != nil {
+			b.Fatal(err)
+		}
+		fmt.Fprintf(&out, "\n%8.0f ms %7d calls %8d rows %9d blks %7.1f MB wal top=%-5t %s", ms, calls, nrows, blks, wal/1e6, top, q)
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("statements by time:%s", out.String())
 }
 
 var discard = slog.New(slog.DiscardHandler)
