@@ -35,7 +35,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*r.cfg.StoreTimeout)
 	defer cancel()
 	var errs []error
-	if err := r.flushAll(sctx, true); err != nil {
+	if err := r.flushScope(sctx, scopeAll); err != nil {
 		errs = append(errs, fmt.Errorf("final usage flush: %w", err))
 	}
 	if err := r.heartbeat(sctx, "offline"); err != nil {
@@ -145,7 +145,7 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 		case <-t.rows.C:
 			r.warn(ctx, "retry failed rows", r.retryFailed(ctx))
 		case <-t.usage.C:
-			r.flushNow(ctx, t)
+			r.flushNow(ctx, t, scopeDue)
 			r.warn(ctx, "quota from local state", r.refreshLocal(ctx))
 		case <-r.kick:
 			// Leaving peers and status changes flush soon, at most 5 times a second.
@@ -153,9 +153,9 @@ func (r *Reconciler) timerLoop(ctx context.Context) {
 				t.kickDelay.Reset(wait)
 				continue
 			}
-			r.flushNow(ctx, t)
+			r.flushNow(ctx, t, scopeMust)
 		case <-t.kickDelay.C:
-			r.flushNow(ctx, t)
+			r.flushNow(ctx, t, scopeMust)
 		case <-t.hb.C:
 			r.warn(ctx, "heartbeat", r.heartbeat(ctx, "online"))
 		}
@@ -194,9 +194,9 @@ func (r *Reconciler) resyncNow(ctx context.Context, t *timers) {
 	}
 }
 
-func (r *Reconciler) flushNow(ctx context.Context, t *timers) {
+func (r *Reconciler) flushNow(ctx context.Context, t *timers, s scope) {
 	t.lastKick = time.Now()
-	if err := r.Flush(ctx); err != nil {
+	if err := r.flushScope(ctx, s); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("usage flush failed; counters keep the bytes", "err", err)
 		}

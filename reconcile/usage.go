@@ -160,11 +160,28 @@ func (r *Reconciler) trackQuotaReset(ps *peerState, row events.Peer) {
 // this file), removes peers whose last bytes are now committed, and
 // converges again (quota). Flushes run one at a time; the database write
 // runs without the reconciler's lock, so events are applied meanwhile.
-func (r *Reconciler) Flush(ctx context.Context) error { return r.flushAll(ctx, false) }
+func (r *Reconciler) Flush(ctx context.Context) error { return r.flushScope(ctx, scopeDue) }
 
-// flushAll is Flush; all writes every peer whose counters moved, idle or
-// not (the last flush before the node stops).
-func (r *Reconciler) flushAll(ctx context.Context, all bool) error {
+// scope is which peers a flush writes besides those whose committed state
+// must move now (state, leaving, zero baselines, endpoint, handshake).
+type scope int
+
+const (
+	// scopeDue: also every peer whose counters are due (countersDue): the
+	// periodic flush.
+	scopeDue scope = iota
+	// scopeMust: no others. A flush requested by a state change writes
+	// the rows that changed, not a second copy of every busy peer's
+	// counters between two periodic flushes; their bytes wait in the
+	// counters for the next periodic one.
+	scopeMust
+	// scopeAll: every peer whose counters moved, idle or not (the last
+	// flush before the node stops).
+	scopeAll
+)
+
+// flushScope is Flush, writing the peers of scope s.
+func (r *Reconciler) flushScope(ctx context.Context, s scope) error {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
 	r.mu.Lock()
@@ -174,7 +191,7 @@ func (r *Reconciler) flushAll(ctx context.Context, all bool) error {
 		return nil // baselines unknown: nothing can be accounted yet
 	}
 	start := time.Now()
-	err := r.flush(ctx, all)
+	err := r.flush(ctx, s)
 	r.m.flushDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		r.m.flushErrors.Inc()
@@ -199,7 +216,7 @@ func (r *Reconciler) flushAll(ctx context.Context, all bool) error {
 // then leaves the status dirty), a peer cut meanwhile is not in b.leaving,
 // one re-enabled meanwhile is no longer leaving and is not removed, and no
 // baseline moves except by a commit, which only flushes make.
-func (r *Reconciler) flush(ctx context.Context, all bool) error {
+func (r *Reconciler) flush(ctx context.Context, s scope) error {
 	r.mu.Lock()
 	b := r.inflight
 	r.mu.Unlock()
@@ -223,7 +240,7 @@ func (r *Reconciler) flush(ctx context.Context, all bool) error {
 		return fmt.Errorf("read counters: %w", err)
 	}
 	r.epoch = r.cfg.DataPlane.Epoch()
-	b = r.build(stats, all)
+	b = r.build(stats, s)
 	if len(b.entries) > 0 {
 		r.inflight = b
 	}
@@ -285,7 +302,7 @@ func (r *Reconciler) commit(b *batch) {
 
 // build computes the next batch from the counters; the caller holds r.mu
 // and no batch is in flight.
-func (r *Reconciler) build(stats []PeerStats, all bool) *batch {
+func (r *Reconciler) build(stats []PeerStats, s scope) *batch {
 	now := r.now().Truncate(time.Microsecond) // the database keeps microseconds
 	if !now.After(r.lastFlush) {
 		now = r.lastFlush.Add(time.Microsecond) // period_end is a key: never reuse one
@@ -310,7 +327,7 @@ func (r *Reconciler) build(stats []PeerStats, all bool) *batch {
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		r.account(b, r.peers[id], byKey, held, start, all)
+		r.account(b, r.peers[id], byKey, held, start, s)
 	}
 	return b
 }
@@ -320,8 +337,9 @@ func (r *Reconciler) build(stats []PeerStats, all bool) *batch {
 // baseline, its endpoint changed, its handshake moved by IdleInterval, or
 // its counters moved, by at least IdleBytes or IdleInterval after their
 // last commit. An idle peer's bytes wait in the device's counters until
-// then (all: they do not wait); its quota counts them meanwhile.
-func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, held map[Key]bool, start time.Time, all bool) {
+// then (scopeAll: they do not wait; scopeMust: every peer's wait for the
+// next periodic flush); its quota counts them meanwhile.
+func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, held map[Key]bool, start time.Time, s scope) {
 	if !ps.inPlane {
 		r.findOnDevice(ps, byKey, held)
 	}
@@ -338,7 +356,7 @@ func (r *Reconciler) account(b *batch, ps *peerState, byKey map[Key]PeerStats, h
 		must = true
 	}
 	must = must || ps.endpoint != com.Endpoint || r.handshakeDue(ps.handshake, com.LastHandshakeAt)
-	if !must && !(moved && (all || r.countersDue(ps, drx+dtx))) {
+	if !must && !(moved && (s == scopeAll || s == scopeDue && r.countersDue(ps, drx+dtx))) {
 		return
 	}
 	if ps.inPlane && ps.leaving {

@@ -97,6 +97,37 @@ func TestUsageExactlyOnceRandomized(t *testing.T) {
 	}
 }
 
+// A flush requested by a state change writes the peers that changed; a
+// busy peer's bytes wait in the counters for the next periodic flush,
+// which counts them once.
+func TestUsageRequestedFlushWritesChanges(t *testing.T) {
+	h := newHarness(t, peerRow(1), peerRow(2))
+	h.resync()
+	h.plane.traffic(key(1), 1, 1) // the first handshakes, written at once
+	h.plane.traffic(key(2), 1, 1)
+	h.flush()
+	h.plane.traffic(key(1), 1000, 2000)
+	h.plane.traffic(key(2), 10, 20)
+	p := peerRow(2)
+	p.Enabled = false
+	h.change(p) // cut: its final read must be written now
+	h.clk.add(time.Second)
+	if err := h.r.flushScope(h.ctx, scopeMust); err != nil {
+		t.Fatal(err)
+	}
+	h.wantInPlane(2, false)
+	if up, down := h.store.usageSum(peerRow(2).ID); up != 11 || down != 21 {
+		t.Fatalf("leaving peer billed %d/%d, want 11/21", up, down)
+	}
+	if up, down := h.store.usageSum(peerRow(1).ID); up != 1 || down != 1 {
+		t.Fatalf("busy peer billed %d/%d by the requested flush, want nothing until the periodic one", up, down)
+	}
+	h.flush()
+	if up, down := h.store.usageSum(peerRow(1).ID); up != 1001 || down != 2001 {
+		t.Fatalf("busy peer billed %d/%d after the periodic flush, want 1001/2001", up, down)
+	}
+}
+
 // A crash between each step of a peer's removal loses and doubles nothing.
 func TestUsageRemovalCrashPoints(t *testing.T) {
 	for crashAt := range 4 {
@@ -357,7 +388,7 @@ func TestUsageIdlePeersOnSlowCadence(t *testing.T) {
 		t.Fatalf("idle peer billed %d/%d, want %d/%d once it left", up, down, 10*64+300, 10*64)
 	}
 	h.plane.traffic(key(1), 5, 5)
-	if err := h.r.flushAll(h.ctx, true); err != nil {
+	if err := h.r.flushScope(h.ctx, scopeAll); err != nil {
 		t.Fatal(err)
 	}
 	if up, _ := h.store.usageSum(peerRow(1).ID); up != 10<<20+5 {
