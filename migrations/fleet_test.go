@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/pgtest"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/migrations"
 )
 
@@ -388,4 +390,86 @@ func TestClientConfig(t *testing.T) {
 	if err := asRole("service_role")(t); err != nil {
 		t.Errorf("service_role: %v", err)
 	}
+}
+
+// Two transactions adding overlapping routed prefixes to one node from
+// separate connections (new rows with their own addresses, and existing
+// rows given routes): the second waits for the first to commit, then its
+// overlap check sees the first's prefixes and refuses; exactly one wins.
+func TestOverlappingRoutesConcurrently(t *testing.T) {
+	ctx := context.Background()
+	db := dbfix.Migrated(t)
+	admin := connect(t, db.URL)
+	cases := []struct {
+		name, sql string
+		args      func(node string, i int) []any
+	}{
+		{"insert", `INSERT INTO waylume.peers (node_id, public_key, address, allowed_ips) VALUES ($1, ` + dbfix.RandomKeySQL + `, $2::inet, $3::cidr[])`,
+			func(node string, i int) []any {
+				return []any{node, fmt.Sprintf("10.92.0.%d", 30+i), []string{"{192.168.70.0/24}", "{192.168.70.128/25}"}[i]}
+			}},
+		{"update", `UPDATE waylume.peers SET allowed_ips = $3::cidr[] WHERE node_id = $1 AND address = $2::inet`,
+			func(node string, i int) []any {
+				return []any{node, fmt.Sprintf("10.92.0.%d", 20+i), []string{"{192.168.70.0/24}", "{192.168.70.128/25}"}[i]}
+			}},
+	}
+	for k, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			node := dbfix.CreateNode(t, db, fmt.Sprintf("ov%d", k), "10.92.0.1/24")
+			for i := range 2 {
+				if _, err := admin.Exec(ctx, `INSERT INTO waylume.peers (node_id, public_key, address) VALUES ($1, `+dbfix.RandomKeySQL+`, $2::inet)`,
+					node, fmt.Sprintf("10.92.0.%d", 20+i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			first, second := connect(t, db.URL), connect(t, db.URL)
+			tx, err := first.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, c.sql, c.args(node, 0)...); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := second.Exec(ctx, c.sql, c.args(node, 1)...)
+				done <- err
+			}()
+			waitBlocked(t, admin, second, done)
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			err = <-done
+			if code, constraint := pgCode(err); code != "23514" || constraint != "peers_allowed_ips_unique" {
+				t.Fatalf("second overlapping write: %v, want 23514 peers_allowed_ips_unique", err)
+			}
+			var n int
+			if err := admin.QueryRow(ctx, `SELECT count(*) FROM waylume.peers WHERE node_id = $1 AND cardinality(allowed_ips) > 0`, node).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("%d routing peers on the node (%v), want 1", n, err)
+			}
+		})
+	}
+}
+
+// waitBlocked returns once conn's statement waits for a lock, or has
+// already finished (its result is left in done).
+func waitBlocked(t *testing.T, admin, conn *pgx.Conn, done chan error) {
+	t.Helper()
+	pid := conn.PgConn().PID()
+	testkit.Eventually(t, 30*time.Second, func() error {
+		select {
+		case err := <-done:
+			done <- err
+			return nil
+		default:
+		}
+		var waiting bool
+		if err := admin.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)`, pid).Scan(&waiting); err != nil {
+			return err
+		}
+		if !waiting {
+			return errors.New("second write not waiting yet")
+		}
+		return nil
+	})
 }
