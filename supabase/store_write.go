@@ -69,6 +69,43 @@ func writeUsage(ctx context.Context, tx pgx.Tx, usage []events.Usage) error {
 	return nil
 }
 
+// statusUpdate writes a flush's status rows where they exist, and only
+// when something changed: no dead tuples, no WAL for idle peers. Every row
+// a flush sends exists and changed, but a new peer's, so it is mostly the
+// only statement; when it updated fewer rows than it was given, the rest
+// are new (statusInsert) or unchanged (skipped). Cheaper than INSERT ...
+// ON CONFLICT DO UPDATE, which takes the speculative insertion path and
+// writes a lock record for every row. Rows are absolute values, so
+// splitting the write in two statements cannot count anything twice.
+// updated_at = now() spares the touch trigger's call per row (it fires
+// only for other values).
+const statusUpdate = `UPDATE waylume.peer_status s SET state = u.state, reason = u.reason, last_handshake_at = u.hs,
+		endpoint = u.endpoint, upload_bytes = u.up, download_bytes = u.down, rx_baseline = u.rxb,
+		tx_baseline = u.txb, counter_epoch = u.epoch, applied_at = u.applied, updated_at = now()
+	FROM (SELECT u.peer_id, u.state, u.reason, u.hs, nullif(u.endpoint, '') AS endpoint, u.up, u.down, u.rxb, u.txb,
+			u.epoch, coalesce(u.applied, now()) AS applied
+		FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[], $8::bigint[],
+			$9::bigint[], $10::bigint[], $11::text[], $12::timestamptz[])
+			AS u (peer_id, state, reason, hs, endpoint, up, down, rxb, txb, epoch, applied)) u
+	WHERE s.peer_id = u.peer_id AND s.node_id = $1::uuid
+	  AND (s.state, s.reason, s.last_handshake_at, s.endpoint, s.upload_bytes, s.download_bytes,
+	       s.rx_baseline, s.tx_baseline, s.counter_epoch, s.applied_at)
+	      IS DISTINCT FROM
+	      (u.state, u.reason, u.hs, u.endpoint, u.up, u.down, u.rxb, u.txb, u.epoch, u.applied)`
+
+// statusInsert adds the rows statusUpdate did not find; the join drops
+// peers that are gone or another node's.
+const statusInsert = `INSERT INTO waylume.peer_status (peer_id, node_id, state, reason, last_handshake_at, endpoint,
+		upload_bytes, download_bytes, rx_baseline, tx_baseline, counter_epoch, applied_at)
+	SELECT u.peer_id, p.node_id, u.state, u.reason, u.hs, nullif(u.endpoint, ''), u.up, u.down, u.rxb, u.txb,
+		u.epoch, coalesce(u.applied, now())
+	FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[], $8::bigint[],
+		$9::bigint[], $10::bigint[], $11::text[], $12::timestamptz[])
+		AS u (peer_id, state, reason, hs, endpoint, up, down, rxb, txb, epoch, applied)
+	JOIN waylume.peers p ON p.id = u.peer_id AND p.node_id = $1::uuid
+	WHERE NOT EXISTS (SELECT 1 FROM waylume.peer_status s WHERE s.peer_id = u.peer_id)
+	ON CONFLICT (peer_id) DO NOTHING`
+
 func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.PeerStatus) error {
 	if len(status) == 0 {
 		return nil
@@ -100,42 +137,8 @@ func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.
 		rxb = append(rxb, st.RxBaseline)
 		txb = append(txb, st.TxBaseline)
 	}
-	// Existing rows are updated, and only when something changed: no dead
-	// tuples, no WAL for idle peers. A flush finds every row it sends but
-	// a new peer's existing and changed, so the update is the only
-	// statement; when it updated fewer rows than it was given, the rest
-	// are new (inserted) or unchanged (skipped). Cheaper than INSERT ...
-	// ON CONFLICT DO UPDATE, which takes the speculative insertion path
-	// and writes a lock record for every row. Rows are absolute values, so
-	// splitting the write in two statements cannot count anything twice.
-	// updated_at = now() spares the touch trigger's call per row (it fires
-	// only for other values).
-	const update = `UPDATE waylume.peer_status s SET state = u.state, reason = u.reason, last_handshake_at = u.hs,
-			endpoint = u.endpoint, upload_bytes = u.up, download_bytes = u.down, rx_baseline = u.rxb,
-			tx_baseline = u.txb, counter_epoch = u.epoch, applied_at = u.applied, updated_at = now()
-		FROM (SELECT u.peer_id, u.state, u.reason, u.hs, nullif(u.endpoint, '') AS endpoint, u.up, u.down, u.rxb, u.txb,
-				u.epoch, coalesce(u.applied, now()) AS applied
-			FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[], $8::bigint[],
-				$9::bigint[], $10::bigint[], $11::text[], $12::timestamptz[])
-				AS u (peer_id, state, reason, hs, endpoint, up, down, rxb, txb, epoch, applied)) u
-		WHERE s.peer_id = u.peer_id AND s.node_id = $1::uuid
-		  AND (s.state, s.reason, s.last_handshake_at, s.endpoint, s.upload_bytes, s.download_bytes,
-		       s.rx_baseline, s.tx_baseline, s.counter_epoch, s.applied_at)
-		      IS DISTINCT FROM
-		      (u.state, u.reason, u.hs, u.endpoint, u.up, u.down, u.rxb, u.txb, u.epoch, u.applied)`
-	// The join drops peers that are gone or another node's.
-	const insert = `INSERT INTO waylume.peer_status (peer_id, node_id, state, reason, last_handshake_at, endpoint,
-			upload_bytes, download_bytes, rx_baseline, tx_baseline, counter_epoch, applied_at)
-		SELECT u.peer_id, p.node_id, u.state, u.reason, u.hs, nullif(u.endpoint, ''), u.up, u.down, u.rxb, u.txb,
-			u.epoch, coalesce(u.applied, now())
-		FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[], $8::bigint[],
-			$9::bigint[], $10::bigint[], $11::text[], $12::timestamptz[])
-			AS u (peer_id, state, reason, hs, endpoint, up, down, rxb, txb, epoch, applied)
-		JOIN waylume.peers p ON p.id = u.peer_id AND p.node_id = $1::uuid
-		WHERE NOT EXISTS (SELECT 1 FROM waylume.peer_status s WHERE s.peer_id = u.peer_id)
-		ON CONFLICT (peer_id) DO NOTHING`
 	args := []any{nodeID, uuidParam(ids), states, reasons, handshakes, endpoints, ups, downs, rxb, txb, epochs, applied}
-	tag, err := tx.Exec(ctx, update, args...)
+	tag, err := tx.Exec(ctx, statusUpdate, args...)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -146,7 +149,7 @@ func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.
 	// the insert (23503): retry it, the join then skips the peer.
 	for attempt := 0; attempt < 3; attempt++ {
 		err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
-			_, err := sp.Exec(ctx, insert, args...)
+			_, err := sp.Exec(ctx, statusInsert, args...)
 			return err
 		})
 		if !isForeignKeyViolation(err) {
