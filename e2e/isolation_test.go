@@ -2,17 +2,13 @@ package e2e
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
-	vnetns "github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/waylume/waylume-node/internal/netns"
@@ -47,7 +43,7 @@ func TestClientReachesOnlyTheInternet(t *testing.T) {
 	egress, far := e.uplinkWorld(t)
 	e.extraEnv = []string{"WAYLUME_EGRESS_INTERFACE=" + egress, "WAYLUME_ALLOW_LOCAL=udp/53,tcp/53"}
 	n := e.startNode("userspace", time.Minute, time.Minute)
-	serve(t, e.nodeNS, "tcp", ":8080", ":53")
+	e.nodeNS.Serve(t, "tcp", ":8080", ":53")
 
 	ck := newKey(t)
 	id, addr := e.addPeer(ck.PublicKey(), "")
@@ -58,13 +54,13 @@ func TestClientReachesOnlyTheInternet(t *testing.T) {
 	spoofer := e.spoofer(t, sk, saddr)
 	waitStatus(t, e, id, "active", "")
 	waitStatus(t, e, sid, "active", "")
-	serve(t, e.nodeNS, "udp", net.JoinHostPort(nodeTunnel, "53"))
+	e.nodeNS.Serve(t, "udp", net.JoinHostPort(nodeTunnel, "53"))
 
 	answers(t, cli.NS, "tcp", "", net.JoinHostPort(internet, "80"))
 	answers(t, cli.NS, "tcp", "", net.JoinHostPort(internet6, "80"))
 	answers(t, cli.NS, "tcp", "", net.JoinHostPort(nodeTunnel, "53"))
 	answers(t, cli.NS, "udp", "", net.JoinHostPort(nodeTunnel, "53"))
-	if got := far.tcp.sources(); !slices.Contains(got, netip.MustParseAddr(upNode)) || !slices.Contains(got, netip.MustParseAddr(upNode6)) {
+	if got := far.tcp.Sources(); !slices.Contains(got, netip.MustParseAddr(upNode)) || !slices.Contains(got, netip.MustParseAddr(upNode6)) {
 		t.Errorf("the internet host heard %v, want the node's uplink addresses", got)
 	}
 	for _, a := range append(slices.Clone(neighbours), upFar) {
@@ -74,7 +70,7 @@ func TestClientReachesOnlyTheInternet(t *testing.T) {
 		silent(t, cli.NS, "tcp", net.JoinHostPort(a, "8080"))
 	}
 	spoofOnce(t, spoofer.NS, saddr)
-	if got := far.udp.sources(); slices.Contains(got, netip.MustParseAddr(spoofSrc)) {
+	if got := far.udp.Sources(); slices.Contains(got, netip.MustParseAddr(spoofSrc)) {
 		t.Errorf("a spoofed source left the node un-NATed: the internet host heard %v", got)
 	}
 
@@ -87,7 +83,7 @@ func TestClientReachesOnlyTheInternet(t *testing.T) {
 	silent(t, cli.NS, "tcp", net.JoinHostPort("192.168.50.10", "80"))
 	silent(t, cli.NS, "tcp", net.JoinHostPort(metadata, "80"))
 	spoofOnce(t, spoofer.NS, saddr)
-	if got := far.udp.sources(); !slices.Contains(got, netip.MustParseAddr(spoofSrc)) {
+	if got := far.udp.Sources(); !slices.Contains(got, netip.MustParseAddr(spoofSrc)) {
 		t.Errorf("a routed subnet's source was not forwarded: the internet host heard %v", got)
 	}
 }
@@ -104,7 +100,7 @@ func addr6Of(t *testing.T, e *env, id string) string {
 
 // farSide are the uplink namespace's servers: TCP :80 and UDP :9 on every
 // address.
-type farSide struct{ tcp, udp *server }
+type farSide struct{ tcp, udp *netns.Echo }
 
 // uplinkWorld joins the node's namespace to a new uplink namespace, points
 // the node's default routes at it and returns the node's end (the egress
@@ -123,7 +119,7 @@ func (e *env) uplinkWorld(t *testing.T) (string, farSide) {
 		up.MustRun(t, "ip", "addr", "add", hostCIDR(h), "dev", "lo")
 		udp = append(udp, net.JoinHostPort(h, "9"))
 	}
-	return nodeEnd, farSide{tcp: serve(t, up, "tcp", ":80"), udp: serve(t, up, "udp", udp...)}
+	return nodeEnd, farSide{tcp: up.Serve(t, "tcp", ":80"), udp: up.Serve(t, "udp", udp...)}
 }
 
 func hostCIDR(h string) string {
@@ -168,182 +164,24 @@ func spoofOnce(t *testing.T, ns *netns.NS, pool string) {
 	t.Helper()
 	answers(t, ns, "udp", pool, net.JoinHostPort(internet, "9"))
 	for range 3 {
-		reach(ns, "udp", spoofSrc, net.JoinHostPort(internet, "9"))
+		ns.Reach("udp", spoofSrc, net.JoinHostPort(internet, "9"))
 	}
 	answers(t, ns, "udp", pool, net.JoinHostPort(internet, "9"))
-}
-
-// server answers on sockets inside a namespace until the test ends (TCP:
-// "k" to each connection; UDP: "k" to each datagram) and records whom it
-// heard.
-type server struct {
-	mu   sync.Mutex
-	from []netip.Addr
-}
-
-func (s *server) heard(a netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.from = append(s.from, a.Unmap())
-}
-
-func (s *server) sources() []netip.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.from)
-}
-
-// inNS runs fn on a thread inside ns; sockets made there keep the
-// namespace. The thread is thrown away if it cannot switch back.
-func inNS(ns *netns.NS, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := vnetns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := vnetns.GetFromName(ns.Name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := vnetns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := vnetns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-// serve starts one server on network at each of addrs in ns. UDP needs a
-// socket per address: an unbound one answers from whichever address
-// routing picks, which the client's connected socket ignores.
-func serve(t *testing.T, ns *netns.NS, network string, addrs ...string) *server {
-	t.Helper()
-	s := &server{}
-	for _, addr := range addrs {
-		var closer func() error
-		err := inNS(ns, func() error {
-			if network == "udp" {
-				pc, err := net.ListenPacket("udp", addr)
-				if err == nil {
-					closer = pc.Close
-					go s.serveUDP(pc.(*net.UDPConn))
-				}
-				return err
-			}
-			ln, err := net.Listen("tcp", addr)
-			if err == nil {
-				closer = ln.Close
-				go s.serveTCP(ln)
-			}
-			return err
-		})
-		if err != nil {
-			t.Fatalf("listen %s %s in %s: %v", network, addr, ns.Name, err)
-		}
-		t.Cleanup(func() { closer() })
-	}
-	return s
-}
-
-func (s *server) serveTCP(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-			s.heard(ap.Addr())
-		}
-		c.Write([]byte("k"))
-		c.Close()
-	}
-}
-
-func (s *server) serveUDP(u *net.UDPConn) {
-	buf := make([]byte, 1500)
-	for {
-		_, from, err := u.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			return
-		}
-		s.heard(from.Addr())
-		u.WriteToUDPAddrPort([]byte("k"), from)
-	}
-}
-
-// errSilent: no answer within the timeout; the packet or its answer was
-// dropped (anything else, such as a missing route, is the test's own
-// set-up failing).
-var errSilent = errors.New("no answer")
-
-func silence(err error) error {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return fmt.Errorf("%w: %v", errSilent, err)
-	}
-	return err
-}
-
-// reach sends from ns (from laddr when set) to a server and waits a
-// second for its "k".
-func reach(ns *netns.NS, network, laddr, addr string) error {
-	var c net.Conn
-	err := inNS(ns, func() error {
-		d := net.Dialer{Timeout: time.Second}
-		if laddr != "" {
-			if network == "udp" {
-				d.LocalAddr = &net.UDPAddr{IP: net.ParseIP(laddr)}
-			} else {
-				d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
-			}
-		}
-		var err error
-		c, err = d.Dial(network, addr)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", network, addr, silence(err))
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	if network == "udp" {
-		if _, err := c.Write([]byte("?")); err != nil {
-			return err
-		}
-	}
-	b := make([]byte, 1)
-	if _, err := c.Read(b); err != nil {
-		return fmt.Errorf("%s %s: %w", network, addr, silence(err))
-	}
-	return nil
 }
 
 // answers waits until the server at addr answers ns (the tunnel may still
 // be handshaking).
 func answers(t *testing.T, ns *netns.NS, network, laddr, addr string) {
 	t.Helper()
-	netns.WaitFor(t, 30*time.Second, func() error { return reach(ns, network, laddr, addr) })
+	netns.WaitFor(t, 30*time.Second, func() error { return ns.Reach(network, laddr, addr) })
 }
 
 // silent checks that addr does not answer ns through the tunnel.
 func silent(t *testing.T, ns *netns.NS, network, addr string) {
 	t.Helper()
-	if err := reach(ns, network, "", addr); err == nil {
+	if err := ns.Reach(network, "", addr); err == nil {
 		t.Errorf("a client reached %s %s through the tunnel", network, addr)
-	} else if !errors.Is(err, errSilent) {
+	} else if !errors.Is(err, netns.ErrSilent) {
 		t.Errorf("%s %s: %v", network, addr, err)
 	}
 }

@@ -3,12 +3,10 @@ package netctl
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,7 +38,7 @@ var worldHosts = []string{internet, internet6, metadata, neighbour10, neighbour1
 type world struct {
 	*bed
 	uplink *netns.NS
-	far    map[string]*server // by network: "tcp" :80 and "udp" :9 on every far address
+	far    map[string]*netns.Echo // by network: "tcp" :80 and "udp" :9 on every far address
 }
 
 func newWorld(t *testing.T, edit func(*Config)) *world {
@@ -60,9 +58,9 @@ func newWorld(t *testing.T, edit func(*Config)) *world {
 	for _, h := range worldHosts {
 		udpAddrs = append(udpAddrs, net.JoinHostPort(h, "9"))
 	}
-	w := &world{uplink: up, far: map[string]*server{
-		"tcp": listen(t, up, "tcp", ":80"),
-		"udp": listen(t, up, "udp", udpAddrs...),
+	w := &world{uplink: up, far: map[string]*netns.Echo{
+		"tcp": up.Serve(t, "tcp", ":80"),
+		"udp": up.Serve(t, "udp", udpAddrs...),
 	}}
 	w.bed = newBedIn(t, node, func(c *Config) {
 		c.Address6 = netip.MustParsePrefix("fd00:8::1/64")
@@ -75,9 +73,9 @@ func newWorld(t *testing.T, edit func(*Config)) *world {
 	// allowed, 8080 and 54 not.
 	for _, hp := range []string{"tcp/:8080", "tcp/:53", "tcp/:54"} {
 		network, addr, _ := strings.Cut(hp, "/")
-		listen(t, node, network, addr)
+		node.Serve(t, network, addr)
 	}
-	listen(t, node, "udp", "10.8.0.1:53", "[fd00:8::1]:53", "10.8.0.1:54", "[fd00:8::1]:54")
+	node.Serve(t, "udp", "10.8.0.1:53", "[fd00:8::1]:53", "10.8.0.1:54", "[fd00:8::1]:54")
 	return w
 }
 
@@ -106,160 +104,18 @@ func (w *world) tunnelClient(addr, addr6 string, extra ...string) (*netns.WGClie
 	return c, p
 }
 
-// server answers on one socket inside a namespace until the test ends:
-// TCP writes "k" to each connection, UDP answers each datagram with "k".
-// It records who it heard from.
-type server struct {
-	mu   sync.Mutex
-	from []netip.Addr
-}
-
-func (s *server) heard(a netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.from = append(s.from, a.Unmap())
-}
-
-func (s *server) sources() []netip.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.from)
-}
-
-// inNS runs fn on a thread inside ns; sockets made there keep the
-// namespace.
-func inNS(ns *netns.NS, fn func() error) error {
-	n, err := openNamespace(ns.Path())
-	if err != nil {
-		return err
-	}
-	defer n.close()
-	return n.do(fn)
-}
-
-// listen starts one server on network at each of addrs in ns. UDP needs a
-// socket per address: an unbound one would answer from whichever address
-// routing picks, which the client's connected socket ignores.
-func listen(t testing.TB, ns *netns.NS, network string, addrs ...string) *server {
-	t.Helper()
-	s := &server{}
-	for _, addr := range addrs {
-		var closer func() error
-		err := inNS(ns, func() error {
-			if network == "udp" {
-				pc, err := net.ListenPacket("udp", addr)
-				if err != nil {
-					return err
-				}
-				closer = pc.Close
-				go s.serveUDP(pc)
-				return nil
-			}
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return err
-			}
-			closer = ln.Close
-			go s.serveTCP(ln)
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("listen %s %s in %s: %v", network, addr, ns.Name, err)
-		}
-		t.Cleanup(func() { closer() })
-	}
-	return s
-}
-
-func (s *server) serveTCP(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-			s.heard(ap.Addr())
-		}
-		c.Write([]byte("k"))
-		c.Close()
-	}
-}
-
-func (s *server) serveUDP(pc net.PacketConn) {
-	u := pc.(*net.UDPConn)
-	buf := make([]byte, 1500)
-	for {
-		_, from, err := u.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			return
-		}
-		s.heard(from.Addr())
-		u.WriteToUDPAddrPort([]byte("k"), from)
-	}
-}
-
-// errNoAnswer: the packet or its answer was dropped (a timeout, not an
-// error such as a missing route in the test's own set-up).
-var errNoAnswer = errors.New("no answer")
-
-func timeoutIs(err error) error {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return fmt.Errorf("%w: %v", errNoAnswer, err)
-	}
-	return err
-}
-
-// reach sends from ns to network/addr (from local address laddr when set)
-// and waits up to a second for the server's "k".
-func reach(ns *netns.NS, network, laddr, addr string) error {
-	var c net.Conn
-	err := inNS(ns, func() error {
-		d := net.Dialer{Timeout: time.Second}
-		if laddr != "" {
-			ip := net.ParseIP(laddr)
-			if network == "udp" {
-				d.LocalAddr = &net.UDPAddr{IP: ip}
-			} else {
-				d.LocalAddr = &net.TCPAddr{IP: ip}
-			}
-		}
-		var err error
-		c, err = d.Dial(network, addr)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", network, addr, timeoutIs(err))
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	if network == "udp" {
-		if _, err := c.Write([]byte("?")); err != nil {
-			return err
-		}
-	}
-	b := make([]byte, 1)
-	if _, err := c.Read(b); err != nil {
-		return fmt.Errorf("%s %s: %w", network, addr, timeoutIs(err))
-	}
-	if b[0] != 'k' {
-		return fmt.Errorf("%s %s: answer %q", network, addr, b)
-	}
-	return nil
-}
-
 // mustReach waits (the tunnel may still be handshaking) until ns reaches
 // addr.
 func mustReach(t testing.TB, ns *netns.NS, network, addr string) {
 	t.Helper()
-	netns.WaitFor(t, 20*time.Second, func() error { return reach(ns, network, "", addr) })
+	netns.WaitFor(t, 20*time.Second, func() error { return ns.Reach(network, "", addr) })
 }
 
 func mustNotReach(t testing.TB, ns *netns.NS, network, addr, what string) {
 	t.Helper()
-	if err := reach(ns, network, "", addr); err == nil {
+	if err := ns.Reach(network, "", addr); err == nil {
 		t.Errorf("a client reached %s (%s %s) through the tunnel", what, network, addr)
-	} else if !errors.Is(err, errNoAnswer) {
+	} else if !errors.Is(err, netns.ErrSilent) {
 		t.Errorf("%s: %v", what, err)
 	}
 }
@@ -276,7 +132,7 @@ func TestClientReachesOnlyTheInternet(t *testing.T) {
 	mustReach(t, c.NS, "tcp", internet+":80")
 	mustReach(t, c.NS, "udp", internet+":9")
 	mustReach(t, c.NS, "tcp", "["+internet6+"]:80")
-	if got := w.far["tcp"].sources(); !slices.Contains(got, netip.MustParseAddr(uplinkNode)) || !slices.Contains(got, netip.MustParseAddr(uplinkNode6)) {
+	if got := w.far["tcp"].Sources(); !slices.Contains(got, netip.MustParseAddr(uplinkNode)) || !slices.Contains(got, netip.MustParseAddr(uplinkNode6)) {
 		t.Errorf("the internet host heard %v, want the node's uplink addresses (NAT)", got)
 	}
 	ping(t, c.NS, "10.8.0.1")
@@ -342,14 +198,14 @@ func TestSpoofedSourcesDoNotLeave(t *testing.T) {
 	sendSpoofed := func() {
 		t.Helper()
 		for range 3 {
-			reach(c.NS, "udp", spoofed, internet+":9")
-			reach(c.NS, "udp", "2001:db8:99::5", "["+internet6+"]:9")
+			c.NS.Reach("udp", spoofed, internet+":9")
+			c.NS.Reach("udp", "2001:db8:99::5", "["+internet6+"]:9")
 		}
-		netns.WaitFor(t, 20*time.Second, func() error { return reach(c.NS, "udp", "10.8.0.3", internet+":9") })
-		netns.WaitFor(t, 20*time.Second, func() error { return reach(c.NS, "udp", "fd00:8::3", "["+internet6+"]:9") })
+		netns.WaitFor(t, 20*time.Second, func() error { return c.NS.Reach("udp", "10.8.0.3", internet+":9") })
+		netns.WaitFor(t, 20*time.Second, func() error { return c.NS.Reach("udp", "fd00:8::3", "["+internet6+"]:9") })
 	}
 	sendSpoofed()
-	for _, a := range udp.sources() {
+	for _, a := range udp.Sources() {
 		if a == netip.MustParseAddr(spoofed) || a == netip.MustParseAddr("2001:db8:99::5") {
 			t.Fatalf("a spoofed source left the node un-NATed: the internet host heard %v", a)
 		}
@@ -366,7 +222,7 @@ func TestSpoofedSourcesDoNotLeave(t *testing.T) {
 		t.Fatal(err)
 	}
 	sendSpoofed()
-	got := udp.sources()
+	got := udp.Sources()
 	if !slices.Contains(got, netip.MustParseAddr(spoofed)) || !slices.Contains(got, netip.MustParseAddr("2001:db8:99::5")) {
 		t.Errorf("routed subnets were not forwarded as they are: the internet host heard %v", got)
 	}
