@@ -12,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 // The world beside the node: an uplink namespace holding the "internet"
@@ -173,7 +174,7 @@ func spoofOnce(t *testing.T, ns *netns.NS, pool string) {
 // be handshaking).
 func answers(t *testing.T, ns *netns.NS, network, laddr, addr string) {
 	t.Helper()
-	netns.WaitFor(t, 30*time.Second, func() error { return ns.Reach(network, laddr, addr) })
+	testkit.Eventually(t, 30*time.Second, func() error { return ns.Reach(network, laddr, addr) })
 }
 
 // silent checks that addr does not answer ns through the tunnel.

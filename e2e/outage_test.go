@@ -11,6 +11,7 @@ import (
 
 	"github.com/waylume/waylume-node/internal/netns"
 	"github.com/waylume/waylume-node/internal/statefile"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/reconcile"
 )
 
@@ -33,7 +34,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 	ck := newKey(t)
 	id, addr := e.addPeer(ck.PublicKey(), fmt.Sprintf("download_kbps=%d", kbps))
 	cli := e.client(ck, addr)
-	netns.WaitFor(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
+	testkit.Eventually(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
 	netns.StartIperfServer(t, e.nodeNS, nodeTunnel, 5203)
 	before := shapedDownload(ctx, t, e, 5203, kbps)
 	t.Logf("before the kill: %.1f Mbit/s against a %d kbit/s limit", before/1e6, kbps)
@@ -41,7 +42,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 	// The saved state holds the peer with its limit; the usage so far is
 	// committed (no traffic, counters still, peer_usage equal to them).
 	file := statefile.New(filepath.Dir(e.keyFile), "state.json")
-	netns.WaitFor(t, 20*time.Second, func() error {
+	testkit.Eventually(t, 20*time.Second, func() error {
 		var s reconcile.LocalState
 		if _, err := file.Read(e.nodeID, reconcile.LocalStateVersion, &s); err != nil {
 			return err
@@ -52,7 +53,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 		return nil
 	})
 	rx1, tx1 := e.frozenCounters(ck.PublicKey().String())
-	netns.WaitFor(t, 20*time.Second, func() error {
+	testkit.Eventually(t, 20*time.Second, func() error {
 		up, down, err := e.usage(id)
 		if err != nil {
 			return err
@@ -89,7 +90,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 	}()
 	started := time.Now()
 	n = start()
-	netns.WaitFor(t, 20*time.Second, func() error {
+	testkit.Eventually(t, 20*time.Second, func() error {
 		peers, err := e.nodePeers()
 		if err != nil {
 			return err
@@ -122,7 +123,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	dbDown = false
-	netns.WaitFor(t, 90*time.Second, func() error {
+	testkit.Eventually(t, 90*time.Second, func() error {
 		if body := e.readyz(ctx); !strings.HasPrefix(body, "ready") {
 			return fmt.Errorf("/readyz: %q", body)
 		}
@@ -136,7 +137,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 		t.Fatalf("the new device counted %d/%d: too little to mean anything", rx2, tx2)
 	}
 	var up, down int64
-	netns.WaitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, 30*time.Second, func() error {
 		var err error
 		if up, down, err = e.usage(id); err != nil {
 			return err

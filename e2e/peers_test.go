@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 // The node driven by rows, through LISTEN/NOTIFY and through the Realtime
@@ -31,7 +32,7 @@ func TestNodeLifecycle(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 
-			netns.WaitFor(t, 30*time.Second, func() error {
+			testkit.Eventually(t, 30*time.Second, func() error {
 				var st, pub string
 				if err := e.admin.QueryRow(ctx, `SELECT coalesce(status,''), coalesce(public_key,'') FROM waylume.node_overview WHERE id = $1`, e.nodeID).Scan(&st, &pub); err != nil {
 					return err
@@ -46,7 +47,7 @@ func TestNodeLifecycle(t *testing.T) {
 			ck := newKey(t)
 			id, addr := e.addPeer(ck.PublicKey(), "")
 			cli := e.client(ck, addr)
-			netns.WaitFor(t, 20*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
+			testkit.Eventually(t, 20*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
 			ps, err := cli.Peers(ctx)
 			if err != nil || len(ps) != 1 || ps[0].LatestHandshake.IsZero() {
 				t.Fatalf("client handshake: %+v %v", ps, err)
@@ -61,7 +62,7 @@ func TestNodeLifecycle(t *testing.T) {
 			}
 			const kbps = 8000
 			e.exec(`UPDATE waylume.peers SET download_kbps = $2 WHERE id = $1`, id, kbps)
-			netns.WaitFor(t, 10*time.Second, func() error {
+			testkit.Eventually(t, 10*time.Second, func() error {
 				out, err := e.nodeNS.Run(ctx, "tc", "class", "show", "dev", e.iface)
 				if err != nil {
 					return err
@@ -109,7 +110,7 @@ func TestNodeLifecycle(t *testing.T) {
 			ps, _ = cli.Peers(ctx)
 			hs := ps[0].LatestHandshake
 			e.exec(`UPDATE waylume.nodes SET mtu = 1380, dns = '{1.1.1.1}' WHERE id = $1`, e.nodeID)
-			netns.WaitFor(t, 10*time.Second, func() error {
+			testkit.Eventually(t, 10*time.Second, func() error {
 				out, err := e.nodeNS.Run(ctx, "ip", "link", "show", e.iface)
 				if err != nil {
 					return err
@@ -135,7 +136,7 @@ func TestNodeLifecycle(t *testing.T) {
 				e.rt.SetLoseEvents(true)
 				lk := newKey(t)
 				e.addPeer(lk.PublicKey(), "")
-				netns.WaitFor(t, 15*time.Second, func() error {
+				testkit.Eventually(t, 15*time.Second, func() error {
 					p, err := e.nodePeers()
 					if err != nil {
 						return err
@@ -153,7 +154,7 @@ func TestNodeLifecycle(t *testing.T) {
 
 			// Delete -> removed from the device; the handshake stops.
 			e.exec(`DELETE FROM waylume.peers WHERE id = $1`, id)
-			netns.WaitFor(t, 10*time.Second, func() error {
+			testkit.Eventually(t, 10*time.Second, func() error {
 				p, err := e.nodePeers()
 				if err != nil {
 					return err
@@ -199,7 +200,7 @@ func TestNodeLifecycle(t *testing.T) {
 
 func waitStatus(t *testing.T, e *env, id, state, reasonPrefix string) {
 	t.Helper()
-	netns.WaitFor(t, 15*time.Second, func() error {
+	testkit.Eventually(t, 15*time.Second, func() error {
 		s, err := e.status(id)
 		if err != nil {
 			return err

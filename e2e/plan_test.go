@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 // `plan` names what run would do, an added peer and a changed limit, and
@@ -21,7 +21,7 @@ import (
 func TestPlanChangesNothing(t *testing.T) {
 	e := newEnv(t)
 	dev := e.nodeNS.Start(t, "wireguard-go", "-f", e.iface)
-	netns.WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if exited, err := dev.Exited(); exited {
 			return fmt.Errorf("wireguard-go exited: %v: %s", err, dev.Output())
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 // The device outlives the node (an external wireguard-go adopted in kernel
@@ -34,7 +35,7 @@ func TestUsageExactlyOnceAcrossKills(t *testing.T) {
 	ck := newKey(t)
 	id, addr := e.addPeer(ck.PublicKey(), "")
 	cli := e.client(ck, addr)
-	netns.WaitFor(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
+	testkit.Eventually(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
 	netns.StartIperfServer(t, e.nodeNS, nodeTunnel, 5202)
 
 	// Traffic both ways, rate-limited by iperf3 itself, until stopped.
@@ -138,7 +139,7 @@ func TestUsageOneRowPerBucket(t *testing.T) {
 	ck := newKey(t)
 	id, addr := e.addPeer(ck.PublicKey(), "")
 	cli := e.client(ck, addr)
-	netns.WaitFor(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
+	testkit.Eventually(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
 	netns.StartIperfServer(t, e.nodeNS, nodeTunnel, 5203)
 	began := time.Now()
 	if _, err := e.cliNS.Run(ctx, "iperf3", "-c", nodeTunnel, "-p", "5203", "-t", "62", "-b", "2M", "--bidir"); err != nil {
@@ -185,7 +186,7 @@ func TestUsageRecreatedRowNotBilledTwice(t *testing.T) {
 	ck := newKey(t)
 	oldID, addr := e.addPeer(ck.PublicKey(), "")
 	cli := e.client(ck, addr)
-	netns.WaitFor(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
+	testkit.Eventually(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
 	netns.StartIperfServer(t, e.nodeNS, nodeTunnel, 5204)
 	if _, err := e.cliNS.Run(ctx, "iperf3", "-c", nodeTunnel, "-p", "5204", "-t", "2", "-b", "20M"); err != nil {
 		t.Fatalf("iperf3: %v", err)
@@ -201,12 +202,12 @@ func TestUsageRecreatedRowNotBilledTwice(t *testing.T) {
 	n = e.startNode("kernel", 30*time.Second, time.Second)
 	// Bytes that pass before the node has adopted the device are not the
 	// new row's to bill either: traffic starts once its status is written.
-	netns.WaitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, 30*time.Second, func() error {
 		_, err := e.status(newID)
 		return err
 	})
 	cli = e.client(ck, addr)
-	netns.WaitFor(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
+	testkit.Eventually(t, 30*time.Second, func() error { return e.cliNS.Ping(ctx, nodeTunnel, 1) })
 	if _, err := e.cliNS.Run(ctx, "iperf3", "-c", nodeTunnel, "-p", "5204", "-t", "1", "-b", "5M"); err != nil {
 		t.Fatalf("iperf3: %v", err)
 	}
@@ -240,7 +241,7 @@ func TestUsageRecreatedRowNotBilledTwice(t *testing.T) {
 func (e *env) externalDevice() {
 	t := e.t
 	dev := e.nodeNS.Start(t, "wireguard-go", "-f", e.iface)
-	netns.WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if exited, err := dev.Exited(); exited {
 			return fmt.Errorf("wireguard-go exited: %v: %s", err, dev.Output())
 		}
@@ -251,7 +252,7 @@ func (e *env) externalDevice() {
 
 // frozenCounters waits until a peer's counters stop moving and returns them.
 func (e *env) frozenCounters(pub string) (rx, tx int64) {
-	netns.WaitFor(e.t, 20*time.Second, func() error {
+	testkit.Eventually(e.t, 20*time.Second, func() error {
 		r1, t1, err := e.deviceCounters(pub)
 		if err != nil {
 			return err
@@ -273,7 +274,7 @@ func (e *env) frozenCounters(pub string) (rx, tx int64) {
 // waitOnline waits until the running node is past its startup (its first
 // heartbeat), so that a stop then is a clean one.
 func (e *env) waitOnline() {
-	netns.WaitFor(e.t, 30*time.Second, func() error {
+	testkit.Eventually(e.t, 30*time.Second, func() error {
 		var st string
 		if err := e.queryRow(`SELECT coalesce(status,'') FROM waylume.node_overview WHERE id = $1`, []any{e.nodeID}, &st); err != nil {
 			return err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -136,7 +137,7 @@ func (b *bed) sync(peers ...Peer) {
 
 func ping(t testing.TB, ns *netns.NS, addr string) {
 	t.Helper()
-	netns.WaitFor(t, 15*time.Second, func() error {
+	testkit.Eventually(t, 15*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		return ns.Ping(ctx, addr, 1)

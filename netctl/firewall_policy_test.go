@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 // Addresses of the world beside the node: one uplink namespace holds the
@@ -108,7 +109,7 @@ func (w *world) tunnelClient(addr, addr6 string, extra ...string) (*netns.WGClie
 // addr.
 func mustReach(t testing.TB, ns *netns.NS, network, addr string) {
 	t.Helper()
-	netns.WaitFor(t, 20*time.Second, func() error { return ns.Reach(network, "", addr) })
+	testkit.Eventually(t, 20*time.Second, func() error { return ns.Reach(network, "", addr) })
 }
 
 func mustNotReach(t testing.TB, ns *netns.NS, network, addr, what string) {
@@ -201,8 +202,8 @@ func TestSpoofedSourcesDoNotLeave(t *testing.T) {
 			c.NS.Reach("udp", spoofed, internet+":9")
 			c.NS.Reach("udp", "2001:db8:99::5", "["+internet6+"]:9")
 		}
-		netns.WaitFor(t, 20*time.Second, func() error { return c.NS.Reach("udp", "10.8.0.3", internet+":9") })
-		netns.WaitFor(t, 20*time.Second, func() error { return c.NS.Reach("udp", "fd00:8::3", "["+internet6+"]:9") })
+		testkit.Eventually(t, 20*time.Second, func() error { return c.NS.Reach("udp", "10.8.0.3", internet+":9") })
+		testkit.Eventually(t, 20*time.Second, func() error { return c.NS.Reach("udp", "fd00:8::3", "["+internet6+"]:9") })
 	}
 	sendSpoofed()
 	for _, a := range udp.Sources() {

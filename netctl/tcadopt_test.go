@@ -19,7 +19,7 @@ func externalDevice(t *testing.T, node *netns.NS) string {
 	t.Helper()
 	name := netns.Name("wlx")
 	wgproc := node.Start(t, "wireguard-go", "-f", name)
-	netns.WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		_, err := node.Run(context.Background(), "wg", "show", name)
 		if exited, perr := wgproc.Exited(); exited {
 			t.Fatalf("wireguard-go exited: %v: %s", perr, wgproc.Output())

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -119,7 +120,7 @@ func TestAdoptExternalDevice(t *testing.T) {
 	node := newNodeNS(t)
 	name := netns.Name("wlx")
 	wgproc := node.Start(t, "wireguard-go", "-f", name)
-	netns.WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		_, err := node.Run(context.Background(), "wg", "show", name)
 		if exited, perr := wgproc.Exited(); exited {
 			t.Fatalf("wireguard-go exited: %v: %s", perr, wgproc.Output())

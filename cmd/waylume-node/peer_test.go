@@ -17,6 +17,7 @@ import (
 
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/migrations"
 )
 
@@ -115,7 +116,7 @@ func TestPeerConfig(t *testing.T) {
 	ns := netns.New(t, "wlpc")
 	iface := netns.Name("wlpc")
 	dev := ns.Start(t, "wireguard-go", "-f", iface)
-	netns.WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if exited, err := dev.Exited(); exited {
 			return fmt.Errorf("wireguard-go exited: %v: %s", err, dev.Output())
 		}

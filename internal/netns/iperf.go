@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 // IperfServer is an iperf3 server listening inside a namespace.
@@ -24,7 +26,7 @@ func StartIperfServer(t testing.TB, ns *NS, addr string, port int) *IperfServer 
 	t.Helper()
 	s := &IperfServer{NS: ns, Addr: addr, Port: port}
 	s.proc = ns.Start(t, "iperf3", "-s", "-B", addr, "-p", strconv.Itoa(port))
-	WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if exited, err := s.proc.Exited(); exited {
 			return fmt.Errorf("iperf3 server exited: %v: %s", err, s.proc.Output())
 		}

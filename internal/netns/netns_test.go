@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 func TestNamesAreShortAndUnique(t *testing.T) {
@@ -40,7 +42,6 @@ func TestNamespacesVethAndPing(t *testing.T) {
 	if exited, _ := p.Exited(); !exited {
 		t.Error("Stop did not end the process")
 	}
-	WaitFor(t, time.Second, func() error { return nil })
 }
 
 // A child that outlives what the test started (a daemonising tool, a
@@ -50,7 +51,7 @@ func TestLeftoverProcessesAreFound(t *testing.T) {
 	Require(t, "sh", "sleep")
 	n := New(t, "htl")
 	p := n.Start(t, "sh", "-c", "sleep 60 >/dev/null 2>&1 & exit 0")
-	WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if exited, _ := p.Exited(); !exited {
 			return errors.New("sh still running")
 		}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/waylume/waylume-node/internal/testkit"
 )
 
 // WGClient is a WireGuard client made of Debian's wireguard-go and wg,
@@ -50,7 +52,7 @@ func StartWGClient(t testing.TB, ns *NS, cfg WGClientConfig) *WGClient {
 	c := &WGClient{NS: ns, Iface: Name("wgc"), Key: key, Address: cfg.Address}
 	c.proc = ns.Start(t, "wireguard-go", "-f", c.Iface)
 	sock := filepath.Join("/var/run/wireguard", c.Iface+".sock")
-	WaitFor(t, 10*time.Second, func() error {
+	testkit.Eventually(t, 10*time.Second, func() error {
 		if exited, err := c.proc.Exited(); exited {
 			return fmt.Errorf("wireguard-go exited: %v: %s", err, c.proc.Output())
 		}
