@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/waylume/waylume-node/internal/dbfix"
+	"github.com/waylume/waylume-node/internal/netns"
+	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/internal/testkit"
+)
+
+const memPeers = 10_000
+
+// seedLimitedPeers adds n peers the way a production row looks: a
+// preshared key and both limits, so the node installs WireGuard peers and
+// tc classes for each. persistent_keepalive stays NULL as usual: the
+// client keeps the tunnel alive, the node sends none.
+func (e *env) seedLimitedPeers(tb testing.TB, n int) {
+	tb.Helper()
+	dbfix.AddPeers(tb, e.db, e.nodeID, n)
+	dbfix.Exec(tb, e.db, `UPDATE waylume.peers SET preshared_key = `+dbfix.RandomKeySQL+`,
+		download_kbps = 20000, upload_kbps = 5000`)
+}
+
+// waitApplied waits until the node's device holds want peers and a usage
+// flush has written every peer's status.
+func (e *env) waitApplied(tb testing.TB, want int) {
+	tb.Helper()
+	netns.WaitFor(tb, 10*time.Minute, func() error {
+		p, err := e.nodePeers()
+		if err != nil {
+			return err
+		}
+		if len(p) != want {
+			return fmt.Errorf("%d peers on the device, want %d", len(p), want)
+		}
+		var rows int
+		if err := e.queryRow(`SELECT count(*) FROM waylume.peer_status WHERE node_id = $1 AND state = 'active'`, []any{e.nodeID}, &rows); err != nil {
+			return err
+		}
+		if rows != want {
+			return fmt.Errorf("%d active status rows, want %d", rows, want)
+		}
+		return nil
+	})
+}
+
+// steadyRSS polls pid's VmRSS until the readings over window stay within
+// 2% of each other, and returns the highest of them: what the process
+// holds across that window. window spans the node's resync and usage
+// intervals, so a steady reading includes both.
+func steadyRSS(tb testing.TB, pid int, window time.Duration) int {
+	tb.Helper()
+	const every = 250 * time.Millisecond
+	keep := int(window / every)
+	var seen []int
+	var steady int
+	testkit.Eventually(tb, 5*time.Minute, func() error {
+		seen = append(seen, rssKB(tb, pid))
+		if len(seen) > keep {
+			seen = seen[len(seen)-keep:]
+		}
+		lo, hi := slices.Min(seen), slices.Max(seen)
+		if len(seen) < keep || hi-lo > hi/50 {
+			return fmt.Errorf("VmRSS %d-%d kB over the last %d readings, not steady", lo, hi, len(seen))
+		}
+		steady = hi
+		return nil
+	})
+	return steady
+}
+
+// bare is wgbare (e2e/testdata/wgbare) running in its own namespace.
+type bare struct {
+	cmd   *exec.Cmd
+	ns    *netns.NS
+	iface string
+}
+
+// startBare builds wgbare from this module, so it links the same
+// wireguard-go version as the node, and runs it in a new namespace with
+// Go's default GC settings.
+func startBare(tb testing.TB) *bare {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "wgbare")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/waylume/waylume-node/e2e/testdata/wgbare").CombinedOutput(); err != nil {
+		tb.Fatalf("build wgbare: %v\n%s", err, out)
+	}
+	ns := netns.New(tb, "wb")
+	b := &bare{ns: ns, iface: netns.Name("wgb")}
+	b.cmd = ns.Command(context.Background(), bin, b.iface)
+	b.cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "GOGC=") || strings.HasPrefix(kv, "GOMEMLIMIT=")
+	})
+	out := &testkit.Buffer{}
+	b.cmd.Stdout, b.cmd.Stderr = out, out
+	if err := b.cmd.Start(); err != nil {
+		tb.Fatalf("start wgbare: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { b.cmd.Wait(); close(done) }()
+	tb.Cleanup(func() {
+		b.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			b.cmd.Process.Kill()
+			<-done
+		}
+		os.Remove(filepath.Join("/var/run/wireguard", b.iface+".sock"))
+		if tb.Failed() {
+			tb.Logf("wgbare output:\n%s", tail(out.String(), 4000))
+		}
+	})
+	netns.WaitFor(tb, 10*time.Second, func() error {
+		select {
+		case <-done:
+			return fmt.Errorf("wgbare exited: %s", out.String())
+		default:
+		}
+		_, err := os.Stat("/var/run/wireguard/" + b.iface + ".sock")
+		return err
+	})
+	return b
+}
+
+// copyDevice gives the bare device what the node's holds: its key, port
+// and every peer with its preshared key, keepalive and allowed IPs, over
+// the UAPI socket, and sets the interface up so the peers start as the
+// node's did.
+func (b *bare) copyDevice(tb testing.TB, from string) {
+	tb.Helper()
+	c, err := wgctrl.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	dev, err := c.Device(from)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg := wgtypes.Config{PrivateKey: &dev.PrivateKey, ListenPort: &dev.ListenPort, Peers: make([]wgtypes.PeerConfig, len(dev.Peers))}
+	for i, p := range dev.Peers {
+		cfg.Peers[i] = wgtypes.PeerConfig{PublicKey: p.PublicKey, PresharedKey: &p.PresharedKey,
+			PersistentKeepaliveInterval: &p.PersistentKeepaliveInterval, ReplaceAllowedIPs: true, AllowedIPs: p.AllowedIPs}
+	}
+	if err := c.ConfigureDevice(b.iface, cfg); err != nil {
+		tb.Fatal(err)
+	}
+	b.ns.MustRun(tb, "ip", "addr", "add", nodeAddrBench, "dev", b.iface)
+	b.ns.MustRun(tb, "ip", "link", "set", b.iface, "up")
+	got, err := c.Device(b.iface)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(got.Peers) != len(dev.Peers) {
+		tb.Fatalf("bare device holds %d peers, want %d", len(got.Peers), len(dev.Peers))
+	}
+}
+
+const nodeAddrBench = "10.8.0.1/16"
+
+// BenchmarkUserspaceRSS: resident memory of the node binary with its
+// embedded userspace WireGuard holding 10,000 limited peers, beside a bare
+// wireguard-go of the same module version holding the same peers, both
+// read in the same run once steady (the node after a resync and a flush).
+// The node runs with its own GC default (GOGC 25), the bare device with
+// Go's (100).
+func BenchmarkUserspaceRSS(b *testing.B) {
+	e := newEnvPool(b, nodeAddrBench)
+	e.seedLimitedPeers(b, memPeers)
+	const resync, usage = 5 * time.Second, 10 * time.Second
+	n := e.startNode("userspace", resync, usage)
+	e.waitApplied(b, memPeers)
+	node := steadyRSS(b, n.cmd.Process.Pid, usage+resync)
+
+	w := startBare(b)
+	w.copyDevice(b, e.iface)
+	base := steadyRSS(b, w.cmd.Process.Pid, usage+resync)
+
+	b.ReportMetric(float64(node)/1024, "node-MB")
+	b.ReportMetric(float64(base)/1024, "bare-MB")
+	b.ReportMetric(float64(node-base)/memPeers, "node-minus-bare-KB/peer")
+}
+
+// BenchmarkUserspaceHeap: the same node, its production wiring run in this
+// process (package node), for what RSS cannot tell: live heap after a
+// collection and goroutines, with the test binary's own subtracted. With
+// WAYLUME_HEAP_PROFILE=path it writes the heap profile there (go tool
+// pprof -sample_index=inuse_space path).
+func BenchmarkUserspaceHeap(b *testing.B) {
+	e := newEnvPool(b, nodeAddrBench)
+	e.seedLimitedPeers(b, memPeers)
+	heap0, g0 := liveHeap()
+	n := e.inProcess(b, "listen", time.Hour, node.Observer{})
+	ctx := context.Background()
+	netns.WaitFor(b, 10*time.Minute, func() error {
+		st, err := n.DataPlane().Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if len(st) != memPeers {
+			return fmt.Errorf("%d peers on the device, want %d", len(st), memPeers)
+		}
+		return nil
+	})
+	if err := n.Reconciler().Resync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := n.Reconciler().Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	heap, g := liveHeap()
+	if path := os.Getenv("WAYLUME_HEAP_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(heap-heap0)/(1<<20), "heap-live-MB")
+	b.ReportMetric(float64(g-g0), "goroutines")
+}
+
+func liveHeap() (bytes uint64, goroutines int) {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc, runtime.NumGoroutine()
+}
