@@ -27,8 +27,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// wgClient is the seam to the device: *wgctrl.Client in production, a
-// counting wrapper in tests that prove an apply sent nothing.
+// wgClient is the seam to the device: *wgctrl.Client, or embeddedClient
+// for the device this process runs; a counting wrapper in tests that prove
+// an apply sent nothing.
 type wgClient interface {
 	Device(name string) (*wgtypes.Device, error)
 	ConfigureDevice(name string, cfg wgtypes.Config) error
@@ -326,6 +327,7 @@ func (l *Link) startUserspace() error {
 		}
 	}()
 	l.dev = u
+	l.wg = &embeddedClient{wgClient: l.wg, name: name, dev: dev}
 	l.log.Info("started embedded userspace WireGuard device")
 	return nil
 }
