@@ -1,9 +1,12 @@
 package netctl
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -11,7 +14,9 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
+	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -53,7 +58,7 @@ func TestEmbeddedClientRoundTrip(t *testing.T) {
 	a, b := mustKey(t).PublicKey(), mustKey(t).PublicKey()
 	cfg := wgtypes.Config{PrivateKey: &priv, ListenPort: &port, Peers: []wgtypes.PeerConfig{
 		{PublicKey: a, PresharedKey: &psk, PersistentKeepaliveInterval: &ka, ReplaceAllowedIPs: true,
-			Endpoint: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7},
+			Endpoint:   &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7},
 			AllowedIPs: ipNetsOf("10.8.1.2/32", "fd00::2/128", "192.168.7.0/24")},
 		{PublicKey: b, ReplaceAllowedIPs: true, AllowedIPs: ipNetsOf("10.8.1.3/32")},
 	}}
@@ -161,4 +166,68 @@ func TestUAPIParserMalformed(t *testing.T) {
 			t.Errorf("%q parsed without error", strings.TrimSpace(in))
 		}
 	}
+}
+
+// BenchmarkEmbeddedRead10k: one read of a 10,000-peer embedded device,
+// in-process (what Stats does) beside wgctrl over the device's own UAPI
+// socket (what it did), in the same run: bytes and objects allocated.
+func BenchmarkEmbeddedRead10k(b *testing.B) {
+	dev := device.NewDevice(tuntest.NewChannelTUN().TUN(), bindtest.NewChannelBinds()[0], device.NewLogger(device.LogLevelSilent, ""))
+	defer dev.Close()
+	name := fmt.Sprintf("wlbench%d", os.Getpid()%100000)
+	f, err := ipc.UAPIOpen(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	uapi, err := ipc.UAPIListen(name, f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer uapi.Close()
+	go func() {
+		for {
+			c, err := uapi.Accept()
+			if err != nil {
+				return
+			}
+			go dev.IpcHandle(c)
+		}
+	}()
+	wc, err := wgctrl.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer wc.Close()
+	c := &embeddedClient{wgClient: wc, name: name, dev: dev}
+	priv, psk := mustKey(b), mustKey(b)
+	cfg := wgtypes.Config{PrivateKey: &priv}
+	for _, p := range benchPeers(b, 10_000) {
+		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, PresharedKey: &psk, ReplaceAllowedIPs: true, AllowedIPs: ipNets(p.AllowedIPs)})
+	}
+	if err := c.ConfigureDevice(name, cfg); err != nil {
+		b.Fatal(err)
+	}
+	read := func(read func() (*wgtypes.Device, error)) (mb, objects float64) {
+		var m0, m1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m0)
+		const runs = 5
+		for range runs {
+			d, err := read()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(d.Peers) != 10_000 {
+				b.Fatalf("%d peers read", len(d.Peers))
+			}
+		}
+		runtime.ReadMemStats(&m1)
+		return float64(m1.TotalAlloc-m0.TotalAlloc) / runs / (1 << 20), float64(m1.Mallocs-m0.Mallocs) / runs
+	}
+	inMB, inObj := read(func() (*wgtypes.Device, error) { return c.Device(name) })
+	sockMB, sockObj := read(func() (*wgtypes.Device, error) { return wc.Device(name) })
+	b.ReportMetric(inMB, "inprocess-MB/read")
+	b.ReportMetric(inObj, "inprocess-objects/read")
+	b.ReportMetric(sockMB, "wgctrl-socket-MB/read")
+	b.ReportMetric(sockObj, "wgctrl-socket-objects/read")
 }
