@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -178,22 +180,54 @@ const nodeAddrBench = "10.8.0.1/16"
 // wireguard-go of the same module version holding the same peers, both
 // read in the same run once steady (the node after a resync and a flush).
 // The node runs with its own GC default (GOGC 25), the bare device with
-// Go's (100).
+// Go's (100); the second case gives the node a soft memory limit, the
+// setting that bounds the collector's headroom over the device's heap.
 func BenchmarkUserspaceRSS(b *testing.B) {
-	e := newEnvPool(b, nodeAddrBench)
-	e.seedLimitedPeers(b, memPeers)
-	const resync, usage = 5 * time.Second, 10 * time.Second
-	n := e.startNode("userspace", resync, usage)
-	e.waitApplied(b, memPeers)
-	node := steadyRSS(b, n.cmd.Process.Pid, usage+resync)
+	for _, c := range []struct{ name, env string }{{"default", ""}, {"gomemlimit=400MiB", "GOMEMLIMIT=400MiB"}} {
+		b.Run(c.name, func(b *testing.B) {
+			e := newEnvPool(b, nodeAddrBench)
+			if c.env != "" {
+				e.extraEnv = append(e.extraEnv, c.env)
+			}
+			e.seedLimitedPeers(b, memPeers)
+			const resync, usage = 5 * time.Second, 10 * time.Second
+			n := e.startNode("userspace", resync, usage)
+			e.waitApplied(b, memPeers)
+			cpu0, t0 := cpuTicks(b, n.cmd.Process.Pid), time.Now()
+			node := steadyRSS(b, n.cmd.Process.Pid, usage+resync)
+			cpu := float64(cpuTicks(b, n.cmd.Process.Pid)-cpu0) / clockTicks / time.Since(t0).Seconds()
 
-	w := startBare(b)
-	w.copyDevice(b, e.iface)
-	base := steadyRSS(b, w.cmd.Process.Pid, usage+resync)
+			w := startBare(b)
+			w.copyDevice(b, e.iface)
+			base := steadyRSS(b, w.cmd.Process.Pid, usage+resync)
 
-	b.ReportMetric(float64(node)/1024, "node-MB")
-	b.ReportMetric(float64(base)/1024, "bare-MB")
-	b.ReportMetric(float64(node-base)/memPeers, "node-minus-bare-KB/peer")
+			b.ReportMetric(float64(node)/1024, "node-MB")
+			b.ReportMetric(float64(base)/1024, "bare-MB")
+			b.ReportMetric(float64(node-base)/memPeers, "node-minus-bare-KB/peer")
+			b.ReportMetric(100*cpu, "node-steady-cpu-%")
+		})
+	}
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// cpuTicks is the user plus system time pid has used, in clock ticks.
+func cpuTicks(tb testing.TB, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Fields after the command name, which may hold spaces: utime and
+	// stime are the 12th and 13th.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		tb.Fatalf("/proc/%d/stat: %v %v", pid, err1, err2)
+	}
+	return u + s
 }
 
 // BenchmarkUserspaceHeap: the same node, its production wiring run in this
