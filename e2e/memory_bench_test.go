@@ -24,7 +24,11 @@ import (
 	"github.com/waylume/waylume-node/internal/testkit"
 )
 
-const memPeers = 10_000
+// The memory benchmarks' node: 10,000 peers in its /16.
+const (
+	memPeers      = 10_000
+	nodeAddrBench = "10.8.0.1/16"
+)
 
 // seedLimitedPeers adds n peers the way a production row looks: a
 // preshared key and both limits, so the node installs WireGuard peers and
@@ -172,8 +176,6 @@ func (b *bare) copyDevice(tb testing.TB, from string) {
 		tb.Fatalf("bare device holds %d peers, want %d", len(got.Peers), len(dev.Peers))
 	}
 }
-
-const nodeAddrBench = "10.8.0.1/16"
 
 // BenchmarkUserspaceRSS: resident memory of the node binary with its
 // embedded userspace WireGuard holding 10,000 limited peers, beside a bare
