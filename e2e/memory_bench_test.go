@@ -45,7 +45,7 @@ func (e *env) seedLimitedPeers(tb testing.TB, n int) {
 // flush has written every peer's status.
 func (e *env) waitApplied(tb testing.TB, want int) {
 	tb.Helper()
-	netns.WaitFor(tb, 10*time.Minute, func() error {
+	testkit.Eventually(tb, 10*time.Minute, func() error {
 		p, err := e.nodePeers()
 		if err != nil {
 			return err
@@ -131,7 +131,7 @@ func startBare(tb testing.TB) *bare {
 			tb.Logf("wgbare output:\n%s", tail(out.String(), 4000))
 		}
 	})
-	netns.WaitFor(tb, 10*time.Second, func() error {
+	testkit.Eventually(tb, 10*time.Second, func() error {
 		select {
 		case <-done:
 			return fmt.Errorf("wgbare exited: %s", out.String())
@@ -243,7 +243,7 @@ func BenchmarkUserspaceHeap(b *testing.B) {
 	heap0, g0 := liveHeap()
 	n := e.inProcess(b, "listen", time.Hour, node.Observer{})
 	ctx := context.Background()
-	netns.WaitFor(b, 10*time.Minute, func() error {
+	testkit.Eventually(b, 10*time.Minute, func() error {
 		st, err := n.DataPlane().Stats(ctx)
 		if err != nil {
 			return err
