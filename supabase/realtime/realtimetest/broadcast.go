@@ -1,8 +1,8 @@
 package realtimetest
 
 // Broadcast from Database and private channels. Rows inserted into
-// realtime.messages (any partition) come through the same slot as the
-// published tables and go to the channels joined to their topic, private
+// realtime.messages (any partition) are streamed (stream.go) to the
+// channels joined to their topic, private
 // messages to private channels only. A private join is allowed when the
 // token's role, with its claims and realtime.topic set, can read a message
 // of the topic, as the real server checks it: a probe row written and read
@@ -202,6 +202,11 @@ func (so *socket) isDeaf(ch *channel) bool {
 	defer so.mu.Unlock()
 	return ch.deaf
 }
+
+// SetEarlyBroadcasts delivers each realtime.messages row as soon as the
+// stream gives it (on), possibly before its transaction is visible to other
+// sessions, as the real server may; off (the default) waits until it is.
+func (s *Server) SetEarlyBroadcasts(on bool) { s.early.Store(on) }
 
 // SetRateLimit delivers at most n messages a second (changes and
 // broadcasts together) and drops the rest silently; 0 lifts the limit.

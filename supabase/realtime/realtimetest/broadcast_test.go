@@ -54,6 +54,45 @@ func TestBroadcastEvents(t *testing.T) {
 	}
 }
 
+// Broadcast from Database is pushed by a replication stream, as on the real
+// server, not polled: with the postgres_changes poll a minute apart every
+// message still arrives at once, and a lost stream comes back by itself.
+// The bounds are generous (a loaded machine); the benchmarks measure.
+func TestBroadcastStreamed(t *testing.T) {
+	f := newFixture(t, func(c *realtimetest.Config) { c.PollInterval = time.Minute })
+	c := f.startClient(t, broadcastMode(realtime.VSN2))
+	from := 0
+	c.rec.next(t, &from, 10*time.Second, "resync after the join", isResync)
+	var slowest time.Duration
+	for range 20 {
+		start := time.Now()
+		id := f.addPeer(t, f.nodeA)
+		c.rec.next(t, &from, 5*time.Second, "an insert", kindID(events.PeerChanged, id))
+		slowest = max(slowest, time.Since(start))
+	}
+	t.Logf("slowest of 20 broadcasts: %v", slowest)
+	streaming := func() (pid int, err error) {
+		err = f.admin.QueryRow(context.Background(), `SELECT coalesce(max(r.pid), 0) FROM pg_stat_replication r
+			JOIN pg_stat_activity a USING (pid) WHERE a.datname = current_database()
+			AND r.application_name = 'realtimetest_messages' AND r.state = 'streaming'`).Scan(&pid)
+		return pid, err
+	}
+	old, err := streaming()
+	if err != nil || old == 0 {
+		t.Fatalf("no message stream (%v)", err)
+	}
+	f.exec(t, `SELECT pg_terminate_backend($1)`, old)
+	testkit.Eventually(t, 10*time.Second, func() error {
+		pid, err := streaming()
+		if err == nil && (pid == 0 || pid == old) {
+			err = fmt.Errorf("stream pid %d, the lost one %d", pid, old)
+		}
+		return err
+	})
+	id := f.addPeer(t, f.nodeA)
+	c.rec.next(t, &from, 5*time.Second, "an insert on the new stream", kindID(events.PeerChanged, id))
+}
+
 // A private join the token may not read is refused with Unauthorized,
 // reported as permanent with a hint naming the policy.
 func TestBroadcastUnauthorized(t *testing.T) {

@@ -13,8 +13,9 @@
 // refused upgrades, stop/start) lets other packages' tests drive the
 // client's recovery paths.
 //
-// Goroutines: one poller reads the slot and fans changes out; each socket has
-// a reader (the HTTP handler) and a writer. Server.mu guards the socket set
+// Goroutines: one poller reads the postgres_changes slot and fans changes
+// out, one stream pushes realtime.messages rows to broadcast channels (see
+// stream.go); each socket has a reader (the HTTP handler) and a writer. Server.mu guards the socket set
 // and the fault switches; socket.mu guards a socket's channels.
 package realtimetest
 
@@ -54,7 +55,9 @@ type Config struct {
 	APIKeys []string
 	// Publication is read for the tables to stream; default supabase_realtime.
 	Publication string
-	// PollInterval between slot reads; default 10 ms (the real server: 100 ms).
+	// PollInterval between reads of the postgres_changes slot; default 10
+	// ms (the real server: 100 ms). Broadcast from Database is streamed,
+	// not polled.
 	PollInterval time.Duration
 	// ErrorReplyDelay delays join error replies like the real server does;
 	// default 50 ms.
@@ -81,7 +84,7 @@ type Server struct {
 	keys *keyring
 
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // poller
+	wg     sync.WaitGroup // poller and message stream
 
 	joins       atomic.Int64
 	connections atomic.Int64
@@ -89,6 +92,7 @@ type Server struct {
 	polled      atomic.Int64
 	broadcasts  atomic.Int64 // broadcast messages sent to channels
 	dropped     atomic.Int64 // messages the silent modes swallowed
+	early       atomic.Bool  // broadcasts sent before their commit is visible
 
 	mu struct {
 		sync.Mutex
@@ -105,7 +109,6 @@ type Server struct {
 		refuse      int
 		refuseMsg   string
 		tables      map[string]*tableInfo // "schema.table" in the publication
-		messages    bool                  // realtime.messages exists: Broadcast from Database
 		rate        int                   // messages per second delivered at most; 0: no limit
 		window      time.Time             // start of the current rate window
 		inWindow    int
@@ -165,17 +168,28 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		pool.Close()
 		return nil, err
 	}
+	streamConn, err := s.openStream(ctx)
+	if err != nil {
+		slotConn.Close(ctx)
+		pool.Close()
+		return nil, fmt.Errorf("realtimetest: %w", err)
+	}
 	if err := s.Start(); err != nil {
+		streamConn.Close(ctx)
 		slotConn.Close(ctx)
 		pool.Close()
 		return nil, err
 	}
 	pctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.poll(pctx, slotConn)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.stream(pctx, streamConn)
 	}()
 	return s, nil
 }
@@ -232,18 +246,19 @@ func (s *Server) Stop() {
 	s.waitSockets()
 }
 
-// Close stops everything and drops the slot.
+// Close stops everything and drops the slots.
 func (s *Server) Close() {
 	s.Stop()
 	s.cancel()
 	s.wg.Wait()
-	// The temporary slot goes when its backend exits, a moment after the
-	// connection closes; wait so the database can be dropped right away.
+	// The temporary slots go when their backends exit, a moment after the
+	// connections close; wait so the database can be dropped right away.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for ctx.Err() == nil {
 		var n int
-		if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", s.slot).Scan(&n); err != nil || n == 0 {
+		if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ($1, $2)",
+			s.slot, s.streamSlot()).Scan(&n); err != nil || n == 0 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

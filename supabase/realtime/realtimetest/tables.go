@@ -73,12 +73,7 @@ func (s *Server) refreshTables(ctx context.Context) error {
 		}
 		tables[t.key()] = t
 	}
-	var messages bool
-	if err := s.pool.QueryRow(ctx, `SELECT to_regclass('realtime.messages') IS NOT NULL`).Scan(&messages); err != nil {
-		return fmt.Errorf("realtimetest: realtime.messages: %w", err)
-	}
 	s.mu.Lock()
-	s.mu.messages = messages
 	for k, t := range tables {
 		if old := s.mu.tables[k]; old != nil && old.oid == t.oid && old.rls == t.rls && len(old.cols) == len(t.cols) {
 			tables[k] = old // keep the privilege cache

@@ -1,8 +1,8 @@
 package realtimetest
 
-// The change pipeline's source: poll the wal2json slot (format-version 2,
-// like the real server) for the publication's tables and hand each change
-// to dispatch. A lost database connection takes the temporary slot with it;
+// The postgres_changes pipeline's source: poll the wal2json slot
+// (format-version 2, like the real server) for the publication's tables and
+// hand each change to dispatch. A lost database connection takes the temporary slot with it;
 // the poller tells the channels and starts over with a new slot.
 
 import (
@@ -130,9 +130,6 @@ func (s *Server) pollOnce(ctx context.Context, conn *pgx.Conn) error {
 	for _, t := range s.mu.tables {
 		add = append(add, escapeTable(t.schema)+"."+escapeTable(t.name))
 	}
-	if s.mu.messages {
-		add = append(add, "realtime.*") // every partition of realtime.messages
-	}
 	s.mu.Unlock()
 	if len(add) == 0 {
 		return nil
@@ -165,10 +162,6 @@ func (s *Server) pollOnce(ctx context.Context, conn *pgx.Conn) error {
 	var polled int64
 	defer func() { s.polled.Add(polled) }()
 	for i := range changes {
-		if isMessages(&changes[i]) {
-			s.dispatchMessage(&changes[i])
-			continue
-		}
 		polled++
 		if err := s.dispatch(ctx, &changes[i]); err != nil && ctx.Err() == nil {
 			s.log.Warn("realtimetest: dispatch", "table", changes[i].Table, "err", err)
