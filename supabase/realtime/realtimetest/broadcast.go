@@ -203,11 +203,6 @@ func (so *socket) isDeaf(ch *channel) bool {
 	return ch.deaf
 }
 
-// SetEarlyBroadcasts delivers each realtime.messages row as soon as the
-// stream gives it (on), possibly before its transaction is visible to other
-// sessions, as the real server may; off (the default) waits until it is.
-func (s *Server) SetEarlyBroadcasts(on bool) { s.early.Store(on) }
-
 // SetRateLimit delivers at most n messages a second (changes and
 // broadcasts together) and drops the rest silently; 0 lifts the limit.
 func (s *Server) SetRateLimit(n int) {

@@ -48,8 +48,9 @@ type delivery struct {
 	commit           string
 }
 
-// dispatch matches subscriptions, builds the payload and sends it.
-func (s *Server) dispatch(ctx context.Context, c *walChange) error {
+// dispatch matches subscriptions, builds the payload and sends it; visible
+// waits until the change's transaction is visible, before its row is read.
+func (s *Server) dispatch(ctx context.Context, c *walChange, visible func()) error {
 	action := walActions[c.Action]
 	if action == "" {
 		return nil
@@ -67,6 +68,7 @@ func (s *Server) dispatch(ctx context.Context, c *walChange) error {
 	if len(cands) == 0 {
 		return nil
 	}
+	visible()
 	pass, err := s.buildPayload(ctx, d, cands)
 	if err != nil {
 		return err

@@ -92,7 +92,6 @@ type Server struct {
 	polled      atomic.Int64
 	broadcasts  atomic.Int64 // broadcast messages sent to channels
 	dropped     atomic.Int64 // messages the silent modes swallowed
-	early       atomic.Bool  // broadcasts sent before their commit is visible
 
 	mu struct {
 		sync.Mutex

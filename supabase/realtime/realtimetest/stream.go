@@ -15,6 +15,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -84,7 +85,7 @@ func startStream(ctx context.Context, conn *pgconn.PgConn, slot string) error {
 		return fmt.Errorf("create slot: %w", err)
 	}
 	conn.Frontend().Send(&pgproto3.Query{String: "START_REPLICATION SLOT " + slot + ` LOGICAL 0/0 (
-		"format-version" '2', "include-timestamp" 'true', "include-type-oids" 'true',
+		"format-version" '2', "include-timestamp" 'true', "include-type-oids" 'true', "include-xids" 'true',
 		"include-transaction" 'false', "actions" 'insert', "add-tables" 'realtime.*')`})
 	if err := conn.Frontend().Flush(); err != nil {
 		return fmt.Errorf("start replication: %w", err)
@@ -107,7 +108,8 @@ func startStream(ctx context.Context, conn *pgconn.PgConn, slot string) error {
 // confirming its position every standbyInterval and whenever the database
 // asks.
 func (s *Server) readStream(ctx context.Context, conn *pgconn.PgConn) error {
-	var pos uint64 // end of the WAL consumed so far
+	var pos uint64     // end of the WAL consumed so far
+	var visible string // xid of the last transaction seen visible
 	due := time.Now().Add(standbyInterval)
 	for {
 		rctx, cancel := context.WithDeadline(ctx, due)
@@ -127,7 +129,7 @@ func (s *Server) readStream(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
-			reply, err := s.streamData(m.Data, &pos)
+			reply, err := s.streamData(m.Data, &pos, &visible)
 			if err != nil {
 				return err
 			}
@@ -145,9 +147,10 @@ func (s *Server) readStream(ctx context.Context, conn *pgconn.PgConn) error {
 
 // streamData handles one CopyData of the stream: XLogData ('w': start,
 // end, server time, then one wal2json row) or a primary keepalive ('k':
-// end, server time, reply requested). It advances pos and says whether the
-// database wants a reply now.
-func (s *Server) streamData(b []byte, pos *uint64) (reply bool, err error) {
+// end, server time, reply requested). It advances pos, remembers the last
+// transaction seen visible, and says whether the database wants a reply
+// now.
+func (s *Server) streamData(b []byte, pos *uint64, visible *string) (reply bool, err error) {
 	switch {
 	case len(b) >= 25 && b[0] == 'w':
 		data := b[25:]
@@ -159,7 +162,10 @@ func (s *Server) streamData(b []byte, pos *uint64) (reply bool, err error) {
 		}
 		c.size = len(data)
 		if isMessages(&c) {
-			s.awaitVisible(&c)
+			if x := strconv.FormatUint(uint64(c.Xid), 10); x != *visible {
+				s.awaitVisible(context.Background(), []string{x})
+				*visible = x
+			}
 			s.dispatchMessage(&c)
 		}
 		return false, nil
@@ -186,28 +192,29 @@ func sendStandby(conn *pgconn.PgConn, pos uint64) error {
 	return nil
 }
 
-// awaitVisible waits, up to a second, until the message's transaction is
-// visible to other sessions. Logical decoding may send a transaction as
-// soon as its commit record is flushed, a moment before the committing
-// backend makes it visible; a client that rereads a row on a broadcast
-// could then miss it. The real server has that window too (its pipeline is
-// usually slower than it); the test server closes it so tests are
-// deterministic, unless SetEarlyBroadcasts opens it.
-func (s *Server) awaitVisible(c *walChange) {
-	if c.Action != "I" || s.early.Load() {
+// awaitVisible waits, up to a second, until the transactions xids (decoded,
+// so committed) are visible to new snapshots. Logical decoding may hand out
+// a transaction as soon as its commit record is flushed, a moment before
+// the committing backend makes it visible: a row read at once, to check RLS
+// or by a client rereading on a broadcast, may then be missing. The real
+// server has that window too (its pipeline is usually slower than it); the
+// test server closes it so tests are deterministic. The xids are taken to be of
+// the current epoch (a test cluster's first); were they not, nothing waits.
+func (s *Server) awaitVisible(ctx context.Context, xids []string) {
+	if len(xids) == 0 {
 		return
 	}
-	id := messageOf(c).id
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	for {
-		var n int
-		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM realtime.messages WHERE id = $1::uuid`, id).Scan(&n)
-		if err != nil || n > 0 {
+		var ok bool
+		err := s.pool.QueryRow(ctx, `SELECT bool_and(pg_visible_in_snapshot(x::xid8, s))
+			FROM unnest($1::text[]) x, pg_current_snapshot() s`, xids).Scan(&ok)
+		if err != nil || ok {
 			return
 		}
 		if !retry.Sleep(ctx, 200*time.Microsecond) {
-			s.log.Warn("realtimetest: message not visible after a second", "id", id)
+			s.log.Warn("realtimetest: decoded transactions not visible after a second", "xids", xids)
 			return
 		}
 	}

@@ -9,7 +9,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,6 +25,7 @@ type walCol struct {
 
 type walChange struct {
 	Action    string   `json:"action"`
+	Xid       uint32   `json:"xid"`
 	Timestamp string   `json:"timestamp"`
 	Schema    string   `json:"schema"`
 	Table     string   `json:"table"`
@@ -136,7 +139,7 @@ func (s *Server) pollOnce(ctx context.Context, conn *pgx.Conn) error {
 	}
 	rows, err := conn.Query(ctx, `SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL,
 		'format-version', '2', 'include-timestamp', 'true', 'include-type-oids', 'true',
-		'include-pk', 'true', 'include-transaction', 'false',
+		'include-pk', 'true', 'include-transaction', 'false', 'include-xids', 'true',
 		'actions', 'insert,update,delete', 'add-tables', $2)`, s.slot, strings.Join(add, ","))
 	if err != nil {
 		return fmt.Errorf("read slot: %w", err)
@@ -159,13 +162,27 @@ func (s *Server) pollOnce(ctx context.Context, conn *pgx.Conn) error {
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read slot: %w", err)
 	}
+	// Only a change someone subscribed to needs its row visible.
+	var once sync.Once
+	visible := func() { once.Do(func() { s.awaitVisible(ctx, xidsOf(changes)) }) }
 	var polled int64
 	defer func() { s.polled.Add(polled) }()
 	for i := range changes {
 		polled++
-		if err := s.dispatch(ctx, &changes[i]); err != nil && ctx.Err() == nil {
+		if err := s.dispatch(ctx, &changes[i], visible); err != nil && ctx.Err() == nil {
 			s.log.Warn("realtimetest: dispatch", "table", changes[i].Table, "err", err)
 		}
 	}
 	return nil
+}
+
+// xidsOf lists the changes' transactions, each once.
+func xidsOf(changes []walChange) []string {
+	var out []string
+	for i, c := range changes {
+		if i == 0 || c.Xid != changes[i-1].Xid {
+			out = append(out, strconv.FormatUint(uint64(c.Xid), 10))
+		}
+	}
+	return out
 }
