@@ -47,7 +47,7 @@ func (s *Server) poll(ctx context.Context, conn *pgx.Conn) {
 	}()
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
-	lastRefresh := time.Now()
+	lastRefresh, lastPoll := time.Now(), time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -68,6 +68,13 @@ func (s *Server) poll(ctx context.Context, conn *pgx.Conn) {
 			}
 			lastRefresh = time.Now()
 		}
+		// Like the real server, whose poller runs only for a project with
+		// postgres_changes subscribers, read the slot at full speed only
+		// while a channel has bindings; otherwise just drain it.
+		if !s.hasBindings() && time.Since(lastPoll) < idlePoll {
+			continue
+		}
+		lastPoll = time.Now()
 		err := s.pollOnce(ctx, conn)
 		if err == nil || ctx.Err() != nil {
 			continue
@@ -82,6 +89,26 @@ func (s *Server) poll(ctx context.Context, conn *pgx.Conn) {
 			s.resubscribe(ctx, "Realtime was unable to connect to the project database")
 		}
 	}
+}
+
+// idlePoll is how often the slot is drained while no channel has
+// postgres_changes bindings (the real server's poll interval).
+const idlePoll = 100 * time.Millisecond
+
+// hasBindings says whether any joined channel has postgres_changes
+// bindings.
+func (s *Server) hasBindings() bool {
+	for _, so := range s.socketList() {
+		so.mu.Lock()
+		for _, ch := range so.mu.channels {
+			if len(ch.bindings) > 0 {
+				so.mu.Unlock()
+				return true
+			}
+		}
+		so.mu.Unlock()
+	}
+	return false
 }
 
 // openSlot connects and creates the temporary slot.
