@@ -103,10 +103,13 @@ func redact(err error) error {
 }
 
 // permanentCodes are join-reply reason codes that a retry with the same
-// configuration and credentials cannot fix.
+// configuration and credentials cannot fix. JwtSignerError: the project
+// has no key to verify the token with (no JWT secret, or no JWKS key with
+// the token's kid).
 var permanentCodes = map[string]bool{
 	"InvalidJWTToken":           true,
 	"JwtSignatureError":         true,
+	"JwtSignerError":            true,
 	"MalformedJWT":              true,
 	"Unauthorized":              true,
 	"PrivateOnly":               true,
@@ -116,11 +119,16 @@ var permanentCodes = map[string]bool{
 }
 
 // rateLimitCodes are the project's limits on joins, connections and
-// channels.
+// channels, and on the server's connections to the project's database
+// (attempts per second, pool size, the database's own limit): a fleet
+// retrying those at once keeps them exhausted.
 var rateLimitCodes = map[string]bool{
-	"ClientJoinRateLimitReached": true,
-	"ConnectionRateLimitReached": true,
-	"ChannelRateLimitReached":    true,
+	"ClientJoinRateLimitReached":         true,
+	"ConnectionRateLimitReached":         true,
+	"ChannelRateLimitReached":            true,
+	"DatabaseConnectionRateLimitReached": true,
+	"IncreaseConnectionPool":             true,
+	"DatabaseLackOfConnections":          true,
 }
 
 func joinError(reason string) *Error {
@@ -142,11 +150,20 @@ func badParameters(msg string) bool {
 func permanentSubscribe(msg string) bool { return badParameters(msg) }
 
 // tokenProblem says whether a system error that preceded a channel close
-// blames the token: a retry with the same token would be closed again.
+// blames the token or what it may read: a retry with the same token would
+// be closed or refused again.
 func tokenProblem(msg string) bool {
 	m := strings.ToLower(msg)
-	// ":signature_error" is how the server words a bad pushed token.
-	return strings.Contains(m, "token") || strings.Contains(m, "jwt") || strings.Contains(m, "signature")
+	// The server words some as atoms: ":signature_error" for a bad pushed
+	// token, ":error_generating_signer" when the project has no key for it.
+	// "You no longer have permission to read from this Channel topic"
+	// follows a pushed token whose role may not read the topic.
+	for _, s := range []string{"token", "jwt", "signature", "signer", "no longer have permission"} {
+		if strings.Contains(m, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Hint says what to fix for a permanent error, naming the grant or policy
@@ -161,6 +178,9 @@ func (e *Error) Hint() string {
 		return "the project allows private channels only: use WAYLUME_REALTIME_MODE=broadcast"
 	case e.Code == "JwtSignatureError" || e.Code == "InvalidJWTToken" || e.Code == "MalformedJWT":
 		return "the access token is not accepted by this project: mint a new one (waylume-node token) or check the signing key"
+	case e.Code == "JwtSignerError":
+		return "the project has no key to verify the token with: its kid must name a key of the project's JWKS, " +
+			"or the project needs the JWT secret an HS256 token was signed with"
 	case badParameters(e.Reason):
 		return "the tables are not in publication supabase_realtime or a filter is wrong: run waylume-node migrate"
 	}

@@ -270,3 +270,46 @@ func TestPermanentJoinErrorRetriedSlowly(t *testing.T) {
 		t.Logf("%d joins in 90 s", n)
 	}
 }
+
+// The server's JwtSignerError (no key to verify the token with), as a join
+// error and as the atom text of a channel shutdown, is permanent: the
+// client reports it, with a hint, and does not rejoin before
+// PermanentRetry. A transient error would rejoin within milliseconds here.
+func TestJwtSignerErrorPermanent(t *testing.T) {
+	f := newFixture(t, nil)
+	retry := func(c *realtime.Config) {
+		broadcastMode(realtime.VSN1)(c)
+		c.PermanentRetry = time.Minute
+	}
+	t.Run("join", func(t *testing.T) {
+		f.srv.SetJoinError(`JwtSignerError: Failed to generate JWT signer for key ID (kid) "k1", check your JWT secret or JWKS configuration`)
+		defer f.srv.SetJoinError("")
+		before := len(f.srv.JoinTimes())
+		c := f.startClient(t, retry)
+		from := 0
+		st := c.rec.nextState(t, &from, 10*time.Second, "the refusal", func(s realtime.State) bool { return s.Refused != nil })
+		if st.Refused.Code != "JwtSignerError" || !st.Refused.Permanent || st.Refused.Hint() == "" {
+			t.Fatalf("refused with %+v (hint %q)", st.Refused, st.Refused.Hint())
+		}
+		time.Sleep(2 * time.Second)
+		if n := len(f.srv.JoinTimes()) - before; n != 1 {
+			t.Fatalf("%d joins, want 1 before PermanentRetry", n)
+		}
+	})
+	t.Run("shutdown", func(t *testing.T) {
+		c := f.startClient(t, retry)
+		from := 0
+		c.rec.next(t, &from, 10*time.Second, "resync after the join", isResync)
+		before := len(f.srv.JoinTimes())
+		states := c.rec.markStates()
+		f.srv.CloseChannels(":error_generating_signer")
+		st := c.rec.nextState(t, &states, 10*time.Second, "the refusal", func(s realtime.State) bool { return s.Refused != nil })
+		if !errors.Is(st.Err, realtime.ErrChannelClosed) || !st.Refused.Permanent {
+			t.Fatalf("closed with %v, refused %+v", st.Err, st.Refused)
+		}
+		time.Sleep(2 * time.Second)
+		if n := len(f.srv.JoinTimes()) - before; n != 0 {
+			t.Fatalf("%d rejoins, want none before PermanentRetry", n)
+		}
+	})
+}

@@ -338,10 +338,15 @@ func (s *Server) SendPhxError() {
 
 // KickWithTokenError closes every channel the way the server does when a
 // token expires: a system error, then phx_close.
-func (s *Server) KickWithTokenError() {
+func (s *Server) KickWithTokenError() { s.CloseChannels("Token has expired 0 seconds ago") }
+
+// CloseChannels closes every channel the way the server shuts a channel
+// down: a system error with msg (e.g. ":error_generating_signer"), then
+// phx_close.
+func (s *Server) CloseChannels(msg string) {
 	for _, so := range s.socketList() {
 		for _, ch := range so.channelList() {
-			so.closeChannel(ch, "phx_close", "Token has expired 0 seconds ago")
+			so.closeChannel(ch, "phx_close", msg)
 		}
 	}
 }
