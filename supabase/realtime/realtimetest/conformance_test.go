@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -212,6 +213,68 @@ func TestRealtimeJSConformance(t *testing.T) {
 						t.Errorf("update: realtime-js old %v", js.Old)
 					}
 				}
+			}
+		})
+	}
+}
+
+// jsBroadcast is realtime-js's broadcast callback payload.
+type jsBroadcast struct {
+	Type    string         `json:"type"`
+	Event   string         `json:"event"`
+	Payload map[string]any `json:"payload"`
+}
+
+// The official client on a private channel (config.private): with the
+// node's token it joins the node's topic and receives what the database
+// inserts into realtime.messages, the triggers' changes (as our client
+// does) and a row written directly; with another node's token it is
+// refused.
+func TestRealtimeJSPrivateBroadcast(t *testing.T) {
+	for _, vsn := range []string{"2.0.0", "1.0.0"} {
+		t.Run("js-vsn-"+vsn, func(t *testing.T) {
+			f := newFixture(t, nil)
+			env := func(token string) []string {
+				return []string{"RT_URL=" + f.srv.URL(), "RT_APIKEY=" + realtimetest.AnonKey(secret), "RT_TOKEN=" + token,
+					"RT_NODE_ID=" + f.nodeA, "RT_VSN=" + vsn, "RT_MODE=broadcast"}
+			}
+			lines := startJS(t, env(realtimetest.NodeToken(secret, f.nodeA, time.Hour)))
+			c := f.startClient(t, broadcastMode(vsn))
+			at := 0
+			c.rec.next(t, &at, wait, "Go client live", isResync)
+			nextJS(t, lines, "SUBSCRIBED", func(l jsLine) bool { return l.Kind == "status" && l.Status == "SUBSCRIBED" })
+
+			id := f.addPeer(t, f.nodeA)
+			var b jsBroadcast
+			l := nextJS(t, lines, "the insert's broadcast", func(l jsLine) bool { return l.Kind == "broadcast" })
+			if err := json.Unmarshal(l.Payload, &b); err != nil {
+				t.Fatal(err)
+			}
+			if b.Type != "broadcast" || b.Event != "change" || b.Payload["table"] != "peers" || b.Payload["op"] != "INSERT" ||
+				b.Payload["id"] != id || b.Payload["node_id"] != f.nodeA {
+				t.Fatalf("realtime-js got %s", l.Payload)
+			}
+			c.rec.next(t, &at, wait, "Go event for the insert", kindID(events.PeerChanged, id))
+
+			f.exec(t, `INSERT INTO realtime.messages (topic, extension, event, payload, private)
+				VALUES ($1, 'broadcast', 'hello', '{"n": 1}', true)`, "waylume:node:"+f.nodeA)
+			l = nextJS(t, lines, "the direct message", func(l jsLine) bool { return l.Kind == "broadcast" })
+			b = jsBroadcast{}
+			if err := json.Unmarshal(l.Payload, &b); err != nil {
+				t.Fatal(err)
+			}
+			if b.Event != "hello" || b.Payload["n"] != float64(1) {
+				t.Fatalf("realtime-js got %s", l.Payload)
+			}
+
+			other := startJS(t, env(realtimetest.NodeToken(secret, f.nodeB, time.Hour)))
+			select {
+			case l, ok := <-other:
+				if !ok || l.Kind != "status" || l.Status != "CHANNEL_ERROR" || !strings.HasPrefix(deref(l.Error), "Unauthorized:") {
+					t.Fatalf("realtime-js with node B's token on A's topic: %+v (error %q)", l, deref(l.Error))
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("realtime-js with node B's token: no status")
 			}
 		})
 	}

@@ -1,7 +1,9 @@
 // Runs the official @supabase/realtime-js client against the Go test
 // server for conformance_test.go: subscribes like the node does and prints
-// one JSON line per status, system message and change it receives.
-// Env: RT_URL, RT_APIKEY, RT_TOKEN, RT_NODE_ID, RT_VSN (optional).
+// one JSON line per status, system message, change and broadcast it
+// receives. Env: RT_URL, RT_APIKEY, RT_TOKEN, RT_NODE_ID, RT_VSN
+// (optional), RT_MODE (optional: "broadcast" joins the node's private
+// topic for Broadcast from Database instead of postgres_changes).
 'use strict'
 const { RealtimeClient } = require('@supabase/realtime-js')
 const WebSocket = require('ws')
@@ -17,9 +19,18 @@ if (env.RT_VSN) opts.vsn = env.RT_VSN
 const client = new RealtimeClient(env.RT_URL, opts)
 const id = env.RT_NODE_ID
 
+const onStatus = (status, err) => out({ kind: 'status', status, error: err ? String(err.message || err) : null })
+
 async function main () {
   // Join with the node's token, not the apikey.
   await client.setAuth(env.RT_TOKEN)
+  if (env.RT_MODE === 'broadcast') {
+    client
+      .channel('waylume:node:' + id, { config: { private: true } })
+      .on('broadcast', { event: '*' }, (p) => out({ kind: 'broadcast', payload: p }))
+      .subscribe(onStatus)
+    return
+  }
   client
     .channel('waylume-node-' + id)
     .on('postgres_changes', { event: '*', schema: 'waylume', table: 'peers', filter: 'node_id=eq.' + id },
@@ -27,7 +38,7 @@ async function main () {
     .on('postgres_changes', { event: '*', schema: 'waylume', table: 'nodes', filter: 'id=eq.' + id },
       (p) => out({ kind: 'change', payload: p }))
     .on('system', {}, (p) => out({ kind: 'system', payload: p }))
-    .subscribe((status, err) => out({ kind: 'status', status, error: err ? String(err.message || err) : null }))
+    .subscribe(onStatus)
 }
 main().catch((e) => { out({ kind: 'status', status: 'SCRIPT_ERROR', error: String(e) }); process.exit(1) })
 
