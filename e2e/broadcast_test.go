@@ -79,9 +79,8 @@ func TestBroadcastMode(t *testing.T) {
 	listenLat := lw.commitToKernel(t, listenEnv, rows)
 
 	e := newEnvPool(t, "10.8.0.1/16")
-	// The test server reads the slot every millisecond: what is measured
-	// is the path, not the poll (the real server polls every 100 ms).
-	e.rtPoll = time.Millisecond
+	// Broadcasts are streamed from a replication connection, as on the
+	// real server: no poll interval is in the path.
 	e.withRealtime()
 	b := dbfix.CreateNode(t, e.db, netns.Name("nodeb"), "10.9.0.1/16")
 	w := e.watch(t, "broadcast", time.Hour)
@@ -89,9 +88,9 @@ func TestBroadcastMode(t *testing.T) {
 	lp99, bp99 := percentile(listenLat, 0.99), percentile(bcastLat, 0.99)
 	t.Logf("commit to kernel, %d rows: listen p50 %v p99 %v; broadcast p50 %v p99 %v",
 		rows, percentile(listenLat, 0.5), lp99, percentile(bcastLat, 0.5), bp99)
-	// The goal for every source is p99 under 50 ms. Twice LISTEN's p99 is
-	// not reached here: the test server's slot read alone (commit to event)
-	// costs more than LISTEN's whole path; the ratio is logged.
+	// The goal for every source is p99 under 50 ms; the ratio to LISTEN,
+	// which a loaded machine's scheduling moves run to run, is logged
+	// (BenchmarkEventToKernel reports it as p99-x-listen).
 	t.Logf("broadcast p99 is %.1fx LISTEN's", float64(bp99)/float64(lp99))
 	if bp99 > 50*time.Millisecond {
 		t.Errorf("broadcast p99 %v over the 50 ms goal", bp99)
