@@ -110,8 +110,9 @@ func messageOf(c *walChange) message {
 }
 
 // dispatchMessage sends one new realtime.messages row to the channels
-// joined to its topic.
-func (s *Server) dispatchMessage(c *walChange) {
+// joined to its topic; visible waits until its transaction is visible,
+// before the first channel gets it.
+func (s *Server) dispatchMessage(c *walChange, visible func()) {
 	if c.Action != "I" {
 		return
 	}
@@ -132,6 +133,7 @@ func (s *Server) dispatchMessage(c *walChange) {
 				s.dropped.Add(1)
 				continue
 			}
+			visible()
 			so.sendBroadcast(ch, m)
 			s.broadcasts.Add(1)
 		}

@@ -162,11 +162,12 @@ func (s *Server) streamData(b []byte, pos *uint64, visible *string) (reply bool,
 		}
 		c.size = len(data)
 		if isMessages(&c) {
-			if x := strconv.FormatUint(uint64(c.Xid), 10); x != *visible {
-				s.awaitVisible(context.Background(), []string{x})
-				*visible = x
-			}
-			s.dispatchMessage(&c)
+			s.dispatchMessage(&c, func() {
+				if x := strconv.FormatUint(uint64(c.Xid), 10); x != *visible {
+					s.awaitVisible(context.Background(), []string{x})
+					*visible = x
+				}
+			})
 		}
 		return false, nil
 	case len(b) >= 18 && b[0] == 'k':
