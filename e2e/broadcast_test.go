@@ -200,3 +200,62 @@ func TestBroadcastDeafChannel(t *testing.T) {
 		t.Errorf("no canary verdict in the node's log")
 	}
 }
+
+// The node binary against a join error no retry can fix (the project has
+// no key for the node's token): at most 3 joins in 90 s, and /readyz and
+// waylume_realtime_refused say why; once the server accepts joins again,
+// the next slow retry gets through.
+func TestBroadcastPermanentJoinError(t *testing.T) {
+	if testing.Short() {
+		t.Skip("90 s")
+	}
+	netns.Require(t, "curl")
+	e := newEnv(t)
+	e.extraEnv = append(e.extraEnv, "WAYLUME_METRICS_ADDR=127.0.0.1:9586")
+	e.withRealtime()
+	e.rt.SetJoinError(`JwtSignerError: Failed to generate JWT signer for key ID (kid) "k1", check your JWT secret or JWKS configuration`)
+	n := e.startNode("userspace", time.Hour, time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	netns.WaitFor(t, 30*time.Second, func() error {
+		if len(e.rt.JoinTimes()) == 0 {
+			return errors.New("no join yet")
+		}
+		if body := e.readyz(ctx); !strings.Contains(body, "JwtSignerError") {
+			return fmt.Errorf("/readyz: %q", body)
+		}
+		return nil
+	})
+	metrics, _ := e.nodeNS.Run(ctx, "curl", "-s", "--max-time", "3", "http://127.0.0.1:9586/metrics")
+	if !strings.Contains(metrics, "\nwaylume_realtime_refused 1\n") {
+		t.Errorf("waylume_realtime_refused is not 1:\n%s", grepLines(metrics, "waylume_realtime_refused"))
+	}
+	first := e.rt.JoinTimes()[0]
+	time.Sleep(time.Until(first.Add(90 * time.Second)))
+	joins := e.rt.JoinTimes()
+	if len(joins) > 3 {
+		t.Fatalf("%d joins in 90 s, want at most 3: %v", len(joins), joins)
+	}
+	t.Logf("%d joins in 90 s", len(joins))
+	if !strings.Contains(n.out.String(), "JwtSignerError") {
+		t.Errorf("the refusal's reason is not in the node's log")
+	}
+
+	e.rt.SetJoinError("")
+	netns.WaitFor(t, 90*time.Second, func() error {
+		if body := e.readyz(ctx); !strings.HasPrefix(body, "ready") {
+			return fmt.Errorf("/readyz: %q", body)
+		}
+		return nil
+	})
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
