@@ -109,7 +109,7 @@ func (s *session) broadcast(m broadcastMsg) {
 		return
 	}
 	if ev.Kind != 0 {
-		c.sink.Add(ev)
+		c.recheck.add(ev)
 	}
 }
 

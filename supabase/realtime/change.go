@@ -56,7 +56,7 @@ func (s *session) changes(raw json.RawMessage) {
 		return
 	}
 	ev.Source, ev.Commit = "realtime", commit
-	c.sink.Add(ev)
+	c.recheck.add(ev)
 }
 
 // changeEvent maps one change of waylume.peers or waylume.nodes to an

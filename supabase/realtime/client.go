@@ -137,11 +137,12 @@ type State struct {
 // channel, which SetAccessToken uses from other goroutines; everything else
 // belongs to Run's goroutine.
 type Client struct {
-	cfg   Config
-	sink  events.Sink
-	log   *slog.Logger
-	topic string
-	binds []binding
+	cfg     Config
+	sink    events.Sink
+	recheck *recheck // row-less change hints go through it (recheck.go)
+	log     *slog.Logger
+	topic   string
+	binds   []binding
 	// usedGen is the generation of the last token sent to the server (join
 	// or push); only Run's goroutine touches it.
 	usedGen uint64
@@ -172,7 +173,7 @@ func New(cfg Config, sink events.Sink) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, sink: sink, log: log.With("component", "realtime", "mode", cfg.Mode)}
+	c := &Client{cfg: cfg, sink: sink, recheck: newRecheck(sink, recheckDelay), log: log.With("component", "realtime", "mode", cfg.Mode)}
 	c.topic, c.binds = channelOf(cfg)
 	c.mu.token = cfg.AccessToken
 	if c.mu.token == "" {
@@ -312,6 +313,7 @@ func (c *Client) state(s State) {
 // It never gives up on its own: errors are logged, reported through
 // OnState and retried.
 func (c *Client) Run(ctx context.Context) error {
+	defer c.recheck.stop()
 	w := c.newWaits()
 	sessions := 0
 	for {
