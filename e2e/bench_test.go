@@ -17,6 +17,7 @@ import (
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/netns"
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/realtime"
@@ -161,7 +162,7 @@ func BenchmarkFullResyncNoChange10k(b *testing.B) {
 	n := e.inProcess(b, "listen", time.Hour, node.Observer{})
 	rec, plane, store := n.Reconciler(), n.DataPlane(), n.Store()
 	ctx := context.Background()
-	netns.WaitFor(b, 5*time.Minute, func() error {
+	testkit.Eventually(b, 5*time.Minute, func() error {
 		st, err := plane.Stats(ctx)
 		if err != nil {
 			return err
@@ -322,7 +323,7 @@ func BenchmarkUsageFlush10k(b *testing.B) {
 func BenchmarkNodeRSS(b *testing.B) {
 	e := newEnvPool(b, "10.8.0.1/16")
 	dev := e.nodeNS.Start(b, "wireguard-go", "-f", e.iface)
-	netns.WaitFor(b, 10*time.Second, func() error {
+	testkit.Eventually(b, 10*time.Second, func() error {
 		if exited, err := dev.Exited(); exited {
 			return fmt.Errorf("wireguard-go exited: %v", err)
 		}
@@ -336,7 +337,7 @@ func BenchmarkNodeRSS(b *testing.B) {
 			dbfix.AddPeers(b, e.db, e.nodeID, want-total)
 			total = want
 		}
-		netns.WaitFor(b, 5*time.Minute, func() error {
+		testkit.Eventually(b, 5*time.Minute, func() error {
 			p, err := e.nodePeers()
 			if err != nil {
 				return err

@@ -14,6 +14,7 @@ import (
 	"github.com/waylume/waylume-node/internal/dbfix"
 	"github.com/waylume/waylume-node/internal/netns"
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/reconcile"
 )
 
@@ -162,7 +163,7 @@ func TestBroadcastDeafChannel(t *testing.T) {
 	// The join's own resync would pick up a row committed before it, so
 	// the channel goes deaf only once the node has joined and a row has
 	// reached the kernel after that.
-	netns.WaitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, 30*time.Second, func() error {
 		if !strings.Contains(n.out.String(), "subscription live") {
 			return errors.New("channel not joined")
 		}
@@ -170,7 +171,7 @@ func TestBroadcastDeafChannel(t *testing.T) {
 	})
 	first := newKey(t).PublicKey()
 	e.addPeer(first, "")
-	netns.WaitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, 30*time.Second, func() error {
 		p, err := e.nodePeers()
 		if err != nil {
 			return err
@@ -184,7 +185,7 @@ func TestBroadcastDeafChannel(t *testing.T) {
 	k := newKey(t).PublicKey()
 	e.addPeer(k, "")
 	committed := time.Now()
-	netns.WaitFor(t, 2*time.Minute, func() error {
+	testkit.Eventually(t, 2*time.Minute, func() error {
 		p, err := e.nodePeers()
 		if err != nil {
 			return err
@@ -217,7 +218,7 @@ func TestBroadcastPermanentJoinError(t *testing.T) {
 	n := e.startNode("userspace", time.Hour, time.Hour)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	netns.WaitFor(t, 30*time.Second, func() error {
+	testkit.Eventually(t, 30*time.Second, func() error {
 		if len(e.rt.JoinTimes()) == 0 {
 			return errors.New("no join yet")
 		}
@@ -242,7 +243,7 @@ func TestBroadcastPermanentJoinError(t *testing.T) {
 	}
 
 	e.rt.SetJoinError("")
-	netns.WaitFor(t, 90*time.Second, func() error {
+	testkit.Eventually(t, 90*time.Second, func() error {
 		if body := e.readyz(ctx); !strings.HasPrefix(body, "ready") {
 			return fmt.Errorf("/readyz: %q", body)
 		}

@@ -224,12 +224,6 @@ func Veth(t testing.TB, a *NS, aName, aAddr string, b *NS, bName, bAddr string) 
 	}
 }
 
-// WaitFor is testkit.Eventually under the name the namespace tests use.
-func WaitFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	testkit.Eventually(t, timeout, cond)
-}
-
 // Ping sends count pings from the namespace to addr and returns an error
 // unless a reply came back (each waits at most a second). It uses ping
 // from iputils when installed, else busybox's.
