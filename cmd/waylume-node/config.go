@@ -18,6 +18,7 @@ import (
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/supabase"
 	"github.com/waylume/waylume-node/supabase/auth"
+	"github.com/waylume/waylume-node/supabase/realtime"
 )
 
 // Config is every setting of the node. Validate has checked it before
@@ -320,7 +321,7 @@ func (c Config) validateIdentity(byFlag map[string]setting) error {
 		}
 	}
 	if c.RealtimeURL != "" {
-		if err := parse.CheckWebsocketURL(c.RealtimeURL); err != nil {
+		if err := realtime.CheckURL(c.RealtimeURL); err != nil {
 			return settingErr(byFlag["realtime-url"], "%v", err)
 		}
 		if c.SupabaseKey == "" && c.SupabaseURL != "" {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -115,24 +114,6 @@ func OneOf(noun string, allowed ...string) func(v string) error {
 		}
 		return fmt.Errorf("unknown %s %q: want %s", noun, v, want)
 	}
-}
-
-// CheckWebsocketURL accepts a ws:// or wss:// URL with a host (http and
-// https too: the client maps them).
-func CheckWebsocketURL(v string) error {
-	u, err := url.Parse(v)
-	if err != nil {
-		return errors.New("bad URL")
-	}
-	switch u.Scheme {
-	case "ws", "wss", "http", "https":
-	default:
-		return fmt.Errorf("bad URL scheme %q: want wss:// (or ws://)", u.Scheme)
-	}
-	if u.Host == "" {
-		return errors.New("bad URL: no host")
-	}
-	return nil
 }
 
 var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)

@@ -40,11 +40,6 @@ func TestValues(t *testing.T) {
 			t.Errorf("CheckListenAddr(%q) = %v", v, err)
 		}
 	}
-	for v, ok := range map[string]bool{"wss://x.supabase.co/realtime/v1/websocket": true, "ftp://x/y": false, "wss:///realtime": false} {
-		if err := CheckWebsocketURL(v); (err == nil) != ok {
-			t.Errorf("CheckWebsocketURL(%q) = %v", v, err)
-		}
-	}
 	mode := OneOf("mode", "auto", "kernel", "userspace")
 	if mode("kernel") != nil || mode("fast") == nil || OneOf("format", "json")("json") != nil {
 		t.Error("OneOf")

@@ -202,19 +202,31 @@ func channelOf(cfg Config) (topic string, binds []binding) {
 	return "realtime:waylume-node-" + cfg.NodeID, binds
 }
 
+// CheckURL accepts what the client dials: a ws:// or wss:// URL with a
+// host (http and https too: the client maps them).
+func CheckURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return errors.New("bad URL")
+	}
+	switch u.Scheme {
+	case "ws", "wss", "http", "https":
+	default:
+		return fmt.Errorf("bad URL scheme %q: want wss:// (or ws://)", u.Scheme)
+	}
+	if u.Host == "" {
+		return errors.New("bad URL: no host")
+	}
+	return nil
+}
+
 // validate checks cfg and sink and fills in cfg's defaults.
 func validate(cfg *Config, sink events.Sink) error {
 	if cfg.URL == "" {
 		return errors.New("realtime: URL is required")
 	}
-	u, err := url.Parse(cfg.URL)
-	if err != nil {
-		return fmt.Errorf("realtime: URL: %w", err)
-	}
-	switch u.Scheme {
-	case "ws", "wss", "http", "https":
-	default:
-		return fmt.Errorf("realtime: URL scheme %q: want ws, wss, http or https", u.Scheme)
+	if err := CheckURL(cfg.URL); err != nil {
+		return fmt.Errorf("realtime: %w", err)
 	}
 	if cfg.APIKey == "" {
 		return errors.New("realtime: APIKey is required")

@@ -16,6 +16,7 @@ func TestNewValidates(t *testing.T) {
 	for name, mod := range map[string]func(*Config){
 		"no url":    func(c *Config) { c.URL = "" },
 		"bad url":   func(c *Config) { c.URL = "ftp://x" },
+		"no host":   func(c *Config) { c.URL = "wss:///realtime" },
 		"no key":    func(c *Config) { c.APIKey = "" },
 		"no node":   func(c *Config) { c.NodeID = "" },
 		"bad node":  func(c *Config) { c.NodeID = "a,b" },
