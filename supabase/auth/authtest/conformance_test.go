@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/supabase/auth/authtest"
 )
 
@@ -35,18 +36,7 @@ func runJS(t *testing.T, env []string) map[string]jsLine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	missing := ""
-	if _, err := exec.LookPath("node"); err != nil {
-		missing = "node is not installed (apt-get install nodejs)"
-	} else if _, err := os.Stat(filepath.Join(dir, "node_modules", "@supabase", "auth-js")); err != nil {
-		missing = "supabase/auth/authtest/js/node_modules is missing: run scripts/deps.sh (npm ci in supabase/auth/authtest/js)"
-	}
-	if missing != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("auth-js conformance cannot run: %s", missing)
-		}
-		t.Skipf("auth-js conformance not run: %s", missing)
-	}
+	testkit.RequireNodeModule(t, dir, "@supabase/auth-js")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", "conformance.js")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/waylume/waylume-node/events"
+	"github.com/waylume/waylume-node/internal/testkit"
 	"github.com/waylume/waylume-node/supabase/realtime/realtimetest"
 )
 
@@ -44,18 +45,7 @@ func startJS(t *testing.T, env []string) <-chan jsLine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	missing := ""
-	if _, err := exec.LookPath("node"); err != nil {
-		missing = "node is not installed (apt-get install nodejs)"
-	} else if _, err := os.Stat(filepath.Join(dir, "node_modules", "@supabase", "realtime-js")); err != nil {
-		missing = "supabase/realtime/realtimetest/js/node_modules is missing: run scripts/deps.sh (npm ci in supabase/realtime/realtimetest/js)"
-	}
-	if missing != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("realtime-js conformance cannot run: %s", missing)
-		}
-		t.Skipf("realtime-js conformance not run: %s", missing)
-	}
+	testkit.RequireNodeModule(t, dir, "@supabase/realtime-js")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, "node", "conformance.js")
 	cmd.Dir = dir
