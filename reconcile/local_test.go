@@ -438,15 +438,8 @@ func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); 
 // billed under the old id and does not bill them again.
 func TestRestoreRecreatedRowNotBilledTwice(t *testing.T) {
 	h := newHarness(t, peerRow(1))
-	h.resync()
-	h.plane.traffic(key(1), 1000, 2000)
-	h.flush()
-	saved := h.saved()
-	h.store.del(peerRow(1).ID)
-	again := peerRow(9)
-	again.PublicKey = peerRow(1).PublicKey
-	h.store.put(again)
-
+	again := h.recreateWithSameKey()
+	saved := h.saved() // saved before the row changed: it holds peer 1
 	h.down(true)
 	h.restart()
 	h.restore(saved)
@@ -454,13 +447,5 @@ func TestRestoreRecreatedRowNotBilledTwice(t *testing.T) {
 	h.plane.traffic(key(1), 3, 4) // while serving from local state
 	h.down(false)
 	h.resync()
-	h.flush()
-	h.plane.traffic(key(1), 5, 7)
-	h.flush()
-	if up, down := h.store.usageSum(again.ID); up != 5 || down != 7 {
-		t.Fatalf("re-created row billed %d/%d, want 5/7 (the adopted counters were billed under the old id)", up, down)
-	}
-	if up, down := h.store.usageSum(peerRow(1).ID); up != 1000 || down != 2000 {
-		t.Fatalf("old row billed %d/%d, want 1000/2000", up, down)
-	}
+	h.wantRecreatedBilledOnce(again)
 }

@@ -263,6 +263,17 @@ func TestUsageRefusedBatchRebuilt(t *testing.T) {
 // are not billed again under the new one.
 func TestUsageAdoptedKeyWithoutStatusNotBilledTwice(t *testing.T) {
 	h := newHarness(t, peerRow(1))
+	again := h.recreateWithSameKey()
+	h.restart()
+	h.resync()
+	h.wantRecreatedBilledOnce(again)
+}
+
+// recreateWithSameKey bills 1000/2000 bytes to peer 1, then deletes its
+// row and inserts another with its key, as an app might while the node is
+// down; it returns the new row.
+func (h *harness) recreateWithSameKey() events.Peer {
+	h.t.Helper()
 	h.resync()
 	h.plane.traffic(key(1), 1000, 2000)
 	h.flush()
@@ -270,17 +281,21 @@ func TestUsageAdoptedKeyWithoutStatusNotBilledTwice(t *testing.T) {
 	again := peerRow(9)
 	again.PublicKey = peerRow(1).PublicKey
 	h.store.put(again)
+	return again
+}
 
-	h.restart()
-	h.resync()
+// wantRecreatedBilledOnce checks, after the node met the re-created row
+// again, that the adopted counters stay billed to the old row only.
+func (h *harness) wantRecreatedBilledOnce(again events.Peer) {
+	h.t.Helper()
 	h.flush()
 	h.plane.traffic(key(1), 5, 7)
 	h.flush()
 	if up, down := h.store.usageSum(again.ID); up != 5 || down != 7 {
-		t.Fatalf("re-created row billed %d/%d, want 5/7 (the old counters were billed under the old id)", up, down)
+		h.t.Fatalf("re-created row billed %d/%d, want 5/7 (the adopted counters were billed under the old id)", up, down)
 	}
 	if up, down := h.store.usageSum(peerRow(1).ID); up != 1000 || down != 2000 {
-		t.Fatalf("old row billed %d/%d, want 1000/2000", up, down)
+		h.t.Fatalf("old row billed %d/%d, want 1000/2000", up, down)
 	}
 }
 
