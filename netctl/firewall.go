@@ -55,12 +55,23 @@ func newFirewall(ns *namespace, log *slog.Logger) *firewall {
 type family struct {
 	proto   iptables.Protocol
 	restore string
+	name    string // as FirewallChange.Family says it
+	forward string // the forwarding sysctl
 }
 
 var (
-	ipv4 = family{iptables.ProtocolIPv4, "iptables-restore"}
-	ipv6 = family{iptables.ProtocolIPv6, "ip6tables-restore"}
+	ipv4 = family{iptables.ProtocolIPv4, "iptables-restore", "ipv4", "/proc/sys/net/ipv4/ip_forward"}
+	ipv6 = family{iptables.ProtocolIPv6, "ip6tables-restore", "ipv6", "/proc/sys/net/ipv6/conf/all/forwarding"}
 )
+
+// forwarded are the families Open turns forwarding on for: IPv4, and IPv6
+// with an IPv6 pool.
+func forwarded(v6 bool) []family {
+	if v6 {
+		return []family{ipv4, ipv6}
+	}
+	return []family{ipv4}
+}
 
 // egressInterface is cfg.EgressInterface or the IPv4 default route's.
 func egressInterface(cfg Config, h *netlink.Handle) string {
@@ -228,20 +239,21 @@ func hookOnce(ipt *iptables.IPTables, c fwChain) error {
 }
 
 func enableForwarding(v6 bool) error {
-	files := []string{"/proc/sys/net/ipv4/ip_forward"}
-	if v6 {
-		files = append(files, "/proc/sys/net/ipv6/conf/all/forwarding")
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err == nil && strings.TrimSpace(string(b)) == "1" {
+	for _, fam := range forwarded(v6) {
+		if forwarding(fam) {
 			continue
 		}
-		if err := os.WriteFile(f, []byte("1\n"), 0o644); err != nil {
+		if err := os.WriteFile(fam.forward, []byte("1\n"), 0o644); err != nil {
 			return fmt.Errorf("enable forwarding: %w", err)
 		}
 	}
 	return nil
+}
+
+// forwarding reports whether fam's forwarding sysctl is on.
+func forwarding(fam family) bool {
+	b, err := os.ReadFile(fam.forward)
+	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
 // teardown unhooks and deletes our chains of both families; other rules

@@ -3,7 +3,6 @@ package netctl
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -59,14 +58,10 @@ func PlanFirewall(ctx context.Context, cfg Config) ([]FirewallChange, error) {
 }
 
 func planForwarding(v6 bool) []FirewallChange {
-	sysctls := []struct{ fam, path string }{{"ipv4", "/proc/sys/net/ipv4/ip_forward"}}
-	if v6 {
-		sysctls = append(sysctls, struct{ fam, path string }{"ipv6", "/proc/sys/net/ipv6/conf/all/forwarding"})
-	}
 	var out []FirewallChange
-	for _, s := range sysctls {
-		if b, err := os.ReadFile(s.path); err != nil || strings.TrimSpace(string(b)) != "1" {
-			out = append(out, FirewallChange{Family: s.fam, Chain: strings.TrimPrefix(s.path, "/proc/sys/"), What: "forwarding"})
+	for _, fam := range forwarded(v6) {
+		if !forwarding(fam) {
+			out = append(out, FirewallChange{Family: fam.name, Chain: strings.TrimPrefix(fam.forward, "/proc/sys/"), What: "forwarding"})
 		}
 	}
 	return out
@@ -77,10 +72,6 @@ func planFamily(fam family, want map[string][][]string) ([]FirewallChange, error
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", fam.restore, err)
 	}
-	name := "ipv4"
-	if fam == ipv6 {
-		name = "ipv6"
-	}
 	var out []FirewallChange
 	for _, c := range fwChains {
 		ch, err := planChain(ipt, c, want[c.chain])
@@ -88,7 +79,7 @@ func planFamily(fam family, want map[string][][]string) ([]FirewallChange, error
 			return nil, err
 		}
 		if ch.What != "" {
-			ch.Family = name
+			ch.Family = fam.name
 			out = append(out, ch)
 		}
 		if c.hook == "" {
@@ -99,7 +90,7 @@ func planFamily(fam family, want map[string][][]string) ([]FirewallChange, error
 			return nil, err
 		}
 		if n != 1 {
-			out = append(out, FirewallChange{Family: name, Table: c.table, Chain: c.chain, What: "hook", Have: n, Want: 1})
+			out = append(out, FirewallChange{Family: fam.name, Table: c.table, Chain: c.chain, What: "hook", Have: n, Want: 1})
 		}
 	}
 	return out, nil

@@ -54,6 +54,13 @@ func TestPlanFirewall(t *testing.T) {
 		}
 	}
 
+	node.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0") // the node namespace's own
+	if cs = plan(b.cfg); !slices.ContainsFunc(cs, func(c FirewallChange) bool {
+		return c.Family == "ipv4" && c.What == "forwarding" && c.Chain == "net/ipv4/ip_forward"
+	}) {
+		t.Errorf("forwarding off: plan = %+v, want net/ipv4/ip_forward turned on", cs)
+	}
+
 	if err := b.link.Teardown(ctx); err != nil {
 		t.Fatal(err)
 	}
