@@ -8,19 +8,21 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// FirewallChange is one thing Open would change in the firewall now.
+// FirewallChange is one thing Open would change in the firewall now; its
+// JSON is a line of `plan --json`.
 type FirewallChange struct {
-	Family string // "ipv4" or "ipv6"
-	Table  string
-	Chain  string // ours, or the sysctl for What "forwarding"
+	Family string `json:"family"` // "ipv4" or "ipv6"
+	Table  string `json:"table,omitempty"`
+	Chain  string `json:"chain"` // ours, or the sysctl for What "forwarding"
 	// What is "create" (the chain is missing), "rewrite" (it holds other
 	// rules than wanted), "hook" (the built-in chain does not jump to it
 	// exactly once) or "forwarding" (the sysctl is off).
-	What string
+	What string `json:"what"`
 	// Missing are the wanted rules the chain lacks, in iptables-save's
 	// argument form; Have and Want count the chain's rules.
-	Missing    []string
-	Have, Want int
+	Missing []string `json:"missing_rules,omitempty"`
+	Have    int      `json:"have_rules"`
+	Want    int      `json:"want_rules"`
 }
 
 // PlanFirewall compares our chains in cfg's namespace with what Open

@@ -18,31 +18,23 @@ type Change struct {
 	Reason string   `json:"reason,omitempty"`
 }
 
-// FirewallChange is one firewall line of `plan --json`.
-type FirewallChange struct {
-	Family  string   `json:"family"`
-	Table   string   `json:"table,omitempty"`
-	Chain   string   `json:"chain"`
-	What    string   `json:"what"`
-	Missing []string `json:"missing_rules,omitempty"`
-	Have    int      `json:"have_rules"`
-	Want    int      `json:"want_rules"`
-}
-
 // Plan is what run would change on the interface now; its JSON is
 // `plan --json`.
 type Plan struct {
-	Interface string           `json:"interface"`
-	Changes   []Change         `json:"changes"`
-	Unchanged int              `json:"unchanged"`
-	NotServed []Change         `json:"not_served"`
-	Firewall  []FirewallChange `json:"firewall"`
+	Interface string                  `json:"interface"`
+	Changes   []Change                `json:"changes"`
+	Unchanged int                     `json:"unchanged"`
+	NotServed []Change                `json:"not_served"`
+	Firewall  []netctl.FirewallChange `json:"firewall"`
 }
 
 // NewPlan is the report of node.Plan's answer for interface iface.
 func NewPlan(iface string, peers reconcile.Plan, firewall []netctl.FirewallChange) Plan {
+	if firewall == nil {
+		firewall = []netctl.FirewallChange{} // [] in the JSON, as the other lists
+	}
 	return Plan{Interface: iface, Changes: changes(peers.Changes), Unchanged: peers.Unchanged,
-		NotServed: changes(peers.NotServed), Firewall: firewalls(firewall)}
+		NotServed: changes(peers.NotServed), Firewall: firewall}
 }
 
 func changes(cs []reconcile.Change) []Change {
@@ -50,15 +42,6 @@ func changes(cs []reconcile.Change) []Change {
 	for _, ch := range cs {
 		out = append(out, Change{Op: string(ch.Op), PeerID: ch.PeerID, Key: ch.Key.String(),
 			Fields: ch.Fields, State: ch.State, Reason: ch.Reason})
-	}
-	return out
-}
-
-func firewalls(cs []netctl.FirewallChange) []FirewallChange {
-	out := make([]FirewallChange, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, FirewallChange{Family: c.Family, Table: c.Table, Chain: c.Chain, What: c.What,
-			Missing: c.Missing, Have: c.Have, Want: c.Want})
 	}
 	return out
 }
@@ -87,7 +70,7 @@ func (rep Plan) WriteTable(w io.Writer) error {
 	return nil
 }
 
-func writeFirewall(w io.Writer, f FirewallChange) {
+func writeFirewall(w io.Writer, f netctl.FirewallChange) {
 	switch f.What {
 	case "forwarding":
 		fmt.Fprintf(w, "sysctl %s 0 -> 1\n", f.Chain)
