@@ -54,7 +54,7 @@ func TestPlanFirewall(t *testing.T) {
 		}
 	}
 
-	node.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0") // the node namespace's own
+	node.MustRun(t, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward") // the node namespace's own
 	if cs = plan(b.cfg); !slices.ContainsFunc(cs, func(c FirewallChange) bool {
 		return c.Family == "ipv4" && c.What == "forwarding" && c.Chain == "net/ipv4/ip_forward"
 	}) {
