@@ -22,7 +22,8 @@
 // Additions to the agreed interface: Config.Netns (manage another network
 // namespace, used by tests), ParseMode, Config.Validate, Config.Pool,
 // Peer.ShapingAddr, PeerStats.AllowedIPs/DownloadKbps/UploadKbps,
-// Link.Userspace and LoadOrCreateKey (the private key file, created 0600).
+// Link.Userspace and LoadOrCreateKey (the private key file, created 0600),
+// Config.DeviceCommand, DeviceMain and Link.DeviceLost.
 //
 // # WireGuard
 //
@@ -30,8 +31,10 @@
 // kernel module, or an existing interface reachable by wgctrl over a UAPI
 // socket (an external wireguard-go). It creates one only through the
 // kernel, and says so when the kernel cannot. ModeUserspace runs
-// golang.zx2c4.com/wireguard inside this process with its UAPI socket in
-// /var/run/wireguard, so `wg show` and wgctrl work on it. ModeAuto adopts,
+// golang.zx2c4.com/wireguard with its UAPI socket in /var/run/wireguard, so
+// `wg show` and wgctrl work on it: in a process of its own with
+// Config.DeviceCommand (devproc.go: DeviceMain, the lifeline, DeviceLost),
+// else inside this one. ModeAuto adopts,
 // else creates in the kernel, else runs the embedded device. Whatever the
 // mode, an existing working interface is adopted with its peers.
 //

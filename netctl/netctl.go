@@ -29,8 +29,9 @@ const (
 	// (e.g. an external wireguard-go). It creates one only through the
 	// kernel and fails clearly when the kernel cannot.
 	ModeKernel Mode = "kernel"
-	// ModeUserspace runs wireguard-go inside this process, with its UAPI
-	// socket open so `wg show` and wgctrl work on it.
+	// ModeUserspace runs wireguard-go, in its own process with
+	// Config.DeviceCommand or else in this one, with its UAPI socket open
+	// so `wg show` and wgctrl work on it.
 	ModeUserspace Mode = "userspace"
 )
 
@@ -72,6 +73,11 @@ type Config struct {
 	// Netns is the path of a network namespace to manage instead of the
 	// process's own (e.g. /var/run/netns/x). Tests use it; see doc.go.
 	Netns string
+	// DeviceCommand runs a userspace device the Link starts in its own
+	// process: a program and its leading arguments, to which DeviceMain's
+	// arguments are appended (waylume-node: its executable and "device").
+	// Empty runs the device in this process.
+	DeviceCommand []string
 }
 
 const defaultMTU = 1420
@@ -199,7 +205,7 @@ type Link struct {
 
 	mu      sync.Mutex
 	cfg     Config
-	dev     *userspaceDevice // nil when the device is the kernel's or another process's
+	dev     *ownedDevice // nil when the device is the kernel's or adopted
 	ifindex int
 	epoch   string
 	// peers mirrors what the device holds, by public key: refreshed from
@@ -227,7 +233,19 @@ func (l *Link) Epoch() string {
 	return l.epoch
 }
 
-// Userspace reports whether the device is the embedded one.
+// DeviceLost delivers an error if the device process ends while the Link
+// is open: the interface went with it. It is nil (never ready) for any
+// other device.
+func (l *Link) DeviceLost() <-chan error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dev == nil {
+		return nil
+	}
+	return l.dev.lost
+}
+
+// Userspace reports whether the device is one the Link started.
 func (l *Link) Userspace() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -346,7 +364,7 @@ func (l *Link) Close() error {
 	defer l.mu.Unlock()
 	var errs []error
 	if l.dev != nil {
-		l.dev.close()
+		l.dev.stop()
 		l.dev = nil
 	}
 	if l.wg != nil {
@@ -381,7 +399,7 @@ func (l *Link) Teardown(ctx context.Context) error {
 		}
 	}
 	if l.dev != nil {
-		l.dev.close()
+		l.dev.stop()
 		l.dev = nil
 	}
 	if link, err := l.nl.LinkByName(l.cfg.Interface); err == nil {

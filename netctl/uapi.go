@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -21,14 +22,23 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// embeddedClient serves the interface of the device this process runs and
+// embeddedClient serves the interface of the device the Link started and
 // passes any other name to wgctrl.
 type embeddedClient struct {
 	wgClient
 	name  string
-	dev   *device.Device
+	dev   uapiDevice
 	peers int // peers in the last read: the next one's capacity
 }
+
+// uapiDevice is the UAPI get and set operations: *device.Device in this
+// process, uapiSocket for the device process.
+type uapiDevice interface {
+	IpcGetOperation(w io.Writer) error
+	IpcSetOperation(r io.Reader) error
+}
+
+var _ uapiDevice = (*device.Device)(nil)
 
 var _ wgClient = (*embeddedClient)(nil)
 

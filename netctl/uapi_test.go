@@ -119,7 +119,8 @@ func prefixSet(ns []net.IPNet) []string {
 
 // A line cut between writes parses as if it came whole.
 func TestUAPIParserSplitWrites(t *testing.T) {
-	c := &embeddedClient{wgClient: &otherWG{}, name: "wgmem", dev: memDevice(t)}
+	dev := memDevice(t)
+	c := &embeddedClient{wgClient: &otherWG{}, name: "wgmem", dev: dev}
 	priv := mustKey(t)
 	var peers []wgtypes.PeerConfig
 	for i := range 40 {
@@ -129,7 +130,7 @@ func TestUAPIParserSplitWrites(t *testing.T) {
 	if err := c.ConfigureDevice("wgmem", wgtypes.Config{PrivateKey: &priv, Peers: peers}); err != nil {
 		t.Fatal(err)
 	}
-	text, err := c.dev.IpcGet()
+	text, err := dev.IpcGet()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -274,15 +274,25 @@ func prefixIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
-// userspaceDevice is wireguard-go running in this process.
-type userspaceDevice struct {
-	dev      *device.Device
-	uapi     net.Listener
+// ownedDevice is a userspace device the Link started, in this process or
+// in its own (devproc.go). Its interface lives as long as it runs.
+type ownedDevice struct {
 	instance string // random per start: counters restart with it
-	done     chan struct{}
+	pid      int    // the device process; 0 in this one
+	stop     func()
+	lost     <-chan error // the device ended on its own; nil in-process
 }
 
+// startUserspace starts the device the Link owns: in its own process with
+// Config.DeviceCommand, else in this one.
 func (l *Link) startUserspace() error {
+	if len(l.cfg.DeviceCommand) > 0 {
+		return l.startProcess()
+	}
+	return l.startEmbedded()
+}
+
+func (l *Link) startEmbedded() error {
 	name := l.cfg.Interface
 	var (
 		tdev     tun.Device
@@ -313,11 +323,9 @@ func (l *Link) startUserspace() error {
 		dev.Close()
 		return fmt.Errorf("listen on UAPI socket for %s: %w", name, err)
 	}
-	var inst [8]byte
-	_, _ = rand.Read(inst[:])
-	u := &userspaceDevice{dev: dev, uapi: uapi, instance: hex.EncodeToString(inst[:]), done: make(chan struct{})}
+	done := make(chan struct{})
 	go func() {
-		defer close(u.done)
+		defer close(done)
 		for {
 			c, err := uapi.Accept()
 			if err != nil {
@@ -326,16 +334,16 @@ func (l *Link) startUserspace() error {
 			go dev.IpcHandle(c)
 		}
 	}()
-	l.dev = u
+	var inst [8]byte
+	_, _ = rand.Read(inst[:])
+	l.dev = &ownedDevice{instance: hex.EncodeToString(inst[:]), stop: func() {
+		uapi.Close()
+		<-done
+		dev.Close()
+	}}
 	l.wg = &embeddedClient{wgClient: l.wg, name: name, dev: dev}
 	l.log.Info("started embedded userspace WireGuard device")
 	return nil
-}
-
-func (u *userspaceDevice) close() {
-	u.uapi.Close()
-	<-u.done
-	u.dev.Close()
 }
 
 func wgLogger(log *slog.Logger) *device.Logger {
