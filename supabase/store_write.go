@@ -106,6 +106,13 @@ const statusInsert = `INSERT INTO waylume.peer_status (peer_id, node_id, state, 
 	WHERE NOT EXISTS (SELECT 1 FROM waylume.peer_status s WHERE s.peer_id = u.peer_id)
 	ON CONFLICT (peer_id) DO NOTHING`
 
+// statusChunk bounds the rows of one status statement. pgx keeps a
+// statement's encoded parameters on its connection until that
+// connection's next statement: one statement of 10,000 rows would leave
+// ~8 MB on every pooled connection that ran one. The chunks share the
+// flush's transaction, so they commit together as one statement would.
+const statusChunk = 1000
+
 func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.PeerStatus) error {
 	if len(status) == 0 {
 		return nil
@@ -116,33 +123,40 @@ func writeStatus(ctx context.Context, tx pgx.Tx, nodeID string, status []events.
 	for i, st := range status {
 		last[st.PeerID] = i
 	}
-	var (
-		ids, states, reasons, endpoints, epochs []string
-		handshakes, applied                     []pgtype.Timestamptz
-		ups, downs, rxb, txb                    []int64
-	)
+	rows := make([]events.PeerStatus, 0, len(last))
 	for i, st := range status {
-		if last[st.PeerID] != i {
-			continue
+		if last[st.PeerID] == i {
+			rows = append(rows, st)
 		}
-		ids = append(ids, st.PeerID)
-		states = append(states, st.State)
-		reasons = append(reasons, st.Reason)
-		endpoints = append(endpoints, st.Endpoint)
-		epochs = append(epochs, st.CounterEpoch)
-		handshakes = append(handshakes, pgtype.Timestamptz{Time: st.LastHandshakeAt, Valid: !st.LastHandshakeAt.IsZero()})
-		applied = append(applied, pgtype.Timestamptz{Time: st.AppliedAt, Valid: !st.AppliedAt.IsZero()})
-		ups = append(ups, st.UploadBytes)
-		downs = append(downs, st.DownloadBytes)
-		rxb = append(rxb, st.RxBaseline)
-		txb = append(txb, st.TxBaseline)
+	}
+	for lo := 0; lo < len(rows); lo += statusChunk {
+		if err := writeStatusRows(ctx, tx, nodeID, rows[lo:min(lo+statusChunk, len(rows))]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeStatusRows(ctx context.Context, tx pgx.Tx, nodeID string, rows []events.PeerStatus) error {
+	n := len(rows)
+	var (
+		ids, states, reasons = make([]string, n), make([]string, n), make([]string, n)
+		endpoints, epochs    = make([]string, n), make([]string, n)
+		handshakes, applied  = make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
+		ups, downs, rxb, txb = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	)
+	for i, st := range rows {
+		ids[i], states[i], reasons[i], endpoints[i], epochs[i] = st.PeerID, st.State, st.Reason, st.Endpoint, st.CounterEpoch
+		handshakes[i] = pgtype.Timestamptz{Time: st.LastHandshakeAt, Valid: !st.LastHandshakeAt.IsZero()}
+		applied[i] = pgtype.Timestamptz{Time: st.AppliedAt, Valid: !st.AppliedAt.IsZero()}
+		ups[i], downs[i], rxb[i], txb[i] = st.UploadBytes, st.DownloadBytes, st.RxBaseline, st.TxBaseline
 	}
 	args := []any{nodeID, uuidParam(ids), states, reasons, handshakes, endpoints, ups, downs, rxb, txb, epochs, applied}
 	tag, err := tx.Exec(ctx, statusUpdate, args...)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
-	if tag.RowsAffected() == int64(len(ids)) {
+	if tag.RowsAffected() == int64(n) {
 		return nil
 	}
 	// A peer deleted between the join and the foreign key check fails
