@@ -5,6 +5,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -253,6 +254,7 @@ func forwardInto(t testing.TB, ns *netns.NS, target string) string {
 
 // process is one run of the binary.
 type process struct {
+	t    testing.TB
 	cmd  *exec.Cmd
 	out  *testkit.Buffer
 	done chan struct{}
@@ -285,7 +287,7 @@ func (e *env) startNode(mode string, resync, usage time.Duration) *process {
 			"WAYLUME_ACCESS_TOKEN="+realtimetest.NodeToken(jwtSecret, e.nodeID, time.Hour))
 	}
 	cmd.Env = append(cmd.Env, e.extraEnv...)
-	n := &process{cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
+	n := &process{t: t, cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = n.out, n.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start node: %v", err)
@@ -325,10 +327,59 @@ func (n *process) stop(t testing.TB) error {
 	return n.err
 }
 
-// kill is SIGKILL: no flush, no goodbye.
+// kill is SIGKILL: no flush, no goodbye. A userspace node's device
+// process goes with it: kill waits until it has, and fails the test if it
+// does not, since a node started next would find the old device closing.
 func (n *process) kill() {
+	n.t.Helper()
+	children := withChildren(n.t, n.cmd.Process.Pid)[1:]
 	n.cmd.Process.Kill()
 	<-n.done
+	testkit.Eventually(n.t, 5*time.Second, func() error {
+		for _, pid := range children {
+			if alive(pid) {
+				return fmt.Errorf("the killed node's child %d is still running", pid)
+			}
+		}
+		return nil
+	})
+}
+
+// alive reports whether pid runs: it exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
+}
+
+// withChildren is pid and the processes it started: the node and its
+// userspace device process.
+func withChildren(tb testing.TB, pid int) []int {
+	tb.Helper()
+	pids := []int{pid}
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, d := range dirs {
+		child, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// The parent pid is the second field after the command name.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			pids = append(pids, child)
+		}
+	}
+	return pids
 }
 
 func (e *env) exec(sql string, args ...any) {

@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -185,4 +188,38 @@ func (e *env) usage(peerID string) (up, down int64, err error) {
 func (e *env) readyz(ctx context.Context) string {
 	out, _ := e.nodeNS.Run(ctx, "curl", "-s", "--max-time", "3", "http://127.0.0.1:9586/readyz")
 	return strings.TrimSpace(out)
+}
+
+// A userspace node whose device process dies (the OOM killer, a stray
+// kill) has lost its interface and every session: it says so and exits
+// with an error, for its supervisor to restart it, rather than serving
+// nothing while reporting ready.
+func TestDeviceProcessKilled(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode("userspace", time.Minute, time.Minute)
+	testkit.Eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(n.out.String(), "node running") {
+			return fmt.Errorf("node not running yet")
+		}
+		return nil
+	})
+	pids := withChildren(t, n.cmd.Process.Pid)
+	if len(pids) != 2 {
+		t.Fatalf("node processes %v, want the node and its device process", pids)
+	}
+	if err := syscall.Kill(pids[1], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("node still running 30s after its device process was killed")
+	}
+	var exit *exec.ExitError
+	if !errors.As(n.err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("node exit: %v, want exit status 1", n.err)
+	}
+	if out := n.out.String(); !strings.Contains(out, "device lost") || !strings.Contains(out, fmt.Sprintf("pid %d", pids[1])) {
+		t.Fatalf("node output does not report the lost device process %d:\n%s", pids[1], tail(out, 4000))
+	}
 }

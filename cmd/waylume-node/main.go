@@ -54,6 +54,7 @@ func commands() []command {
 		{"token", "mint a node-scoped Realtime JWT (operator only, never on the node)", (*cli).tokenCmd},
 		{"healthcheck", "GET /healthz of a running node (container HEALTHCHECK)", (*cli).healthcheckCmd},
 		{"version", "print the version", (*cli).versionCmd},
+		{"device", "the userspace WireGuard device process run starts (not for direct use)", (*cli).deviceCmd},
 	}
 }
 

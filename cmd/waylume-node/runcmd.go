@@ -12,6 +12,7 @@ import (
 
 	"github.com/waylume/waylume-node/internal/health"
 	"github.com/waylume/waylume-node/internal/node"
+	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/supabase/auth"
 )
 
@@ -83,7 +84,15 @@ func (c Config) node() node.Config {
 		EgressInterface: c.EgressInterface, Isolation: c.Isolation, TeardownOnExit: c.TeardownOnExit,
 		AllowPrivate: c.AllowPrivate, AllowLocal: c.AllowLocal, RoutedSubnets: c.RoutedSubnets,
 		ResyncInterval: c.ResyncInterval, UsageInterval: c.UsageInterval, Version: version,
+		// The same binary, even if the file was replaced since it started.
+		DeviceCommand: []string{"/proc/self/exe", "device"},
 	}
+}
+
+// deviceCmd is the userspace device's own process (netctl.DeviceMain);
+// run starts it with a lifeline and its arguments.
+func (c *cli) deviceCmd(args []string) int {
+	return netctl.DeviceMain(args, c.stderr)
 }
 
 // tokens is the run command's Realtime identity: the Auth user's session,

@@ -56,6 +56,9 @@ type Config struct {
 	// Netns runs the data plane in the network namespace at this path
 	// (tests); empty: the process's own.
 	Netns string
+	// DeviceCommand runs a userspace device in its own process; see
+	// netctl.Config.DeviceCommand. Empty: in this process.
+	DeviceCommand []string
 
 	ResyncInterval time.Duration
 	UsageInterval  time.Duration
@@ -213,10 +216,41 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	})
 	n.log.Info("node running", "public_key", n.link.PublicKey().String(), "userspace", n.link.Userspace())
-	runErr := n.rec.Run(ctx)
+	runCtx, lost := n.whileDevice(ctx)
+	runErr := n.rec.Run(runCtx)
 	stopSources()
 	wg.Wait()
+	if err := lost(); err != nil {
+		return err
+	}
 	return runErr
+}
+
+// whileDevice is ctx, ended early if the device process dies: its
+// interface and every peer went with it, and a restart (the supervisor's,
+// from the saved state if need be) is the way back. lost reports that
+// cause once the run is over.
+func (n *Node) whileDevice(ctx context.Context) (_ context.Context, lost func() error) {
+	ch := n.link.DeviceLost()
+	if ch == nil {
+		return ctx, func() error { return nil }
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case err = <-ch:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() error {
+		cancel()
+		<-done
+		return err
+	}
 }
 
 // ready is /readyz: the reconciler's verdict, then a Realtime refusal
@@ -283,7 +317,7 @@ func waitNode(ctx context.Context, store *supabase.Store, nodeID string, log *sl
 // and row, without its mode and key.
 func linkConfig(cfg Config, row events.Node) netctl.Config {
 	return netctl.Config{
-		Interface: cfg.Interface, Netns: cfg.Netns,
+		Interface: cfg.Interface, Netns: cfg.Netns, DeviceCommand: cfg.DeviceCommand,
 		ListenPort: row.ListenPort, Address: row.Address, Address6: row.Address6, MTU: row.MTU,
 		EgressInterface: cfg.EgressInterface, Isolation: cfg.Isolation,
 		AllowPrivate: cfg.AllowPrivate, AllowLocal: cfg.AllowLocal, RoutedSubnets: cfg.RoutedSubnets,
