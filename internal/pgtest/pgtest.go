@@ -135,7 +135,11 @@ max_replication_slots = 32
 max_wal_senders = 32
 max_connections = 400
 fsync = off
-synchronous_commit = off
+# On, as on Supabase. Off, a commit's WAL waits for the WAL writer, which
+# may have gone to sleep for 5 s, and logical decoding (the Realtime test
+# server's broadcasts) sees the commit only then. With fsync off the flush
+# at commit is a write to the page cache.
+synchronous_commit = on
 full_page_writes = off
 shared_buffers = 128MB
 log_min_messages = warning
