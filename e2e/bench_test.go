@@ -34,6 +34,8 @@ func (e *env) inProcess(tb testing.TB, src string, resync time.Duration, obs nod
 	cfg := node.Config{
 		DatabaseURL: e.nodeURL, NodeID: e.nodeID,
 		Interface: e.iface, WGMode: "userspace", PrivateKeyFile: e.keyFile, Netns: e.nodeNS.Path(),
+		// The device in its own process, as `waylume-node run` has it.
+		DeviceCommand:   []string{binPath, "device"},
 		EgressInterface: e.uplink, Isolation: true,
 		ResyncInterval: resync, UsageInterval: time.Hour, Version: "e2e",
 	}
