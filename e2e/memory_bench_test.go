@@ -66,33 +66,35 @@ func (e *env) waitApplied(tb testing.TB, want int) {
 	}
 }
 
-// steadyRSS polls the summed VmRSS of pids until the readings over
-// window stay within 2% of each other, and returns the highest of them:
-// what the processes hold across that window. window spans the node's
-// resync and usage intervals, so a steady reading includes both.
-func steadyRSS(tb testing.TB, pids []int, window time.Duration) int {
+// steadyRSS polls the summed VmRSS and PSS of pids until the RSS
+// readings over window stay within 2% of each other, and returns the
+// highest RSS of them (what the processes hold at worst across that
+// window) and the median PSS (what they hold typically). window spans the
+// node's resync and usage intervals, so a steady reading includes both.
+func steadyRSS(tb testing.TB, pids []int, window time.Duration) (rss, pss int) {
 	tb.Helper()
 	const every = 250 * time.Millisecond
 	keep := int(window / every)
-	var seen []int
-	var steady int
+	var seen, seenPss []int
 	testkit.Eventually(tb, 5*time.Minute, func() error {
 		sum := 0
 		for _, pid := range pids {
 			sum += rssKB(tb, pid)
 		}
-		seen = append(seen, sum)
+		seen, seenPss = append(seen, sum), append(seenPss, pssKB(tb, pids...))
 		if len(seen) > keep {
-			seen = seen[len(seen)-keep:]
+			seen, seenPss = seen[len(seen)-keep:], seenPss[len(seenPss)-keep:]
 		}
 		lo, hi := slices.Min(seen), slices.Max(seen)
 		if len(seen) < keep || hi-lo > hi/50 {
 			return fmt.Errorf("VmRSS %d-%d kB over the last %d readings, not steady", lo, hi, len(seen))
 		}
-		steady = hi
+		rss = hi
+		sorted := slices.Sorted(slices.Values(seenPss))
+		pss = sorted[len(sorted)/2]
 		return nil
 	})
-	return steady
+	return rss, pss
 }
 
 // pssKB is the summed proportional set size of pids: each page shared
@@ -235,15 +237,14 @@ func BenchmarkUserspaceRSS(b *testing.B) {
 		b.Fatalf("node processes %v, want the node and its device process", pids)
 	}
 	cpu0, t0 := cpuTicks(b, pids), time.Now()
-	node := steadyRSS(b, pids, usage+resync)
+	node, nodePss := steadyRSS(b, pids, usage+resync)
 	cpu := float64(cpuTicks(b, pids)-cpu0) / clockTicks / time.Since(t0).Seconds()
 	parent, dev := rssKB(b, pids[0]), rssKB(b, pids[1])
 
 	w := startBare(b)
 	w.copyDevice(b, e.iface)
-	base := steadyRSS(b, []int{w.cmd.Process.Pid}, usage+resync)
+	base, basePss := steadyRSS(b, []int{w.cmd.Process.Pid}, usage+resync)
 
-	nodePss, basePss := pssKB(b, pids...), pssKB(b, w.cmd.Process.Pid)
 	b.ReportMetric(float64(node)/1024, "node-MB")
 	b.ReportMetric(float64(parent)/1024, "node-process-MB")
 	b.ReportMetric(float64(dev)/1024, "device-process-MB")

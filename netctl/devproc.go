@@ -141,13 +141,14 @@ func serveDevice(name string, mtu int, verbose bool, life *os.File, stderr io.Wr
 // lets garbage grow to GOGC percent of a heap that is mostly the peers'
 // queues, allocated once and never touched: pages the node's reads make
 // resident and that stay so, since the runtime keeps freed memory up to
-// its heap goal. Returning it once the operations pause keeps the process
-// at the device's own size. The cost is one collection of the device's
-// heap, ~0.3 s of CPU at 10,000 peers, so at most one every trimSpacing:
-// the node reads twice a minute by default.
+// its heap goal. Returning it once the operations pause, and every few
+// seconds while they continue (a cold apply of thousands of peers), keeps
+// the process near the device's own size. The cost is one collection of
+// the device's heap, ~0.3 s of CPU at 10,000 peers, so at most one every
+// trimSpacing: the node reads twice a minute by default.
 const (
 	trimQuiet   = 100 * time.Millisecond // after the last operation
-	trimEvery   = 30 * time.Second       // at most this late under steady operations
+	trimEvery   = 5 * time.Second        // at most this late while operations continue
 	trimSpacing = 5 * time.Second        // at least this long between two
 )
 
