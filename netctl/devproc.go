@@ -21,8 +21,6 @@ package netctl
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -105,21 +103,12 @@ func serveDevice(name string, mtu int, verbose bool, life *os.File, stderr io.Wr
 	defer uapi.Close()
 	trim := make(chan struct{}, 1)
 	go trimAfterUAPI(trim)
-	go func() {
-		for {
-			c, err := uapi.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				dev.IpcHandle(c)
-				select {
-				case trim <- struct{}{}:
-				default:
-				}
-			}()
+	go serveUAPI(uapi, dev, func() {
+		select {
+		case trim <- struct{}{}:
+		default:
 		}
-	}()
+	})
 	if _, err := io.WriteString(life, "ready\n"); err != nil {
 		return fmt.Errorf("lifeline: %w", err)
 	}
@@ -137,15 +126,15 @@ func serveDevice(name string, mtu int, verbose bool, life *os.File, stderr io.Wr
 }
 
 // Trimming after UAPI operations. A read of the device formats every peer
-// afresh (~7 MB of short-lived objects at 10,000 peers), and the collector
-// lets garbage grow to GOGC percent of a heap that is mostly the peers'
-// queues, allocated once and never touched: pages the node's reads make
-// resident and that stay so, since the runtime keeps freed memory up to
-// its heap goal. Returning it once the operations pause, and every few
+// afresh (megabytes of short-lived objects at 10,000 peers), and the
+// collector lets garbage grow to GOGC percent of a heap that is mostly the
+// peers' queues, allocated once and never touched: pages the node's reads
+// make resident and that stay so, since the runtime keeps freed memory up
+// to its heap goal. Returning it once the operations pause, and every few
 // seconds while they continue (a cold apply of thousands of peers), keeps
 // the process near the device's own size. The cost is one collection of
-// the device's heap, ~0.3 s of CPU at 10,000 peers, so at most one every
-// trimSpacing: the node reads twice a minute by default.
+// the device's heap, a few hundred ms of CPU at 10,000 peers (gctrace), so
+// at most one every trimSpacing: the node reads twice a minute by default.
 const (
 	trimQuiet   = 100 * time.Millisecond // after the last operation
 	trimEvery   = 5 * time.Second        // at most this late while operations continue
@@ -255,9 +244,7 @@ func (l *Link) startProcess() error {
 		return fmt.Errorf("userspace device process for %s: %w", name, err)
 	}
 	l.log.Info("started userspace WireGuard device process", "pid", cmd.Process.Pid)
-	var inst [8]byte
-	_, _ = rand.Read(inst[:])
-	l.dev = &ownedDevice{instance: hex.EncodeToString(inst[:]), pid: cmd.Process.Pid, stop: p.stop, lost: p.watch(l)}
+	l.dev = &ownedDevice{instance: newInstance(), pid: cmd.Process.Pid, stop: p.stop, lost: p.watch(l)}
 	l.wg = &embeddedClient{wgClient: l.wg, name: name, dev: uapiSocket{path: filepath.Join(uapiDir, name+".sock")}}
 	return nil
 }

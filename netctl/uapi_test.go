@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"slices"
@@ -170,8 +171,10 @@ func TestUAPIParserMalformed(t *testing.T) {
 }
 
 // BenchmarkEmbeddedRead10k: one read of a 10,000-peer embedded device,
-// in-process (what Stats does) beside wgctrl over the device's own UAPI
-// socket (what it did), in the same run: bytes and objects allocated.
+// in-process (what Stats does for a device in this process), over its
+// UAPI socket with the same parse (what it does for the device process)
+// and with wgctrl's socket client, in the same run: bytes and objects
+// allocated, the device's side of a socket read included.
 func BenchmarkEmbeddedRead10k(b *testing.B) {
 	dev := device.NewDevice(tuntest.NewChannelTUN().TUN(), bindtest.NewChannelBinds()[0], device.NewLogger(device.LogLevelSilent, ""))
 	defer dev.Close()
@@ -185,15 +188,7 @@ func BenchmarkEmbeddedRead10k(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer uapi.Close()
-	go func() {
-		for {
-			c, err := uapi.Accept()
-			if err != nil {
-				return
-			}
-			go dev.IpcHandle(c)
-		}
-	}()
+	go serveUAPI(uapi, dev, nil)
 	wc, err := wgctrl.New()
 	if err != nil {
 		b.Fatal(err)
@@ -226,9 +221,13 @@ func BenchmarkEmbeddedRead10k(b *testing.B) {
 		return float64(m1.TotalAlloc-m0.TotalAlloc) / runs / (1 << 20), float64(m1.Mallocs-m0.Mallocs) / runs
 	}
 	inMB, inObj := read(func() (*wgtypes.Device, error) { return c.Device(name) })
+	sc := &embeddedClient{wgClient: wc, name: name, dev: uapiSocket{path: filepath.Join(uapiDir, name+".sock")}}
+	ownMB, ownObj := read(func() (*wgtypes.Device, error) { return sc.Device(name) })
 	sockMB, sockObj := read(func() (*wgtypes.Device, error) { return wc.Device(name) })
 	b.ReportMetric(inMB, "inprocess-MB/read")
 	b.ReportMetric(inObj, "inprocess-objects/read")
+	b.ReportMetric(ownMB, "uapisocket-MB/read")
+	b.ReportMetric(ownObj, "uapisocket-objects/read")
 	b.ReportMetric(sockMB, "wgctrl-socket-MB/read")
 	b.ReportMetric(sockObj, "wgctrl-socket-objects/read")
 }

@@ -326,17 +326,9 @@ func (l *Link) startEmbedded() error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for {
-			c, err := uapi.Accept()
-			if err != nil {
-				return
-			}
-			go dev.IpcHandle(c)
-		}
+		serveUAPI(uapi, dev, nil)
 	}()
-	var inst [8]byte
-	_, _ = rand.Read(inst[:])
-	l.dev = &ownedDevice{instance: hex.EncodeToString(inst[:]), stop: func() {
+	l.dev = &ownedDevice{instance: newInstance(), stop: func() {
 		uapi.Close()
 		<-done
 		dev.Close()
@@ -344,6 +336,30 @@ func (l *Link) startEmbedded() error {
 	l.wg = &embeddedClient{wgClient: l.wg, name: name, dev: dev}
 	l.log.Info("started embedded userspace WireGuard device")
 	return nil
+}
+
+// serveUAPI answers connections to the device's UAPI socket until ln
+// closes; handled, if set, runs after each.
+func serveUAPI(ln net.Listener, dev *device.Device, handled func()) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			dev.IpcHandle(c)
+			if handled != nil {
+				handled()
+			}
+		}()
+	}
+}
+
+// newInstance is a device start's random id, part of the counter epoch.
+func newInstance() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func wgLogger(log *slog.Logger) *device.Logger {
