@@ -30,7 +30,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,6 +42,8 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/waylume/waylume-node/internal/trim"
 )
 
 // lifelineFD is the lifeline's descriptor in the child: the first of
@@ -101,14 +102,9 @@ func serveDevice(name string, mtu int, verbose bool, life *os.File, stderr io.Wr
 		return fmt.Errorf("listen on UAPI socket for %s: %w", name, err)
 	}
 	defer uapi.Close()
-	trim := make(chan struct{}, 1)
-	go trimAfterUAPI(trim)
-	go serveUAPI(uapi, dev, func() {
-		select {
-		case trim <- struct{}{}:
-		default:
-		}
-	})
+	trimmer := trim.New(trimQuiet, trimEvery, trimSpacing)
+	go trimmer.Run(context.Background())
+	go serveUAPI(uapi, dev, trimmer.Poke)
 	if _, err := io.WriteString(life, "ready\n"); err != nil {
 		return fmt.Errorf("lifeline: %w", err)
 	}
@@ -140,31 +136,6 @@ const (
 	trimEvery   = 5 * time.Second        // at most this late while operations continue
 	trimSpacing = 5 * time.Second        // at least this long between two
 )
-
-func trimAfterUAPI(ops <-chan struct{}) {
-	var last time.Time
-	for range ops {
-		deadline := time.After(trimEvery)
-		quiet := time.NewTimer(trimQuiet)
-	wait:
-		for {
-			select {
-			case <-ops:
-				quiet.Reset(trimQuiet)
-			case <-quiet.C:
-				break wait
-			case <-deadline:
-				quiet.Stop()
-				break wait
-			}
-		}
-		if wait := trimSpacing - time.Since(last); wait > 0 {
-			time.Sleep(wait)
-		}
-		debug.FreeOSMemory()
-		last = time.Now()
-	}
-}
 
 // lineLogger writes wireguard-go's messages one a line, as
 // relayDeviceLog reads them: "debug: " or "error: " and the message.

@@ -20,8 +20,9 @@ var testSupport = []string{
 var allowed = map[string][]string{
 	"events":         {},
 	"migrations":     {},
-	"netctl":         {},
+	"netctl":         {"internal/trim"},
 	"internal/retry": {},
+	"internal/trim":  {},
 	"reconcile":      {"events", "internal/retry"},
 }
 

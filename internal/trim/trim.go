@@ -1,0 +1,94 @@
+// Package trim returns a Go process's free heap memory to the operating
+// system after bursts of work.
+//
+// The runtime keeps the pages a burst freed up to its heap goal, and the
+// goal is set by whatever was live when a collection ran: a collection
+// during a resync of 10,000 peers counts the snapshot, the device read and
+// the diff as live, so the goal, and the pages kept resident until the
+// scavenger slowly hands them back, stay that much above what the process
+// holds between bursts. A burst is a handful of operations a minute, so
+// collecting once after it and returning everything free costs little
+// and keeps the process near its live data for the rest of the minute.
+package trim
+
+import (
+	"context"
+	"runtime/debug"
+	"time"
+)
+
+// Trimmer collects and returns free memory (debug.FreeOSMemory) Quiet
+// after the last of a burst of Pokes, or Every after a burst's first poke
+// while pokes keep coming, and never twice within Spacing: each trim is a
+// full collection, whose CPU grows with the heap.
+type Trimmer struct {
+	Quiet, Every, Spacing time.Duration
+
+	poke chan struct{}
+	free func() // debug.FreeOSMemory; tests count calls instead
+}
+
+// New returns a Trimmer with the given timings; Run starts it.
+func New(quiet, every, spacing time.Duration) *Trimmer {
+	return &Trimmer{Quiet: quiet, Every: every, Spacing: spacing,
+		poke: make(chan struct{}, 1), free: debug.FreeOSMemory}
+}
+
+// Poke says a burst of work made garbage. It never blocks.
+func (t *Trimmer) Poke() {
+	select {
+	case t.poke <- struct{}{}:
+	default:
+	}
+}
+
+// Run trims after pokes until ctx ends.
+func (t *Trimmer) Run(ctx context.Context) {
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.poke:
+		}
+		if !t.waitBurst(ctx) {
+			return
+		}
+		if wait := t.Spacing - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+			return
+		}
+		t.free()
+		last = time.Now()
+	}
+}
+
+// waitBurst waits until pokes pause for Quiet, or Every has passed.
+func (t *Trimmer) waitBurst(ctx context.Context) bool {
+	deadline := time.NewTimer(t.Every)
+	defer deadline.Stop()
+	quiet := time.NewTimer(t.Quiet)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.poke:
+			quiet.Reset(t.Quiet)
+		case <-quiet.C:
+			return true
+		case <-deadline.C:
+			return true
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}
