@@ -339,6 +339,7 @@ func (r *Reconciler) saveLoop(ctx context.Context) {
 		}
 		last = time.Now()
 		r.warn(ctx, "save local state", r.saveLocal())
+		r.afterBulk()
 	}
 }
 

@@ -181,6 +181,7 @@ func (r *Reconciler) until(at time.Time) time.Duration {
 }
 
 func (r *Reconciler) resyncNow(ctx context.Context, t *timers) {
+	defer r.afterBulk()
 	err := r.Resync(ctx)
 	if err == nil {
 		t.resyncBackoff.Reset()
@@ -195,6 +196,7 @@ func (r *Reconciler) resyncNow(ctx context.Context, t *timers) {
 }
 
 func (r *Reconciler) flushNow(ctx context.Context, t *timers, s scope) {
+	defer r.afterBulk()
 	t.lastKick = time.Now()
 	if err := r.flushScope(ctx, s); err != nil {
 		if ctx.Err() == nil {
@@ -203,6 +205,12 @@ func (r *Reconciler) flushNow(ctx context.Context, t *timers, s scope) {
 		return
 	}
 	r.requestSave()
+}
+
+func (r *Reconciler) afterBulk() {
+	if r.cfg.AfterBulk != nil {
+		r.cfg.AfterBulk()
+	}
 }
 
 // warn logs a failed timer run unless the loop is stopping.

@@ -59,6 +59,12 @@ type Config struct {
 	// called at most once every SaveInterval (default 5s) and at shutdown.
 	SaveLocal    func(*LocalState) error
 	SaveInterval time.Duration
+
+	// AfterBulk, when set, is called after each resync, usage flush and
+	// local state save, failed or not: the periodic work that allocates
+	// megabytes at 10,000 peers, all of it garbage once the work returns.
+	// The node returns that memory to the OS then (internal/trim).
+	AfterBulk func()
 }
 
 // rowRetry is the backoff of a row whose apply failed: soon after a blip,

@@ -222,3 +222,38 @@ func TestRunRetriesRefusedPeer(t *testing.T) {
 		t.Fatalf("after success: %d failing rows, next retry at %v; want none", n, next)
 	}
 }
+
+// AfterBulk runs after the periodic bulk work, so the memory it made is
+// garbage by then: the first call comes after the first resync applied the
+// rows, and the calls go on with every resync and flush.
+func TestAfterBulk(t *testing.T) {
+	store, plane := newFakeStore(testNodeRow()), newFakePlane()
+	store.put(peerRow(1))
+	calls := make(chan bool, 100)
+	r, err := New(Config{NodeID: testNode, Store: store, DataPlane: plane,
+		ResyncInterval: 20 * time.Millisecond, UsageInterval: 20 * time.Millisecond, HeartbeatInterval: time.Hour,
+		AfterBulk: func() {
+			_, applied := plane.has(key(1))
+			select {
+			case calls <- applied:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := range 5 {
+		select {
+		case applied := <-calls:
+			if !applied {
+				t.Fatalf("AfterBulk call %d before the first resync applied the rows", i+1)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d AfterBulk calls in 10 s, want 5", i)
+		}
+	}
+}

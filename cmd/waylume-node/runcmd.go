@@ -86,6 +86,7 @@ func (c Config) node() node.Config {
 		ResyncInterval: c.ResyncInterval, UsageInterval: c.UsageInterval, Version: version,
 		// The same binary, even if the file was replaced since it started.
 		DeviceCommand: []string{"/proc/self/exe", "device"},
+		ReturnMemory:  true,
 	}
 }
 

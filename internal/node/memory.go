@@ -1,6 +1,11 @@
 package node
 
-import "runtime/debug"
+import (
+	"runtime/debug"
+	"time"
+
+	"github.com/waylume/waylume-node/internal/trim"
+)
 
 // defaultGCPercent is the node's garbage collector target when GOGC is not
 // set: the heap may grow 25% past the live data between collections, not
@@ -29,4 +34,17 @@ func TuneMemory(getenv func(string) (string, bool)) {
 		return
 	}
 	debug.SetGCPercent(defaultGCPercent)
+}
+
+// newTrimmer is Config.ReturnMemory's trimmer. The garbage GOGC cannot
+// keep small is the bulk work's own: a resync, a flush or a save of
+// 10,000 peers allocates 10-25 MB (reconcile's benchmarks, -benchmem),
+// and a collection running meanwhile counts what it holds as live, so
+// the heap goal, and what stays resident, rose to ~38 MB over ~21 MB of
+// live data. One collection after the work, ~20 ms of CPU at 10,000
+// peers, brings the process back to its live data until the next run
+// (e2e BenchmarkUserspaceRSS, README "Benchmarks"). At most one every 5 s:
+// a node whose events keep resyncing it collects no more often than that.
+func newTrimmer() *trim.Trimmer {
+	return trim.New(100*time.Millisecond, 5*time.Second, 5*time.Second)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/waylume/waylume-node/events"
 	"github.com/waylume/waylume-node/internal/retry"
 	"github.com/waylume/waylume-node/internal/statefile"
+	"github.com/waylume/waylume-node/internal/trim"
 	"github.com/waylume/waylume-node/netctl"
 	"github.com/waylume/waylume-node/reconcile"
 	"github.com/waylume/waylume-node/supabase"
@@ -63,6 +64,10 @@ type Config struct {
 	ResyncInterval time.Duration
 	UsageInterval  time.Duration
 	Version        string // written in the heartbeat
+	// ReturnMemory hands the heap's free memory back to the OS after each
+	// resync, flush and save (memory.go). It is process-wide, for the run
+	// command: a test binary running nodes keeps the runtime's own pacing.
+	ReturnMemory bool
 }
 
 // Runtime is what the running node reports to and hears from; none of it
@@ -110,6 +115,7 @@ type Node struct {
 	plane *linkPlane
 	rec   *reconcile.Reconciler
 	state *statefile.File // nil: no local state kept
+	trim  *trim.Trimmer   // nil: Config.ReturnMemory off
 	// refused is the Realtime refusal /readyz reports, nil when none.
 	refused atomic.Pointer[realtime.Error]
 }
@@ -180,6 +186,10 @@ func Open(ctx context.Context, cfg Config, rt Runtime) (_ *Node, err error) {
 			return n.state.Write(cfg.NodeID, reconcile.LocalStateVersion, s)
 		}
 	}
+	if cfg.ReturnMemory {
+		n.trim = newTrimmer()
+		rc.AfterBulk = n.trim.Poke
+	}
 	if n.rec, err = reconcile.New(rc); err != nil {
 		return nil, err
 	}
@@ -210,6 +220,9 @@ func (n *Node) Run(ctx context.Context) error {
 	srcCtx, stopSources := context.WithCancel(ctx)
 	defer stopSources()
 	var wg sync.WaitGroup
+	if n.trim != nil {
+		wg.Go(func() { n.trim.Run(srcCtx) })
+	}
 	wg.Go(func() {
 		if err := runSource(srcCtx); err != nil && srcCtx.Err() == nil {
 			n.log.Error("event source stopped", "err", err)
