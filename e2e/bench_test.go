@@ -321,9 +321,11 @@ func BenchmarkUsageFlush10k(b *testing.B) {
 
 // BenchmarkNodeRSS: resident memory of the waylume-node process with the
 // WireGuard device in another process (external wireguard-go, kernel
-// mode), at 0, 1,000 and 10,000 peers.
+// mode), at 0, 1,000 and 10,000 peers: the median VmRSS over a steady
+// window that spans a resync and a usage flush, and the highest.
 func BenchmarkNodeRSS(b *testing.B) {
 	e := newEnvPool(b, "10.8.0.1/16")
+	e.extraEnv = append(e.extraEnv, "WAYLUME_LOG_LEVEL=info")
 	dev := e.nodeNS.Start(b, "wireguard-go", "-f", e.iface)
 	testkit.Eventually(b, 10*time.Second, func() error {
 		if exited, err := dev.Exited(); exited {
@@ -332,7 +334,8 @@ func BenchmarkNodeRSS(b *testing.B) {
 		_, err := os.Stat("/var/run/wireguard/" + e.iface + ".sock")
 		return err
 	})
-	n := e.startNode("kernel", 5*time.Second, 10*time.Second)
+	const resync, usage = 5 * time.Second, 10 * time.Second
+	n := e.startNode("kernel", resync, usage)
 	total := 0
 	for _, want := range []int{0, 1000, 10_000} {
 		if want > total {
@@ -349,10 +352,9 @@ func BenchmarkNodeRSS(b *testing.B) {
 			}
 			return nil
 		})
-		// Let a resync and a usage flush run at this size before reading.
-		time.Sleep(12 * time.Second)
-		rss := rssKB(b, n.cmd.Process.Pid)
-		b.ReportMetric(float64(rss)/1024, fmt.Sprintf("rss-MB-%dpeers", want))
+		m := steadyMemory(b, []int{n.cmd.Process.Pid}, resync+usage)
+		b.ReportMetric(float64(m.rss)/1024, fmt.Sprintf("rss-MB-%dpeers", want))
+		b.ReportMetric(float64(m.maxRSS)/1024, fmt.Sprintf("max-rss-MB-%dpeers", want))
 	}
 }
 
