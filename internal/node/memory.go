@@ -12,15 +12,15 @@ import (
 // Go's default 100%.
 //
 // Why (e2e BenchmarkNodeRSS, README "Benchmarks"): at 10,000 peers
-// the node keeps ~23 MB live (rows, peer state, the device mirror). With
+// the node keeps ~21 MB live (rows, peer state, the device mirror). With
 // GOGC=100 the heap grows to twice that before each collection, and what
 // a resync or a usage flush holds while a collection runs counts as live
-// too: RSS settled at 83-89 MB, 6.2-6.9 KB per peer, over the 5 KB goal.
-// With 25 it settles at 58-63 MB, 3.9-4.3 KB per peer. The price is more
-// collections of a small heap: over that benchmark (10,000 peers applied,
-// a resync every 5 s, a flush every 10 s) GC CPU went from 0.4 s to
-// 1.3-1.6 s, ~13 ms per extra cycle; at the default 60 s intervals that is
-// about 0.1 s a minute, under 0.2% of one core.
+// too: the highest RSS over a resync and a flush was 73 MB, with 25
+// 55-58 MB. The price is more collections of a small heap: over that
+// benchmark (10,000 peers applied, a resync every 5 s, a flush every
+// 10 s) GC CPU went from 0.4 s to 1.3-1.6 s, ~13 ms per extra cycle; at
+// the default 60 s intervals that is about 0.1 s a minute, under 0.2% of
+// one core. Between the bursts the trimmer below returns what they freed.
 //
 // GOGC, which the Go runtime reads itself, overrides it (GOGC=100 restores
 // Go's default); GOMEMLIMIT applies as usual alongside either.
