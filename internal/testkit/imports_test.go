@@ -22,7 +22,7 @@ var allowed = map[string][]string{
 	"migrations":     {},
 	"netctl":         {"internal/trim"},
 	"internal/retry": {},
-	"internal/trim":  {},
+	"internal/trim":  {"internal/retry"},
 	"reconcile":      {"events", "internal/retry"},
 }
 

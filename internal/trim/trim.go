@@ -15,6 +15,8 @@ import (
 	"context"
 	"runtime/debug"
 	"time"
+
+	"github.com/waylume/waylume-node/internal/retry"
 )
 
 // Trimmer collects and returns free memory (debug.FreeOSMemory) Quiet
@@ -54,7 +56,7 @@ func (t *Trimmer) Run(ctx context.Context) {
 		if !t.waitBurst(ctx) {
 			return
 		}
-		if wait := t.Spacing - time.Since(last); wait > 0 && !sleep(ctx, wait) {
+		if wait := t.Spacing - time.Since(last); wait > 0 && !retry.Sleep(ctx, wait) {
 			return
 		}
 		t.free()
@@ -79,16 +81,5 @@ func (t *Trimmer) waitBurst(ctx context.Context) bool {
 		case <-deadline.C:
 			return true
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-tm.C:
-		return true
 	}
 }
