@@ -94,6 +94,9 @@ func (r *Reconciler) convergeLocked(ctx context.Context, fullApply, decideAll bo
 	}()
 	r.configureNode(ctx, p)
 	r.chooseRows(p, decideAll)
+	// Most rows send one config: sized up front, a full run's 10,000
+	// do not regrow the slices (megabytes of garbage at every resync).
+	p.set, p.setFor = make([]PeerConfig, 0, len(p.ids)), make([]*peerState, 0, len(p.ids))
 	// A changed epoch means the device restarted under us: every counter
 	// is new.
 	r.epoch = r.cfg.DataPlane.Epoch()
