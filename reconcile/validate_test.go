@@ -152,3 +152,35 @@ func TestRowWithNodesOwnKeyRejected(t *testing.T) {
 		t.Fatalf("row with another key: %s %q", d.state, d.reason)
 	}
 }
+
+// decideInto reuses its map: decisions of rows gone are dropped, the
+// others overwritten, and the result is what a fresh decide gives.
+func TestDecideIntoReusesMap(t *testing.T) {
+	node, now, none := testNodeRow(), time.Now(), func(string) int64 { return 0 }
+	rows := map[string]events.Peer{}
+	for n := 1; n <= 20; n++ {
+		p := peerRow(n)
+		rows[p.ID] = p
+	}
+	out := decide(node, Key{}, rows, now, none)
+	for n := 1; n <= 10; n++ {
+		delete(rows, peerRow(n).ID)
+	}
+	p := rows[peerRow(11).ID]
+	p.Enabled = false
+	rows[p.ID] = p
+	decideInto(out, node, Key{}, rows, now, none)
+	want := decide(node, Key{}, rows, now, none)
+	if len(out) != len(want) {
+		t.Fatalf("%d decisions after reuse, want %d", len(out), len(want))
+	}
+	for id, w := range want {
+		got, ok := out[id]
+		if !ok || got.state != w.state || got.reason != w.reason || got.key != w.key || got.owner != w.owner || !got.cfg.Equal(w.cfg) {
+			t.Fatalf("row %s: reused map holds %+v (present %v), fresh decide %+v", id, got, ok, w)
+		}
+	}
+	if out[p.ID].state != events.StateBlocked {
+		t.Fatalf("disabled row decided %q", out[p.ID].state)
+	}
+}
