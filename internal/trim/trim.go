@@ -19,12 +19,12 @@ import (
 	"github.com/waylume/waylume-node/internal/retry"
 )
 
-// Trimmer collects and returns free memory (debug.FreeOSMemory) Quiet
-// after the last of a burst of Pokes, or Every after a burst's first poke
-// while pokes keep coming, and never twice within Spacing: each trim is a
+// Trimmer collects and returns free memory (debug.FreeOSMemory) quiet
+// after the last of a burst of Pokes, or every after a burst's first poke
+// while pokes keep coming, and never twice within spacing: each trim is a
 // full collection, whose CPU grows with the heap.
 type Trimmer struct {
-	Quiet, Every, Spacing time.Duration
+	quiet, every, spacing time.Duration
 
 	poke chan struct{}
 	free func() // debug.FreeOSMemory; tests count calls instead
@@ -32,7 +32,7 @@ type Trimmer struct {
 
 // New returns a Trimmer with the given timings; Run starts it.
 func New(quiet, every, spacing time.Duration) *Trimmer {
-	return &Trimmer{Quiet: quiet, Every: every, Spacing: spacing,
+	return &Trimmer{quiet: quiet, every: every, spacing: spacing,
 		poke: make(chan struct{}, 1), free: debug.FreeOSMemory}
 }
 
@@ -56,7 +56,7 @@ func (t *Trimmer) Run(ctx context.Context) {
 		if !t.waitBurst(ctx) {
 			return
 		}
-		if wait := t.Spacing - time.Since(last); wait > 0 && !retry.Sleep(ctx, wait) {
+		if wait := t.spacing - time.Since(last); wait > 0 && !retry.Sleep(ctx, wait) {
 			return
 		}
 		t.free()
@@ -64,18 +64,18 @@ func (t *Trimmer) Run(ctx context.Context) {
 	}
 }
 
-// waitBurst waits until pokes pause for Quiet, or Every has passed.
+// waitBurst waits until pokes pause for quiet, or every has passed.
 func (t *Trimmer) waitBurst(ctx context.Context) bool {
-	deadline := time.NewTimer(t.Every)
+	deadline := time.NewTimer(t.every)
 	defer deadline.Stop()
-	quiet := time.NewTimer(t.Quiet)
+	quiet := time.NewTimer(t.quiet)
 	defer quiet.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return false
 		case <-t.poke:
-			quiet.Reset(t.Quiet)
+			quiet.Reset(t.quiet)
 		case <-quiet.C:
 			return true
 		case <-deadline.C:

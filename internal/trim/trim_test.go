@@ -32,15 +32,15 @@ func TestBurstTrimsOnceAfterQuiet(t *testing.T) {
 		lastPoke = time.Now()
 	}
 	at := <-trims
-	if gap := at.Sub(lastPoke); gap < tr.Quiet {
-		t.Fatalf("trimmed %v after the last poke, want at least %v", gap, tr.Quiet)
+	if gap := at.Sub(lastPoke); gap < tr.quiet {
+		t.Fatalf("trimmed %v after the last poke, want at least %v", gap, tr.quiet)
 	}
 	// A second trim would need a second poke: none comes within ten quiet
 	// periods.
 	select {
 	case <-trims:
 		t.Fatal("a burst trimmed twice")
-	case <-time.After(10 * tr.Quiet):
+	case <-time.After(10 * tr.quiet):
 	}
 	tr.Poke()
 	<-trims
