@@ -30,7 +30,7 @@ func cpuTime() time.Duration {
 // session loop runs them.
 func BenchmarkDecode(b *testing.B) {
 	n := 0
-	c, err := New(Config{URL: "ws://127.0.0.1:1/x", APIKey: "k", NodeID: nodeID, Logger: slog.New(slog.DiscardHandler)},
+	c, err := New(Config{URL: "ws://127.0.0.1:1/x", APIKey: "k", NodeID: nodeID, Mode: ModePostgresChanges, Logger: slog.New(slog.DiscardHandler)},
 		events.SinkFunc(func(e events.Event) {
 			if e.Peer != nil {
 				n++
