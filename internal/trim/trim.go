@@ -59,6 +59,12 @@ func (t *Trimmer) Run(ctx context.Context) {
 		if wait := t.spacing - time.Since(last); wait > 0 && !retry.Sleep(ctx, wait) {
 			return
 		}
+		// A poke made while waiting out the spacing is garbage this trim
+		// returns: it must not start another burst.
+		select {
+		case <-t.poke:
+		default:
+		}
 		t.free()
 		last = time.Now()
 	}

@@ -115,3 +115,22 @@ func TestFreeReturnsMemory(t *testing.T) {
 		t.Fatalf("released %d MB after freeing 64 MB of garbage, want at least 32", got>>20)
 	}
 }
+
+// A poke made while a trim waits out its spacing is covered by that trim:
+// it does not start another burst.
+func TestPokeDuringSpacingTrimsOnce(t *testing.T) {
+	const spacing = 200 * time.Millisecond
+	tr, trims := counted(10*time.Millisecond, time.Hour, spacing)
+	run(t, tr)
+	tr.Poke()
+	<-trims
+	tr.Poke()                         // the next burst, which waits for the spacing
+	time.Sleep(50 * time.Millisecond) // past its quiet period, inside the spacing: the pace of the pokes, not synchronisation
+	tr.Poke()
+	<-trims
+	select {
+	case <-trims:
+		t.Fatal("a poke made during the spacing started another trim")
+	case <-time.After(3 * spacing):
+	}
+}
